@@ -1,0 +1,128 @@
+"""Accounts, API keys and the admin key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import time
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from gpucloud.accounts.models import Account, ApiKey, Meta
+from gpucloud.billing import ledger
+from gpucloud.errors import NotFound
+from gpucloud.instances.models import Instance
+
+KEY_PREFIX = "gpc_"
+ADMIN_KEY_META = "admin_key_hash"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_account(s: Session, name: str, balance: int, now: dt.datetime) -> tuple[Account, str]:
+    account = Account(name=name, balance=0, created_at=now)
+    s.add(account)
+    s.flush()
+    if balance > 0:
+        ledger.deposit(s, account.id, balance, now)
+    _, key = create_api_key(s, account.id, None, now)
+    s.refresh(account)
+    return account, key
+
+
+def create_api_key(s: Session, account_id: str, expires_at: dt.datetime | None,
+                   now: dt.datetime) -> tuple[ApiKey, str]:
+    if s.get(Account, account_id) is None:
+        raise NotFound("Account not found")
+    key = new_key()
+    row = ApiKey(account_id=account_id, key_hash=hash_key(key), prefix=key[:12],
+                 created_at=now, expires_at=expires_at)
+    s.add(row)
+    s.flush()
+    return row, key
+
+
+def revoke_api_key(s: Session, key_id: str, now: dt.datetime) -> ApiKey:
+    row = s.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound("API key not found")
+    if row.revoked_at is None:
+        row.revoked_at = now
+    return row
+
+
+def money_summary(s: Session, account_id: str) -> dict:
+    account = s.get(Account, account_id)
+    if account is None:
+        raise NotFound("Account not found")
+    reserved, spent = s.execute(
+        select(func.coalesce(func.sum(Instance.reserve), 0), func.coalesce(func.sum(Instance.spent), 0))
+        .where(Instance.account_id == account_id)
+    ).one()
+    return {"id": account.id, "name": account.name, "balance": account.balance,
+            "reserved": int(reserved), "spent": int(spent)}
+
+
+class KeyCache:
+    """Verified keys → (account id, key id, expiry), trusted for a few seconds.
+
+    Auth is on every request; without this each request would pay a database round trip.
+    Revocation through this process clears the entry at once."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, str, str, dt.datetime | None]] = {}
+
+    def get(self, key_hash: str):
+        hit = self._entries.get(key_hash)
+        if hit and hit[0] > time.monotonic():
+            return hit[1:]
+        return None
+
+    def put(self, key_hash: str, account_id: str, key_id: str, expires_at) -> None:
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[key_hash] = (time.monotonic() + self.ttl, account_id, key_id, expires_at)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def lookup_key(s: Session, key: str, now: dt.datetime) -> tuple[str, str, dt.datetime | None] | None:
+    digest = hash_key(key)
+    row = s.execute(
+        select(ApiKey.key_hash, ApiKey.account_id, ApiKey.id, ApiKey.expires_at, ApiKey.revoked_at)
+        .where(ApiKey.key_hash == digest)
+    ).one_or_none()
+    # The index finds the row; compare_digest keeps the final comparison constant-time.
+    if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
+        return None
+    return row.account_id, row.id, row.expires_at
+
+
+# --- admin key ------------------------------------------------------------------------------
+
+def ensure_admin_key(s: Session, configured: str | None) -> str | None:
+    """Returns a newly generated admin key (to print once), or None if one exists/is set."""
+    if configured:
+        return None
+    if s.get(Meta, ADMIN_KEY_META) is not None:
+        return None
+    key = "adm_" + secrets.token_urlsafe(32)
+    s.add(Meta(key=ADMIN_KEY_META, value=hash_key(key)))
+    return key
+
+
+def admin_key_hash(s: Session) -> str | None:
+    return s.scalar(select(Meta.value).where(Meta.key == ADMIN_KEY_META))
+
+

@@ -1,0 +1,139 @@
+"""Single-instance money movements. Each function writes the ledger entry in the caller's
+transaction, together with the balance/reserve change it records, and never commits.
+
+Balances move only through conditional UPDATEs (`balance >= amount`) with RETURNING, so two
+concurrent requests can never overdraw an account and `balance_after` is exact.
+Set-based processing of hour boundaries for many instances lives in `boundaries.py`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from gpucloud.accounts.models import Account
+from gpucloud.billing.models import CHARGE, DEPOSIT, REFUND, RESERVE, TOPUP, LedgerEntry
+from gpucloud.clock import floor_hour
+from gpucloud.errors import INSUFFICIENT_BALANCE, BadRequest, NotFound
+from gpucloud.instances.models import ACTIVE, Instance
+
+HOUR = dt.timedelta(hours=1)
+UPFRONT_HOURS = 3
+RESERVE_HOURS = 2  # what the reserve is topped back up to while ACTIVE
+
+
+def _entry(s: Session, *, at, account_id, kind, amount, balance_after, instance_id=None,
+           period_start=None) -> None:
+    s.add(LedgerEntry(at=at, account_id=account_id, instance_id=instance_id, kind=kind,
+                      amount=amount, balance_after=balance_after, period_start=period_start))
+
+
+def _balance(s: Session, account_id: str) -> int:
+    return s.execute(select(Account.balance).where(Account.id == account_id)).scalar_one()
+
+
+def deposit(s: Session, account_id: str, amount: int, now: dt.datetime) -> int:
+    if amount <= 0:
+        raise BadRequest("Deposit amount must be positive")
+    new_balance = s.execute(
+        update(Account).where(Account.id == account_id)
+        .values(balance=Account.balance + amount).returning(Account.balance)
+    ).scalar_one_or_none()
+    if new_balance is None:
+        raise NotFound("Account not found")
+    _entry(s, at=now, account_id=account_id, kind=DEPOSIT, amount=amount,
+           balance_after=new_balance)
+    s.flush()
+    retry_topups(s, account_id, now)
+    return new_balance
+
+
+def debit_to_reserve(s: Session, instance: Instance, amount: int, now: dt.datetime,
+                     kind: str = RESERVE) -> bool:
+    """Move `amount` from the account into the instance's reserve if the account holds it all."""
+    new_balance = s.execute(
+        update(Account)
+        .where(Account.id == instance.account_id, Account.balance >= amount)
+        .values(balance=Account.balance - amount).returning(Account.balance)
+    ).scalar_one_or_none()
+    if new_balance is None:
+        return False
+    instance.reserve += amount
+    _entry(s, at=now, account_id=instance.account_id, instance_id=instance.id, kind=kind,
+           amount=amount, balance_after=new_balance)
+    return True
+
+
+def reserve_upfront(s: Session, instance: Instance, now: dt.datetime) -> None:
+    """Deploy: `upfront_hours × hour` from the balance into the reserve, or a 400."""
+    if not debit_to_reserve(s, instance, UPFRONT_HOURS * instance.price_hour, now, RESERVE):
+        raise BadRequest(INSUFFICIENT_BALANCE)
+
+
+def charge_hour(s: Session, instance: Instance, period_start: dt.datetime,
+                now: dt.datetime) -> None:
+    """Reserve → spent for one hour. The unique (instance, period) constraint makes a second
+    charge for the same hour fail the whole transaction instead of taking money twice."""
+    price = instance.price_hour
+    assert instance.reserve >= price, "caller checks the reserve covers the hour"
+    instance.reserve -= price
+    instance.spent += price
+    instance.billed_until = period_start + HOUR
+    _entry(s, at=now, account_id=instance.account_id, instance_id=instance.id, kind=CHARGE,
+           amount=price, balance_after=_balance(s, instance.account_id),
+           period_start=period_start)
+
+
+def activate(s: Session, instance: Instance, now: dt.datetime) -> None:
+    """Activation charges the current (partial) UTC hour; the reserve keeps the rest."""
+    charge_hour(s, instance, floor_hour(now), now)
+    topup(s, instance, now)
+
+
+def refund_reserve(s: Session, instance: Instance, now: dt.datetime) -> int:
+    """The whole remaining reserve back to the account (failure, termination, exhaustion)."""
+    amount = instance.reserve
+    if amount <= 0:
+        return 0
+    new_balance = s.execute(
+        update(Account).where(Account.id == instance.account_id)
+        .values(balance=Account.balance + amount).returning(Account.balance)
+    ).scalar_one()
+    instance.reserve = 0
+    _entry(s, at=now, account_id=instance.account_id, instance_id=instance.id, kind=REFUND,
+           amount=amount, balance_after=new_balance)
+    s.flush()
+    retry_topups(s, instance.account_id, now, exclude=instance.id)
+    return amount
+
+
+def missing_reserve(instance: Instance) -> int:
+    return max(0, RESERVE_HOURS * instance.price_hour - instance.reserve)
+
+
+def topup(s: Session, instance: Instance, now: dt.datetime) -> bool:
+    """Top the reserve up to two hours if the account covers the whole missing amount."""
+    missing = missing_reserve(instance)
+    if missing == 0:
+        return True
+    return debit_to_reserve(s, instance, missing, now, TOPUP)
+
+
+def retry_topups(s: Session, account_id: str, now: dt.datetime, exclude: str | None = None) -> int:
+    """After the balance grew (deposit, refund): top up every ACTIVE instance of the account
+    whose reserve is short, oldest first, as far as the balance reaches."""
+    rows = s.scalars(
+        select(Instance)
+        .where(Instance.account_id == account_id, Instance.status == ACTIVE,
+               Instance.reserve < RESERVE_HOURS * Instance.price_hour)
+        .order_by(Instance.created_at, Instance.id)
+    ).all()
+    done = 0
+    for inst in rows:
+        if inst.id != exclude and topup(s, inst, now):
+            done += 1
+    if rows:
+        s.flush()
+    return done

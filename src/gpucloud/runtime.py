@@ -1,0 +1,68 @@
+"""Everything one server process shares: settings, database, clock, drivers, caches.
+
+Built once by `create_app` and reachable from routes as `request.app.state.rt`, from workers
+as their argument. Tests build their own with other settings.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpucloud.clock import Clock, ManualClock, SystemClock
+from gpucloud.db import Database
+from gpucloud.secrets import SecretBox, load_or_create_key
+from gpucloud.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    clock: Clock
+    secrets: SecretBox
+    # Serializes this process's background ticks with POST /admin/clock drains.
+    work_lock: threading.RLock = field(default_factory=threading.RLock)
+    caches: dict[str, Any] = field(default_factory=dict)
+    _drivers: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _drivers_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings, migrate: bool = True) -> "Runtime":
+        from gpucloud.migrations.run import upgrade
+
+        db = Database(settings)
+        if migrate:
+            upgrade(db)
+        clock: Clock = ManualClock(db) if settings.clock == "manual" else SystemClock()
+        return cls(settings=settings, db=db, clock=clock,
+                   secrets=SecretBox(load_or_create_key(settings)))
+
+    def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
+        """One driver object per provider (and config version), reused across calls."""
+        from gpucloud.drivers.registry import driver_class
+
+        import json
+
+        key = (provider_id, json.dumps(config, sort_keys=True, default=str))
+        with self._drivers_lock:
+            drv = self._drivers.get(key)
+            if drv is None:
+                drv = driver_class(driver_name)(provider_id, config, self)
+                self._drivers[key] = drv
+            return drv
+
+    def invalidate(self, *names: str) -> None:
+        """Drop in-process caches after a change made through this process."""
+        for name in names:
+            cache = self.caches.get(name)
+            if cache is not None:
+                cache.clear()
+
+    def close(self) -> None:
+        with self._drivers_lock:
+            for drv in self._drivers.values():
+                drv.close()
+            self._drivers.clear()
+        self.db.dispose()
