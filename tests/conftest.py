@@ -130,3 +130,46 @@ def demo(api) -> Api:
 
 def pg_available() -> bool:
     return subprocess.call(["pg_isready", "-h", "127.0.0.1", "-q"]) == 0
+
+
+class LiveServer:
+    """The real app served by uvicorn on a free loopback port, in a thread of the test process."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> "LiveServer":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("live server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live_server(rt):
+    """A real HTTP server on the per-test runtime (same database and manual clock as `api`)."""
+    server = LiveServer(create_app(rt=rt)).start()
+    yield server
+    server.stop()

@@ -68,3 +68,17 @@ def require_admin(request: Request) -> None:
         rt.caches["admin_key_hash"] = expected
     if not expected or not hmac.compare_digest(hash_key(key), expected):
         raise Forbidden("Invalid admin key")
+
+
+def cached_caller(rt, key: str | None) -> Caller | None:
+    """Cache-only check for async hot paths: a Caller if the key is known-good in memory,
+    None if a database lookup is needed (then call `authenticate` in the threadpool)."""
+    if not key:
+        raise Forbidden("Missing API key")
+    hit = _cache(rt).get(hash_key(key))
+    if hit is None:
+        return None
+    account_id, key_id, expires_at = hit
+    if expires_at is not None and expires_at <= rt.clock.now():
+        raise Forbidden("API key expired")
+    return Caller(account_id=account_id, key_id=key_id)

@@ -1,0 +1,26 @@
+"""The `gpucloud` command. Sub-commands live in their own modules and register here."""
+
+from __future__ import annotations
+
+import typer
+
+from gpucloud.cli.serve import serve
+
+app = typer.Typer(help="gpucloud: a self-hostable GPU cloud marketplace.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+app.command("serve")(serve)
+
+
+def _register_optional() -> None:
+    """Client-side commands (plans, deploy, admin …) are added by gpucloud.cli.commands."""
+    try:
+        from gpucloud.cli import commands
+    except ImportError:
+        return
+    commands.register(app)
+
+
+_register_optional()
+
+if __name__ == "__main__":  # python -m gpucloud.cli.main
+    app()
