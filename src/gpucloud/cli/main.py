@@ -11,6 +11,11 @@ app = typer.Typer(help="gpucloud: a self-hostable GPU cloud marketplace.", no_ar
 app.command("serve")(serve)
 
 
+@app.callback()
+def _root() -> None:
+    """gpucloud: serve the API, or drive a gpucloud server from the terminal."""
+
+
 def _register_optional() -> None:
     """Client-side commands (plans, deploy, admin …) are added by gpucloud.cli.commands."""
     try:
