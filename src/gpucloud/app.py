@@ -82,6 +82,10 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(catalog_admin.router)
     app.include_router(admin.router)
 
+    from gpucloud.fastpath import promote
+
+    promote(app)
+
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
