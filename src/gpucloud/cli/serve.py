@@ -29,7 +29,7 @@ def serve(
     flags = {"host": host, "port": port, "database_url": database_url, "data_dir": data_dir,
              "clock": clock, "demo": demo, "workers": workers}
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     rt = Runtime.build(settings)
     result = bootstrap(rt)
     db_label = "SQLite" if rt.db.is_sqlite else "PostgreSQL"
