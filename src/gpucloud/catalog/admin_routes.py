@@ -1,3 +1,94 @@
-from fastapi import APIRouter
+"""Operator side of the catalog (SPEC §7): providers, offers, catalog import.
 
-router = APIRouter()
+Every change invalidates the rendered plans *after* its transaction commits; invalidating
+inside the transaction would let a concurrent request re-cache the old rows.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from sqlalchemy.exc import IntegrityError
+
+from gpucloud.accounts.auth import require_admin
+from gpucloud.catalog import service
+from gpucloud.catalog.schemas import (OfferCreate, OfferOut, OfferPatch, ProviderCreate,
+                                      ProviderOut, ProviderPatch)
+from gpucloud.errors import BadRequest
+from gpucloud.jsonresp import JSON
+
+router = APIRouter(prefix="/admin", tags=["admin: catalog"], dependencies=[Depends(require_admin)])
+
+
+def _provider_out(s, provider_id: str) -> dict:
+    found = [p for p in service.list_providers(s) if p["id"] == provider_id]
+    return found[0]
+
+
+@router.post("/providers", status_code=201, response_model=ProviderOut,
+             operation_id="adminCreateProvider")
+def create_provider(body: ProviderCreate, request: Request):
+    rt = request.app.state.rt
+    try:
+        with rt.db.write() as s:
+            provider = service.create_provider(s, body.name, body.driver, body.config,
+                                               body.enabled, rt.clock.now())
+            out = service.provider_json(provider)
+    except IntegrityError:
+        # Lost a race with a concurrent create of the same name.
+        raise BadRequest(f"Provider {body.name} already exists") from None
+    rt.invalidate("plans")
+    return JSON(out, status_code=201)
+
+
+@router.get("/providers", response_model=list[ProviderOut], operation_id="adminListProviders")
+def list_providers(request: Request):
+    rt = request.app.state.rt
+    with rt.db.read() as s:
+        return JSON(service.list_providers(s))
+
+
+@router.patch("/providers/{provider_id}", response_model=ProviderOut,
+              operation_id="adminPatchProvider")
+def patch_provider(provider_id: str, body: ProviderPatch, request: Request):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        service.set_provider_enabled(s, provider_id, body.enabled)
+        out = _provider_out(s, provider_id)
+    rt.invalidate("plans")
+    return JSON(out)
+
+
+@router.post("/offers", status_code=201, response_model=OfferOut, operation_id="adminCreateOffer")
+def create_offer(body: OfferCreate, request: Request):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        offer = service.create_offer(s, body, rt.clock.now())
+        out = service.offer_out(s, offer.id)
+    rt.invalidate("plans")
+    return JSON(out, status_code=201)
+
+
+@router.get("/offers", response_model=list[OfferOut], operation_id="adminListOffers")
+def list_offers(request: Request,
+                provider_id: str | None = Query(None, max_length=64,
+                                                description="Only this provider's offers")):
+    rt = request.app.state.rt
+    with rt.db.read() as s:
+        return JSON(service.list_offers(s, provider_id=provider_id))
+
+
+@router.get("/offers/{offer_id}", response_model=OfferOut, operation_id="adminGetOffer")
+def get_offer(offer_id: str, request: Request):
+    rt = request.app.state.rt
+    with rt.db.read() as s:
+        return JSON(service.offer_out(s, offer_id))
+
+
+@router.patch("/offers/{offer_id}", response_model=OfferOut, operation_id="adminPatchOffer")
+def patch_offer(offer_id: str, body: OfferPatch, request: Request):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        service.patch_offer(s, offer_id, body)
+        out = service.offer_out(s, offer_id)
+    rt.invalidate("plans")
+    return JSON(out)

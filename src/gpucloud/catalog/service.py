@@ -1,0 +1,310 @@
+"""Providers, offers and capacity: the rules of the catalog.
+
+Services only flush; the caller owns the transaction (and calls `rt.invalidate("plans")` after
+it commits, so a rendered plans response never outlives the change).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from gpucloud.catalog.models import Offer, OfferZone, Provider
+from gpucloud.catalog.schemas import OfferCreate, OfferFields, OfferPatch
+from gpucloud.errors import PLAN_UNAVAILABLE, BadRequest, FieldError, NotFound
+from gpucloud.money import from_micro, to_micro
+
+
+# --- derived views of an offer -----------------------------------------------------------------
+
+def plan_name(offer: Offer) -> str:
+    return (f"{offer.gpu_model}-{offer.gpu_vram.lower()}-{offer.gpu_interface.lower()}-"
+            f"{offer.gpu_count}gpu-{offer.vcpu}cpu-{offer.memory_gib}gi-{offer.storage_gib}gi")
+
+
+def gpu_json(offer: Offer) -> dict[str, str]:
+    return {"vendor": offer.gpu_vendor, "model": offer.gpu_model, "vram": offer.gpu_vram,
+            "interface": offer.gpu_interface}
+
+
+def plan_resources(offer: Offer) -> dict[str, Any]:
+    """The instance's `resources` snapshot (and the plan's supply): plain JSON."""
+    return {
+        "supply": {"vcpu": {"count": offer.vcpu},
+                   "memory": {"count": offer.memory_gib, "units": "Gi"},
+                   "storage": {"count": offer.storage_gib, "units": "Gi"},
+                   "gpu_count": offer.gpu_count},
+        "gpu_model": gpu_json(offer),
+    }
+
+
+# --- errors with several locations ---------------------------------------------------------------
+
+def field_errors(errors: list[tuple[list[Any], str, Any]]) -> FieldError:
+    """One 422 carrying every problem found, so an operator fixes a document in one pass."""
+    first = FieldError(*errors[0])
+    for loc, msg, value in errors[1:]:
+        first.errors.extend(FieldError(loc, msg, value).errors)
+    return first
+
+
+def offer_rule_errors(f: OfferFields, loc: list[Any]) -> list[tuple[list[Any], str, Any]]:
+    """Rules that involve several fields (pydantic checks each field alone)."""
+    errs: list[tuple[list[Any], str, Any]] = []
+    if f.workload == "container":
+        if f.countries and f.country:
+            errs.append((loc + ["country"], "Give either country or countries, not both",
+                         f.country))
+        elif not f.countries and not f.country:
+            errs.append((loc + ["countries"], "Container offers need countries (or country)",
+                         None))
+        if f.os_options:
+            errs.append((loc + ["os_options"], "os_options only apply to vm and baremetal offers",
+                         f.os_options))
+    else:
+        if f.location is None:
+            errs.append((loc + ["location"],
+                         f"{f.workload} offers need a data-center location", None))
+        if f.countries is not None:
+            errs.append((loc + ["countries"],
+                         f"{f.workload} offers are in one country; use country", f.countries))
+        elif f.country is None:
+            errs.append((loc + ["country"], f"{f.workload} offers need a country", None))
+        if not f.os_options:
+            errs.append((loc + ["os_options"],
+                         f"{f.workload} offers need at least one OS option", f.os_options))
+    return errs
+
+
+def offer_countries(f: OfferFields) -> list[str]:
+    return sorted(f.countries) if f.countries else [f.country] if f.country else []
+
+
+# --- providers -----------------------------------------------------------------------------------
+
+def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any]) -> dict[str, Any]:
+    """The driver's normalized config, or a 422 at `loc + [driver|config]`."""
+    from gpucloud.drivers.registry import driver_class
+
+    try:
+        cls = driver_class(driver)
+    except ValueError as exc:
+        raise FieldError(loc + ["driver"], str(exc), driver) from None
+    try:
+        return cls.validate_config(dict(config))
+    except ValueError as exc:
+        raise FieldError(loc + ["config"], str(exc), config) from None
+
+
+def public_config(provider: Provider) -> dict[str, Any]:
+    from gpucloud.drivers.registry import driver_class
+
+    try:
+        return driver_class(provider.driver).public_config(provider.config or {})
+    except (ValueError, ImportError):
+        # A driver that is no longer installed: show nothing rather than leak a secret.
+        return {}
+
+
+def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], enabled: bool,
+                    now: dt.datetime) -> Provider:
+    config = checked_driver_config(driver, config, ["body"])
+    if s.scalar(select(Provider.id).where(Provider.name == name)) is not None:
+        raise BadRequest(f"Provider {name} already exists")
+    provider = Provider(name=name, driver=driver, config=config, enabled=enabled, created_at=now)
+    s.add(provider)
+    s.flush()
+    return provider
+
+
+def get_provider(s: Session, provider_id: str) -> Provider:
+    provider = s.get(Provider, provider_id)
+    if provider is None:
+        raise NotFound("Provider not found")
+    return provider
+
+
+def set_provider_enabled(s: Session, provider_id: str, enabled: bool) -> Provider:
+    provider = get_provider(s, provider_id)
+    provider.enabled = enabled
+    s.flush()
+    return provider
+
+
+def provider_json(provider: Provider, stats: tuple[int, int, int] = (0, 0, 0)) -> dict[str, Any]:
+    offers, capacity, in_use = stats
+    return {"id": provider.id, "name": provider.name, "driver": provider.driver,
+            "config": public_config(provider), "enabled": provider.enabled,
+            "created_at": provider.created_at, "offers": offers, "capacity": capacity,
+            "in_use": in_use}
+
+
+def list_providers(s: Session) -> list[dict[str, Any]]:
+    stats = {row.provider_id: (int(row.offers), int(row.capacity), int(row.in_use))
+             for row in s.execute(
+                 select(Offer.provider_id, func.count(func.distinct(Offer.id)).label("offers"),
+                        func.coalesce(func.sum(OfferZone.capacity), 0).label("capacity"),
+                        func.coalesce(func.sum(OfferZone.in_use), 0).label("in_use"))
+                 .join(OfferZone, OfferZone.offer_id == Offer.id, isouter=True)
+                 .group_by(Offer.provider_id))}
+    providers = s.scalars(select(Provider).order_by(Provider.name)).all()
+    return [provider_json(p, stats.get(p.id, (0, 0, 0))) for p in providers]
+
+
+# --- offers --------------------------------------------------------------------------------------
+
+def create_offer(s: Session, body: OfferCreate, now: dt.datetime) -> Offer:
+    errs = offer_rule_errors(body, ["body"])
+    if errs:
+        raise field_errors(errs)
+    get_provider(s, body.provider_id)
+    return add_offer(s, body.provider_id, body, now)
+
+
+def add_offer(s: Session, provider_id: str, f: OfferFields, now: dt.datetime) -> Offer:
+    """Insert a validated offer and one zone per country."""
+    offer = Offer(provider_id=provider_id, workload=f.workload, gpu_vendor=f.gpu.vendor,
+                  gpu_model=f.gpu.model, gpu_vram=f.gpu.vram, gpu_interface=f.gpu.interface,
+                  gpu_count=f.gpu_count, vcpu=f.vcpu, memory_gib=f.memory_gib,
+                  storage_gib=f.storage_gib, price_hour=to_micro(f.price_hour),
+                  location=f.location, nvlink=f.nvlink, os_options=list(f.os_options or []),
+                  enabled=f.enabled, created_at=now)
+    s.add(offer)
+    s.flush()
+    for country in offer_countries(f):
+        s.add(OfferZone(offer_id=offer.id, country=country, capacity=f.capacity, in_use=0))
+    s.flush()
+    return offer
+
+
+def get_offer(s: Session, offer_id: str) -> Offer:
+    offer = s.get(Offer, offer_id)
+    if offer is None:
+        raise NotFound("Offer not found")
+    return offer
+
+
+def set_zone_capacity(s: Session, offer_id: str, capacity: int) -> None:
+    # Capacity below in_use is allowed: running instances stay, no new deploys until they end.
+    s.execute(update(OfferZone).where(OfferZone.offer_id == offer_id)
+              .values(capacity=capacity).execution_options(synchronize_session=False))
+
+
+def patch_offer(s: Session, offer_id: str, patch: OfferPatch) -> Offer:
+    offer = get_offer(s, offer_id)
+    if patch.enabled is not None:
+        offer.enabled = patch.enabled
+    if patch.price_hour is not None:
+        # Instances snapshot their price at deploy, so this only affects new deploys.
+        offer.price_hour = to_micro(patch.price_hour)
+    if patch.capacity is not None:
+        set_zone_capacity(s, offer.id, patch.capacity)
+    s.flush()
+    return offer
+
+
+def offer_json(offer: Offer, provider_name: str, zones: list[OfferZone]) -> dict[str, Any]:
+    zones = sorted(zones, key=lambda z: z.country)
+    return {
+        "id": offer.id, "name": plan_name(offer), "provider_id": offer.provider_id,
+        "provider": provider_name, "workload": offer.workload, "gpu": gpu_json(offer),
+        "gpu_count": offer.gpu_count, "vcpu": offer.vcpu, "memory_gib": offer.memory_gib,
+        "storage_gib": offer.storage_gib, "price_hour": from_micro(offer.price_hour),
+        "location": offer.location, "countries": [z.country for z in zones],
+        "nvlink": offer.nvlink, "os_options": list(offer.os_options or []),
+        "enabled": offer.enabled, "capacity": sum(z.capacity for z in zones),
+        "in_use": sum(z.in_use for z in zones),
+        "zones": [{"id": z.id, "country": z.country, "capacity": z.capacity, "in_use": z.in_use}
+                  for z in zones],
+        "created_at": offer.created_at,
+    }
+
+
+def list_offers(s: Session, provider_id: str | None = None,
+                offer_id: str | None = None) -> list[dict[str, Any]]:
+    q = select(Offer, Provider.name).join(Provider, Provider.id == Offer.provider_id)
+    if provider_id is not None:
+        q = q.where(Offer.provider_id == provider_id)
+    if offer_id is not None:
+        q = q.where(Offer.id == offer_id)
+    rows = s.execute(q.order_by(Provider.name, Offer.workload, Offer.gpu_model, Offer.gpu_count,
+                                Offer.price_hour, Offer.id)).all()
+    zones: dict[str, list[OfferZone]] = defaultdict(list)
+    ids = [offer.id for offer, _ in rows]
+    if ids:
+        for zone in s.scalars(select(OfferZone).where(OfferZone.offer_id.in_(ids))):
+            zones[zone.offer_id].append(zone)
+    return [offer_json(offer, name, zones[offer.id]) for offer, name in rows]
+
+
+def offer_out(s: Session, offer_id: str) -> dict[str, Any]:
+    s.expire_all()  # zone rows were changed by bulk UPDATEs; read them fresh
+    found = list_offers(s, offer_id=offer_id)
+    if not found:
+        raise NotFound("Offer not found")
+    return found[0]
+
+
+# --- capacity ------------------------------------------------------------------------------------
+
+def _free_zones(s: Session, offer_id: str) -> list[tuple[int, str, int]]:
+    rows = s.execute(select(OfferZone.id, OfferZone.country, OfferZone.capacity, OfferZone.in_use)
+                     .where(OfferZone.offer_id == offer_id)).all()
+    free = [(r.id, r.country, r.capacity - r.in_use) for r in rows if r.in_use < r.capacity]
+    # Most free capacity first spreads load; ties go alphabetically so the choice is stable.
+    return sorted(free, key=lambda z: (-z[2], z[1]))
+
+
+def _location_error(country: str, free: list[tuple[int, str, int]]) -> BadRequest:
+    names = ", ".join(sorted(c for _, c, _ in free))
+    return BadRequest(f"Location {country} is not available for this plan. "
+                      f"Available locations: {names}")
+
+
+def take_capacity(s: Session, plan_id: str, workload: str,
+                  country: str | None) -> tuple[Offer, OfferZone, Provider]:
+    """Take one unit of an offer's capacity, in the caller's transaction.
+
+    The conditional UPDATE is the only arbiter: on PostgreSQL a second writer blocks on the row
+    and re-checks `in_use < capacity` after the first commits; SQLite serializes writers. So two
+    deploys can never both take the last unit, whatever they read before."""
+    offer = s.get(Offer, plan_id)
+    if offer is None or not offer.enabled or offer.workload != workload:
+        raise BadRequest(PLAN_UNAVAILABLE)
+    provider = s.get(Provider, offer.provider_id)
+    if provider is None or not provider.enabled:
+        raise BadRequest(PLAN_UNAVAILABLE)
+    free = _free_zones(s, offer.id)
+    if not free:
+        raise BadRequest(PLAN_UNAVAILABLE)
+    candidates = free
+    if country is not None:
+        candidates = [z for z in free if z[1] == country]
+        if not candidates:
+            raise _location_error(country, free)
+    for zone_id, _, _ in candidates:
+        taken = s.execute(
+            update(OfferZone)
+            .where(OfferZone.id == zone_id, OfferZone.in_use < OfferZone.capacity)
+            .values(in_use=OfferZone.in_use + 1)
+            .execution_options(synchronize_session=False))
+        if taken.rowcount == 1:
+            zone = s.get(OfferZone, zone_id)
+            s.refresh(zone)
+            return offer, zone, provider
+    # Someone else took the last unit between our read and our UPDATE.
+    if country is not None:
+        still_free = _free_zones(s, offer.id)
+        if still_free:
+            raise _location_error(country, still_free)
+    raise BadRequest(PLAN_UNAVAILABLE)
+
+
+def release_capacity(s: Session, zone_id: int) -> None:
+    """Give back one unit (instance ended or failed); never below zero."""
+    s.execute(update(OfferZone).where(OfferZone.id == zone_id, OfferZone.in_use > 0)
+              .values(in_use=OfferZone.in_use - 1).execution_options(synchronize_session=False))
