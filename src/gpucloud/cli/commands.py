@@ -1,0 +1,15 @@
+"""The client side of the `gpucloud` command; `gpucloud.cli.main` calls `register(app)`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    from gpucloud.cli import account, admin, deploy, instances, plans
+
+    app.command("plans")(plans.plans)
+    app.add_typer(deploy.app, name="deploy")
+    instances.register(app)
+    account.register(app)
+    app.add_typer(admin.app, name="admin")
