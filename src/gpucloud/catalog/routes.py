@@ -1,3 +1,129 @@
-from fastapi import APIRouter
+"""GET /gpu/plans/, /gpu/plans/vms, /gpu/plans/baremetal, /gpu/default-images/.
 
-router = APIRouter()
+The hottest read endpoints of the API. Each takes only `request` (so `fastpath` can serve it as
+a bare Starlette route), authenticates from memory when it can, and returns bytes rendered once
+and cached (catalog/cache.py). Database work runs in the threadpool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from gpucloud.accounts.auth import authenticate, cached_caller
+from gpucloud.catalog import plans
+from gpucloud.catalog.cache import plans_cache
+from gpucloud.catalog.schemas import ContainerPlan, DefaultImageOut, VmPlans
+from gpucloud.fastpath import fast
+from gpucloud.jsonresp import dumps
+
+router = APIRouter(prefix="/gpu", tags=["plans"])
+
+_AUTH_PARAM = {"name": "X-API-KEY", "in": "header", "required": True,
+               "schema": {"type": "string"}, "description": "Your API key"}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Missing, unknown, revoked or expired API key",
+          "content": {"application/json": {"example": {"detail": "Invalid API key"}}}},
+}
+
+
+def _filter_params() -> list[dict[str, Any]]:
+    schema = plans.PlanFilters.model_json_schema()["properties"]
+    params = []
+    for name, prop in schema.items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        # The generated schema wraps optionals in anyOf[…, null]; a query param is just absent.
+        inner = next((p for p in prop.get("anyOf", []) if p.get("type") != "null"), prop)
+        params.append({"name": name, "in": "query", "required": False,
+                       "description": description, "schema": inner})
+    return params
+
+
+_PLAN_DOC = {"parameters": [_AUTH_PARAM, *_filter_params()]}
+_IMAGES_DOC = {"parameters": [_AUTH_PARAM]}
+
+
+def _parse_filters(request: Request) -> plans.PlanFilters | None:
+    if not request.query_params:
+        return None
+    try:
+        return plans.PlanFilters.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        for err in errors:
+            err["loc"] = ("query", *err["loc"])
+        raise RequestValidationError(errors) from None
+
+
+def _render(rt, build: Callable, filters) -> bytes:
+    with rt.db.read() as s:
+        return dumps(build(s, filters))
+
+
+async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: bool) -> Response:
+    rt = request.app.state.rt
+    key = request.headers.get("x-api-key")
+    if cached_caller(rt, key) is None:
+        await run_in_threadpool(authenticate, rt, key)
+    filters = _parse_filters(request) if filtered else None
+    cache_key = request.url.path.rstrip("/")
+    if filters is not None:
+        cache_key += "?" + filters.cache_key()
+    cache = plans_cache(rt)
+    body = cache.get(cache_key)
+    if body is None:
+        generation = cache.generation
+        body = await run_in_threadpool(_render, rt, build, filters)
+        cache.put(cache_key, body, generation)
+    return Response(content=body, media_type="application/json")
+
+
+@router.get("/plans/", response_model=list[ContainerPlan], operation_id="listContainerPlans",
+            summary="Container plans available now", responses=_ERRORS, openapi_extra=_PLAN_DOC)
+@router.get("/plans", include_in_schema=False)
+@fast
+async def list_container_plans(request: Request):
+    return await _serve(request, plans.container_plans, True)
+
+
+@router.get("/plans/vms", response_model=VmPlans, operation_id="listVmPlans",
+            summary="VM options available now, by GPU model and count", responses=_ERRORS,
+            openapi_extra=_PLAN_DOC)
+@fast
+async def list_vm_plans(request: Request):
+    return await _serve(request, _vm, True)
+
+
+@router.get("/plans/baremetal", response_model=VmPlans, operation_id="listBaremetalPlans",
+            summary="Bare-metal options available now, by GPU model and count",
+            responses=_ERRORS, openapi_extra=_PLAN_DOC)
+@fast
+async def list_baremetal_plans(request: Request):
+    return await _serve(request, _baremetal, True)
+
+
+@router.get("/default-images/", response_model=list[DefaultImageOut],
+            operation_id="listDefaultImages", summary="Ready-made container images",
+            responses=_ERRORS, openapi_extra=_IMAGES_DOC)
+@router.get("/default-images", include_in_schema=False)
+@fast
+async def list_default_images(request: Request):
+    return await _serve(request, _images, False)
+
+
+def _vm(s, filters):
+    return plans.machine_plans(s, "vm", filters)
+
+
+def _baremetal(s, filters):
+    return plans.machine_plans(s, "baremetal", filters)
+
+
+def _images(s, _filters):
+    return plans.default_images(s)
