@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Make a Podman engine answer the Docker Engine API on this machine, for the docker driver's
+# tests, the local provider and bench/containers.py. Idempotent and quick when all is in place.
+#
+#   scripts/setup-podman.sh            # install, configure, build the test image, serve
+#   GPUCLOUD_PODMAN_SOCKET=/path.sock  # where to serve (default below)
+#
+# Why each step:
+# - Debian's podman; runc because the default crun fails on this kernel's cgroup layout;
+#   catatonit is the init process containers get (`init: true`); busybox-static is the whole
+#   test image, since no registry is reachable from here.
+# - default_ulimits: podman's defaults exceed the sandbox's hard limits, and container start
+#   fails with "operation not permitted" when it tries to raise them.
+set -euo pipefail
+
+SOCKET="${GPUCLOUD_PODMAN_SOCKET:-/run/gpucloud-podman/podman.sock}"
+IMAGE="${GPUCLOUD_TEST_IMAGE:-localhost/gpucloud-busybox:latest}"
+LOG="${GPUCLOUD_PODMAN_LOG:-/tmp/gpucloud-podman-service.log}"
+CONF=/etc/containers/containers.conf
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+say() { echo "setup-podman: $*" >&2; }
+
+answers() {
+  # The Engine API's ping, over the unix socket.
+  curl -sf --max-time 3 --unix-socket "$SOCKET" http://d/_ping >/dev/null 2>&1
+}
+
+# 1. Packages.
+need=()
+for cmd in podman runc slirp4netns fuse-overlayfs newuidmap busybox catatonit curl; do
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
+done
+if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then need+=(busybox-static); fi
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing packages (missing: ${need[*]})"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq podman runc slirp4netns fuse-overlayfs uidmap busybox-static \
+    catatonit curl >/dev/null
+fi
+
+# 2. Engine configuration (only rewritten when ours is not there yet).
+if ! grep -q 'gpucloud: setup-podman' "$CONF" 2>/dev/null; then
+  say "writing $CONF"
+  $SUDO mkdir -p /etc/containers
+  $SUDO tee "$CONF" >/dev/null <<'EOF'
+# gpucloud: setup-podman.sh wrote this file (see the script for why).
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+EOF
+fi
+
+# 3. The test image: a busybox-static root filesystem, imported (no registry needed).
+if ! podman image exists "$IMAGE" 2>/dev/null; then
+  say "building $IMAGE from busybox-static"
+  work="$(mktemp -d)"
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/rootfs/bin" "$work/rootfs/tmp" "$work/rootfs/www" "$work/rootfs/etc"
+  cp /bin/busybox "$work/rootfs/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] && continue
+    ln -sf busybox "$work/rootfs/bin/$applet"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$work/rootfs/etc/passwd"
+  echo 'root:x:0:' >"$work/rootfs/etc/group"
+  tar -C "$work/rootfs" -cf "$work/rootfs.tar" .
+  podman import --change 'ENV PATH=/bin' --change 'CMD ["/bin/sh"]' \
+    "$work/rootfs.tar" "$IMAGE" >/dev/null
+fi
+
+# 4. The API service.
+if answers; then
+  say "engine answers on unix://$SOCKET"
+  exit 0
+fi
+mkdir -p "$(dirname "$SOCKET")"
+rm -f "$SOCKET"
+say "starting podman system service on unix://$SOCKET (log: $LOG)"
+nohup podman system service --time=0 "unix://$SOCKET" >"$LOG" 2>&1 </dev/null &
+for _ in $(seq 1 100); do
+  if answers; then
+    say "engine answers on unix://$SOCKET"
+    exit 0
+  fi
+  sleep 0.1
+done
+say "podman service did not answer on $SOCKET; see $LOG"
+tail -n 20 "$LOG" >&2 || true
+exit 1

@@ -1,0 +1,117 @@
+"""The real container engine the docker-driver tests talk to (Podman, set up by
+scripts/setup-podman.sh), and small helpers around it.
+
+The engine is not optional for these tests: when it does not answer they FAIL with the command
+that fixes it, rather than skip and hide that containers were never exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+SOCKET = os.environ.get("GPUCLOUD_PODMAN_SOCKET", "/run/gpucloud-podman/podman.sock")
+ENGINE_URL = f"unix://{SOCKET}"
+IMAGE = os.environ.get("GPUCLOUD_TEST_IMAGE", "localhost/gpucloud-busybox:latest")
+MISSING_IMAGE = "docker.io/library/gpucloud-no-such-image:1"
+
+# busybox httpd on 80 serving a page that names the instance, and a TCP echo on 7000.
+SERVE = ("sh -c 'mkdir -p /www && echo \"hello from $GREETING\" > /www/index.html && "
+         "echo \"serving $GREETING\" && httpd -f -p 80 -h /www & "
+         "while true; do nc -l -p 7000 -e cat; done'")
+
+
+def engine_client():
+    import docker
+
+    client = docker.DockerClient(base_url=ENGINE_URL, version="auto", timeout=30)
+    return client
+
+
+def require_engine():
+    """A docker-py client on the test engine, or a clear failure."""
+    import docker
+
+    try:
+        client = engine_client()
+        client.ping()
+    except (docker.errors.DockerException, OSError) as exc:
+        pytest.fail(f"No container engine answers on {ENGINE_URL} ({exc}). "
+                    "Run scripts/setup-podman.sh (the README's test command does).")
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"Test image {IMAGE} missing: run scripts/setup-podman.sh")
+    return client
+
+
+def labelled(client, **labels: str) -> list[Any]:
+    return client.containers.list(all=True, filters={
+        "label": [f"{k.replace('_', '.')}={v}" for k, v in labels.items()]})
+
+
+def for_instance(client, instance_id: str) -> list[Any]:
+    return client.containers.list(all=True,
+                                  filters={"label": [f"gpucloud.instance={instance_id}"]})
+
+
+def remove_provider_containers(client, provider_id: str) -> None:
+    for c in client.containers.list(all=True,
+                                    filters={"label": [f"gpucloud.provider={provider_id}"]}):
+        c.remove(force=True, v=True)
+
+
+def wait_for(fn: Callable[[], Any], timeout: float = 20.0, every: float = 0.1,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def http_get(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> str:
+    """GET / on a published port, retried while the server inside comes up."""
+    url = f"http://{host}:{port}/"
+
+    def attempt():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    return wait_for(attempt, timeout, 0.1, f"HTTP answer on {url}")
+
+
+def tcp_echo(port: int, payload: bytes = b"ping\n", host: str = "127.0.0.1",
+             timeout: float = 15.0) -> bytes:
+    def attempt():
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                s.sendall(payload)
+                s.settimeout(2)
+                return s.recv(1024) or None
+        except OSError:
+            return None
+
+    return wait_for(attempt, timeout, 0.1, f"TCP echo on {port}")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True

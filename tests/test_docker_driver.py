@@ -1,0 +1,263 @@
+"""The docker driver against a real engine (Podman serving the Docker API; see
+scripts/setup-podman.sh). Two layers:
+
+- the driver called directly, as the lifecycle worker calls it (real engine, real database:
+  port allocations are rows with a unique constraint);
+- the whole path through the public API (tests/test_docker_api.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+
+from gpucloud.drivers.base import DriverTransientError, PortSpec, WorkloadSpec
+from gpucloud.drivers.docker import DockerDriver
+from gpucloud.instances.models import Instance, PortAllocation
+
+from tests import podman_env as pe
+
+PORTS = (31200, 31239)
+
+
+@pytest.fixture
+def engine():
+    return pe.require_engine()
+
+
+@pytest.fixture
+def world(api, engine):
+    """A docker provider on the test engine, an offer, an account; containers cleaned up."""
+    pid = api.provider(name="local", driver="docker", engine_url=pe.ENGINE_URL,
+                       port_range=f"{PORTS[0]}-{PORTS[1]}", stop_timeout_seconds=1)
+    offer = api.offer(pid, vcpu=1, memory_gib=1, storage_gib=1, gpu_count=1)
+    account_id, _ = api.account(balance=100)
+    yield {"provider_id": pid, "offer_id": offer, "account_id": account_id}
+    pe.remove_provider_containers(engine, pid)
+
+
+def new_instance(rt, world, name: str = "box") -> str:
+    """An instance row as a deploy leaves it (the driver's port rows reference it)."""
+    from gpucloud.catalog.models import OfferZone
+
+    now = rt.clock.now()
+    with rt.db.write() as s:
+        zone = s.scalar(select(OfferZone).where(OfferZone.offer_id == world["offer_id"]))
+        inst = Instance(account_id=world["account_id"], offer_id=world["offer_id"],
+                        zone_id=zone.id, provider_id=world["provider_id"], workload="container",
+                        name=name, location="US", resources={}, price_hour=1_500_000,
+                        created_at=now, updated_at=now)
+        s.add(inst)
+        s.flush()
+        return inst.id
+
+
+def driver(rt, world, **config) -> DockerDriver:
+    cfg = DockerDriver.validate_config({"engine_url": pe.ENGINE_URL,
+                                        "port_range": list(PORTS), "stop_timeout_seconds": 1,
+                                        **config})
+    return DockerDriver(world["provider_id"], cfg, rt)
+
+
+def spec(instance_id: str, provider_id: str, **overrides) -> WorkloadSpec:
+    values = dict(instance_id=instance_id, provider_id=provider_id, workload="container",
+                  name="box", gpu_count=1, gpu_model="h100", vcpu=1, memory_gib=1,
+                  storage_gib=1, location="US", image=pe.IMAGE,
+                  expose=[PortSpec(80, "http"), PortSpec(7000, "tcp")],
+                  environment=[("GREETING", "first")], startup_command=pe.SERVE,
+                  ssh_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9ok"
+                          "Wi0dh2l9GKJl user@host")
+    values.update(overrides)
+    return WorkloadSpec(**values)
+
+
+def ports_of(status) -> dict[int, int]:
+    return {f.port: f.external_port for f in status.forwarded_ports}
+
+
+def allocations(rt, instance_id: str) -> list[tuple[int, int, str]]:
+    with rt.db.read() as s:
+        rows = s.scalars(select(PortAllocation).where(PortAllocation.instance_id == instance_id))
+        return sorted((r.port, r.internal_port, r.protocol) for r in rows)
+
+
+# -- config ----------------------------------------------------------------------------------
+
+def test_config_is_validated_at_registration(api):
+    good = DockerDriver.validate_config({"engine_url": "tcp://10.0.0.5:2376",
+                                         "port_range": "40000-40100", "gpu_mode": "nvidia",
+                                         "gpus": ["0", "1"]})
+    assert good["port_range"] == [40000, 40100]
+    assert good["restart_policy"] == "no" and good["gpu_mode"] == "nvidia"
+    for bad in ({}, {"engine_url": "ftp://x"}, {"engine_url": "unix://relative.sock"},
+                {"engine_url": "tcp://host"}, {"engine_url": pe.ENGINE_URL, "port_range": "9-5"},
+                {"engine_url": pe.ENGINE_URL, "gpu_mode": "cdi"},
+                {"engine_url": pe.ENGINE_URL, "gpu_mode": "amd"},
+                {"engine_url": pe.ENGINE_URL, "tls": {"verify": True}},
+                {"engine_url": pe.ENGINE_URL, "bogus": 1}):
+        with pytest.raises(ValueError):
+            DockerDriver.validate_config(bad)
+    r = api.client.post("/admin/providers", headers=api.admin, json={
+        "name": "bad", "driver": "docker", "config": {"engine_url": "tcp://h:1",
+                                                      "port_range": [500, 400]}})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][-1] == "config"
+    assert "port_range" in r.json()["detail"][0]["msg"]
+
+
+# -- create / observe ------------------------------------------------------------------------
+
+def test_create_runs_a_real_container_idempotently(rt, world, engine):
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    status = drv.create(spec(iid, world["provider_id"]))
+    assert status.phase == "running", status.reason
+    assert status.domain == "127.0.0.1"
+    ports = ports_of(status)
+    assert set(ports) == {80, 7000}
+    assert all(PORTS[0] <= p <= PORTS[1] for p in ports.values())
+    assert status.uri == f"http://127.0.0.1:{ports[80]}"
+    assert allocations(rt, iid) == sorted([(ports[80], 80, "http"), (ports[7000], 7000, "tcp")])
+
+    # The real answers, through the published host ports.
+    assert pe.http_get(ports[80]).strip() == "hello from first"
+    assert pe.tcp_echo(ports[7000], b"echo me\n") == b"echo me\n"
+
+    # The plan's limits, the env (SSH_PUBKEY injected), an init process, our labels.
+    (container,) = pe.for_instance(engine, iid)
+    host = container.attrs["HostConfig"]
+    assert host["NanoCpus"] == 1_000_000_000
+    assert host["Memory"] == 1024 ** 3
+    assert host["PidsLimit"] == 4096
+    assert host["Init"] is True
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    assert env["GREETING"] == "first" and env["SSH_PUBKEY"].startswith("ssh-ed25519 ")
+    assert container.labels["gpucloud.managed"] == "true"
+    assert container.labels["gpucloud.instance"] == iid
+
+    # A retry (crash after create) finds the same container and the same ports.
+    again = drv.create(spec(iid, world["provider_id"]))
+    assert again.phase == "running" and ports_of(again) == ports
+    assert [c.id for c in pe.for_instance(engine, iid)] == [container.id]
+    assert drv.status(iid, again.state).container_started is True
+
+    logs = pe.wait_for(lambda: drv.logs(iid, status.state, None), what="logs")
+    assert "serving first" in logs
+    assert drv.logs(iid, status.state, last=1) == logs[-1:]
+    lines = [e.message for e in drv.events(iid, status.state)]
+    assert any("present on the host" in m for m in lines), lines
+    assert any("created from image" in m for m in lines), lines
+    assert any(m.endswith("started") for m in lines), lines
+    assert drv.list_owned() == [iid]
+
+
+def test_two_instances_never_share_ports_and_delete_frees_them(rt, world, engine):
+    drv = driver(rt, world)
+    a, b = new_instance(rt, world, "a"), new_instance(rt, world, "b")
+    sa = drv.create(spec(a, world["provider_id"]))
+    sb = drv.create(spec(b, world["provider_id"]))
+    assert sa.phase == sb.phase == "running"
+    assert not set(ports_of(sa).values()) & set(ports_of(sb).values())
+
+    drv.delete(a, sa.state)
+    assert pe.for_instance(engine, a) == []
+    assert allocations(rt, a) == []
+    assert drv.status(a, sa.state).phase == "gone"
+    drv.delete(a, sa.state)  # safe to repeat
+    assert drv.list_owned() == [b]
+    freed = sorted(ports_of(sa).values())
+    assert all(pe.wait_for(lambda p=p: pe.port_free(p), what=f"port {p} free") for p in freed)
+
+    c = new_instance(rt, world, "c")
+    sc = drv.create(spec(c, world["provider_id"]))
+    assert sorted(ports_of(sc).values()) == freed  # lowest free ports first: a's come back
+
+
+def test_missing_image_fails_with_the_pull_error(rt, world, engine):
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    status = drv.create(spec(iid, world["provider_id"], image=pe.MISSING_IMAGE))
+    assert status.phase == "failed"
+    assert "could not be pulled" in status.reason and pe.MISSING_IMAGE in status.reason
+    assert pe.for_instance(engine, iid) == []
+    drv.delete(iid, status.state)
+    assert allocations(rt, iid) == []
+
+
+def test_a_container_that_cannot_start_fails(rt, world, engine):
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    status = drv.create(spec(iid, world["provider_id"], startup_command="/no/such/program"))
+    assert status.phase == "failed"
+    assert "could not start" in status.reason and "/no/such/program" in status.reason
+
+
+def test_crash_is_not_started_and_visible(rt, world, engine):
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    status = drv.create(spec(iid, world["provider_id"],
+                             startup_command="sh -c 'echo about to crash; exit 1'"))
+    assert status.phase == "running", status.reason
+    after = pe.wait_for(lambda: (s := drv.status(iid, status.state)).container_started is False
+                        and s, what="crash")
+    assert after.phase == "running" and after.reason == "Container exited with code 1"
+    assert "about to crash" in drv.logs(iid, after.state, None)
+    lines = [e.message for e in drv.events(iid, after.state)]
+    assert any("exited with code 1" in m for m in lines), lines
+
+
+def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    first = drv.create(spec(iid, world["provider_id"]))
+    ports = ports_of(first)
+    assert pe.http_get(ports[80]).strip() == "hello from first"
+
+    # A bad image: the old container keeps serving, and the reason says why.
+    bad = drv.update(spec(iid, world["provider_id"], image=pe.MISSING_IMAGE), 2)
+    assert bad.phase == "running" and bad.applied_generation == 1
+    assert "previous container kept" in bad.reason and "could not be pulled" in bad.reason
+    assert pe.http_get(ports[80]).strip() == "hello from first"
+
+    new_cmd = pe.SERVE.replace("serving", "now serving")
+    good = drv.update(spec(iid, world["provider_id"], environment=[("GREETING", "second")],
+                           startup_command=new_cmd), 3)
+    assert good.phase == "running" and good.applied_generation == 3, good.reason
+    assert ports_of(good) == ports
+    assert pe.http_get(ports[80]).strip() == "hello from second"
+    (container,) = pe.for_instance(engine, iid)
+    assert container.name == f"gpucloud-{iid}"
+    assert "GREETING=second" in container.attrs["Config"]["Env"]
+    logs = pe.wait_for(lambda: "now serving second" in drv.logs(iid, good.state, None),
+                       what="new process output")
+    assert logs
+    # Repeating the same update is a no-op.
+    same = drv.update(spec(iid, world["provider_id"], environment=[("GREETING", "second")],
+                           startup_command=new_cmd), 3)
+    assert [c.id for c in pe.for_instance(engine, iid)] == [container.id]
+    assert same.applied_generation == 3
+
+
+def test_strays_are_listed_and_engine_down_is_transient(rt, world, engine):
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    drv.create(spec(iid, world["provider_id"], expose=[PortSpec(7000, "tcp")]))
+    # A container some crashed process made for an instance the database never kept.
+    stray = engine.containers.create(pe.IMAGE, command=["sleep", "60"], labels={
+        "gpucloud.managed": "true", "gpucloud.provider": world["provider_id"],
+        "gpucloud.instance": "00000000-0000-0000-0000-000000000000"})
+    assert drv.list_owned() == sorted([iid, "00000000-0000-0000-0000-000000000000"])
+    drv.delete("00000000-0000-0000-0000-000000000000", None)
+    assert drv.list_owned() == [iid]
+    with pytest.raises(Exception):
+        stray.reload()
+
+    down = DockerDriver(world["provider_id"], DockerDriver.validate_config(
+        {"engine_url": "unix:///tmp/gpucloud-no-engine.sock"}), rt)
+    with pytest.raises(DriverTransientError):
+        down.create(spec(new_instance(rt, world, "d"), world["provider_id"]))
+    with pytest.raises(DriverTransientError):
+        down.status(iid, None)
+    assert dt.datetime.now(dt.timezone.utc)  # the calls above returned promptly
