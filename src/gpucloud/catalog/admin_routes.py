@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.exc import IntegrityError
 
 from gpucloud.accounts.auth import require_admin
-from gpucloud.catalog import service
+from gpucloud.catalog import importer, service
+from gpucloud.catalog.importer import CatalogDoc, ImportSummary
 from gpucloud.catalog.schemas import (OfferCreate, OfferOut, OfferPatch, ProviderCreate,
                                       ProviderOut, ProviderPatch)
 from gpucloud.errors import BadRequest
@@ -92,3 +93,18 @@ def patch_offer(offer_id: str, body: OfferPatch, request: Request):
         out = service.offer_out(s, offer_id)
     rt.invalidate("plans")
     return JSON(out)
+
+
+@router.post("/catalog", response_model=ImportSummary, operation_id="adminImportCatalog",
+             summary="Apply a catalog document (idempotent upsert)")
+def import_catalog(body: CatalogDoc, request: Request):
+    """Providers are matched by name, offers by provider + workload + GPU + count + vCPU +
+    memory + storage + location. All-or-nothing: an invalid document writes nothing."""
+    rt = request.app.state.rt
+    try:
+        with rt.db.write() as s:
+            summary = importer.import_catalog(s, body, rt.clock.now())
+    except IntegrityError:
+        raise BadRequest("The catalog changed concurrently; apply the document again") from None
+    rt.invalidate("plans")
+    return JSON(summary)
