@@ -11,8 +11,10 @@ rows), hence the generation counter.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 MAX_ENTRIES = 512  # filters make keys; bound them so odd queries cannot grow memory forever
 
@@ -23,6 +25,9 @@ class PlansCache:
         self.generation = 0
         self._entries: dict[str, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
+        # Renders in progress, so that when an entry expires under load one request renders
+        # and the others wait for it instead of all rendering the same bytes at once.
+        self._inflight: dict[tuple[int, int, str], asyncio.Future] = {}
 
     def get(self, key: str) -> bytes | None:
         hit = self._entries.get(key)
@@ -44,6 +49,33 @@ class PlansCache:
         with self._lock:
             self.generation += 1
             self._entries.clear()
+
+
+    async def get_or_render(self, key: str, render: Callable[[], Awaitable[bytes]]) -> bytes:
+        body = self.get(key)
+        if body is not None:
+            return body
+        loop = asyncio.get_running_loop()
+        # Keyed by generation too: a request that arrives after an invalidation must not be
+        # handed a render that started before it.
+        generation = self.generation
+        flight = (id(loop), generation, key)
+        pending = self._inflight.get(flight)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future = loop.create_future()
+        self._inflight[flight] = future
+        try:
+            body = await render()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here: no "never retrieved" warning without waiters
+            raise
+        finally:
+            self._inflight.pop(flight, None)
+        self.put(key, body, generation)
+        future.set_result(body)
+        return body
 
 
 def plans_cache(rt) -> PlansCache:

@@ -71,16 +71,17 @@ async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: b
     key = request.headers.get("x-api-key")
     if cached_caller(rt, key) is None:
         await run_in_threadpool(authenticate, rt, key)
-    filters = _parse_filters(request) if filtered else None
-    cache_key = request.url.path.rstrip("/")
-    if filters is not None:
-        cache_key += "?" + filters.cache_key()
-    cache = plans_cache(rt)
-    body = cache.get(cache_key)
-    if body is None:
-        generation = cache.generation
-        body = await run_in_threadpool(_render, rt, build, filters)
-        cache.put(cache_key, body, generation)
+    # Keyed on the raw query string: a hit skips parsing, and only queries that validated
+    # were ever stored. Unknown parameters are ignored, so they only make more keys.
+    scope = request.scope
+    query = scope["query_string"] if filtered else b""
+    cache_key = scope["path"].rstrip("/") + ("?" + query.decode("latin-1") if query else "")
+
+    async def render() -> bytes:
+        filters = _parse_filters(request) if query else None
+        return await run_in_threadpool(_render, rt, build, filters)
+
+    body = await plans_cache(rt).get_or_render(cache_key, render)
     return Response(content=body, media_type="application/json")
 
 

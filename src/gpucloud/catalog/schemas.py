@@ -85,7 +85,7 @@ class OfferFields(BaseModel):
     countries: list[Country] | None = Field(
         None, min_length=1, max_length=64, description="Containers only: several countries",
         examples=[["US", "DE"]])
-    capacity: int = Field(ge=0, le=1_000_000, examples=[8],
+    capacity: int = Field(ge=0, le=1_000_000_000, examples=[8],
                           description="Instances that may run at once, per country")
     nvlink: bool = False
     os_options: list[OsOption] | None = Field(
@@ -115,7 +115,7 @@ class OfferPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"capacity": 0}, {"price_hour": 2.49, "enabled": True}]})
     enabled: bool | None = None
-    capacity: int | None = Field(None, ge=0, le=1_000_000,
+    capacity: int | None = Field(None, ge=0, le=1_000_000_000,
                                  description="New capacity of every zone of the offer")
     price_hour: PositiveMoneyIn | None = Field(
         None, description="Applies to new deploys; running instances keep their price")
