@@ -350,3 +350,23 @@ def test_concurrent_takes_never_exceed_capacity(api, rt, capacity):
     assert results.count("ok") == capacity
     assert results.count("Plan no longer available") == threads_n - capacity
     assert api.client.get(f"/admin/offers/{oid}", headers=api.admin).json()["in_use"] == capacity
+
+
+def test_nul_characters_are_422_or_404_never_500(api, rt):
+    r = api.client.post("/admin/providers", headers=api.admin,
+                        json={"name": "x", "driver": "simulated",
+                              "config": {"domain_suffix": "a\u0000b"}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config",
+                                                                     "domain_suffix"]
+    pid = api.provider("p")
+    r = post_offer(api, pid, VM, os_options=["Ubuntu\u0000"])
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "os_options", 0]
+    r = post_offer(api, "bad\u0000id", CONTAINER)
+    assert r.status_code == 404
+    assert api.client.get("/admin/offers/x%00y", headers=api.admin).status_code == 404
+    assert api.client.patch("/admin/providers/x%00y", json={"enabled": True},
+                            headers=api.admin).status_code == 404
+    assert api.client.get("/admin/offers", params={"provider_id": "a\u0000"},
+                          headers=api.admin).json() == []
+    with rt.db.write() as s, pytest.raises(APIError, match="^Plan no longer available$"):
+        service.take_capacity(s, "x\u0000" * 40, "container", None)

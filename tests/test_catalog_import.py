@@ -150,3 +150,12 @@ def test_all_errors_reported_at_once(api, doc):
     r = apply(api, doc)
     locs = [e["loc"] for e in r.json()["detail"]]
     assert ["body", "offers", 0, "provider"] in locs and ["body", "offers", 2, "os_options"] in locs
+
+
+def test_nul_character_anywhere_is_422(api, doc):
+    doc["default_images"][1]["environment"][0]["value"] = "tok\u0000en"
+    r = apply(api, doc)
+    assert r.status_code == 422
+    assert ["body", "default_images", 1, "environment", 0, "value"] in [
+        e["loc"] for e in r.json()["detail"]]
+    assert api.client.get("/admin/providers", headers=api.admin).json() == []

@@ -347,3 +347,37 @@ def test_cached_plans_are_invalidated_by_changes(api, user, rt):
     assert len(api.client.get("/gpu/plans/?gpu_model=h100", headers=user).json()) == 1
     api.client.patch(f"/admin/providers/{pid}", json={"enabled": False}, headers=api.admin)
     assert api.client.get("/gpu/plans/?gpu_model=h100", headers=user).json() == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"plans_cache_seconds": 60}])
+def test_cached_plans_are_invalidated_by_deploys(api, rt):
+    _, user = api.account(100)
+    pid = api.provider("acme")
+    container = api.offer(pid, capacity=1)
+    vm = api.offer(pid, workload="vm", capacity=1)
+    assert len(api.client.get("/gpu/plans/", headers=user).json()) == 1
+    assert len(api.client.get("/gpu/plans/vms", headers=user).json()["data"]) == 1
+    api.deploy(user, container)
+    assert api.client.get("/gpu/plans/", headers=user).json() == []
+    api.deploy_vm(user, vm)
+    assert api.client.get("/gpu/plans/vms", headers=user).json() == {"data": []}
+    r = api.client.post("/gpu/instances/", json=api.container_body(container), headers=user)
+    assert r.status_code == 400 and r.json() == {"detail": "Plan no longer available"}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"plans_cache_seconds": 60}])
+def test_concurrent_requests_on_a_cold_cache_get_identical_bytes(api, live_server):
+    import concurrent.futures
+
+    import httpx
+
+    _, user = api.account()
+    pid = api.provider("acme")
+    for price in ("1.1", "2.2", "3.3"):
+        api.offer(pid, price=price)
+    with httpx.Client(base_url=live_server.url, headers=user, timeout=30) as c, \
+            concurrent.futures.ThreadPoolExecutor(16) as pool:
+        bodies = list(pool.map(lambda _: c.get("/gpu/plans/?gpu_model=h100").content, range(32)))
+    assert len(set(bodies)) == 1
+    assert [p["plan"]["pricing"]["hour"] for p in api.json(httpx.Response(200, content=bodies[0]))
+            ] == [Decimal("1.1"), Decimal("2.2"), Decimal("3.3")]

@@ -23,7 +23,7 @@ from gpucloud.catalog.models import DefaultImage, Offer, OfferZone, Provider
 from gpucloud.catalog.schemas import (DefaultImageOut, EnvOut, OfferFields, PortOut,
                                       ProviderName)
 from gpucloud.catalog.service import (add_offer, checked_driver_config, field_errors,
-                                      offer_countries, offer_rule_errors)
+                                      nul_path, offer_countries, offer_rule_errors)
 from gpucloud.errors import FieldError
 from gpucloud.money import to_micro
 
@@ -97,6 +97,9 @@ def _validate(s: Session, doc: CatalogDoc) -> dict[str, dict[str, Any]]:
     normalized driver configs by provider name."""
     errs: list[tuple[list[Any], str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
+    nul = nul_path(doc.model_dump(mode="json"), ["body"])
+    if nul is not None:
+        errs.append((nul, "Text must not contain NUL characters", None))
     for i, p in enumerate(doc.providers):
         if p.name in configs:
             errs.append((["body", "providers", i, "name"], f"Duplicate provider {p.name}",

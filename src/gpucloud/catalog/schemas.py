@@ -23,7 +23,8 @@ ProviderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9
 # Lowercase identifiers go straight into plan names (`h100-80gi-sxm-…`), so keep them tame.
 Ident = Annotated[str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1,
                                          max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
-OsOption = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+OsOption = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128,
+                                            pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 # --- admin: providers -------------------------------------------------------------------------
@@ -269,7 +270,7 @@ class EnvOut(BaseModel):
 class DefaultImageOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "slug": "debian-ssh", "name": "Debian 11 with SSH (root)",
-        "description": "Plain Ubuntu with an SSH server; your key is installed from SSH_PUBKEY.",
+        "description": "Minimal Debian with an OpenSSH server; your key comes from SSH_PUBKEY.",
         "image": "docker.io/fluencelabs/debian-ssh-root:11",
         "expose": [{"port": 22, "protocol": "tcp"}], "environment": [],
         "startup_command": None, "requires_ssh": True}]})

@@ -52,6 +52,35 @@ def field_errors(errors: list[tuple[list[Any], str, Any]]) -> FieldError:
     return first
 
 
+def nul_path(value: Any, loc: list[Any]) -> list[Any] | None:
+    """Where a NUL character hides in a JSON value. PostgreSQL cannot store one in text or
+    JSON, so it must be a 422 here rather than a driver error (a 500) at INSERT time."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = nul_path(key, loc + [key]) or nul_path(item, loc + [key])
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = nul_path(item, loc + [i])
+            if found:
+                return found
+    return None
+
+
+def reject_nul(value: Any, loc: list[Any]) -> None:
+    found = nul_path(value, loc)
+    if found is not None:
+        raise FieldError(found, "Text must not contain NUL characters", None)
+
+
+def _plausible_id(value: str) -> bool:
+    # Ids are UUIDs; anything else cannot match, and a NUL would make PostgreSQL raise.
+    return len(value) <= 64 and "\x00" not in value
+
+
 def offer_rule_errors(f: OfferFields, loc: list[Any]) -> list[tuple[list[Any], str, Any]]:
     """Rules that involve several fields (pydantic checks each field alone)."""
     errs: list[tuple[list[Any], str, Any]] = []
@@ -112,6 +141,7 @@ def public_config(provider: Provider) -> dict[str, Any]:
 
 def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], enabled: bool,
                     now: dt.datetime) -> Provider:
+    reject_nul(config, ["body", "config"])
     config = checked_driver_config(driver, config, ["body"])
     if s.scalar(select(Provider.id).where(Provider.name == name)) is not None:
         raise BadRequest(f"Provider {name} already exists")
@@ -122,7 +152,7 @@ def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], 
 
 
 def get_provider(s: Session, provider_id: str) -> Provider:
-    provider = s.get(Provider, provider_id)
+    provider = s.get(Provider, provider_id) if _plausible_id(provider_id) else None
     if provider is None:
         raise NotFound("Provider not found")
     return provider
@@ -182,7 +212,7 @@ def add_offer(s: Session, provider_id: str, f: OfferFields, now: dt.datetime) ->
 
 
 def get_offer(s: Session, offer_id: str) -> Offer:
-    offer = s.get(Offer, offer_id)
+    offer = s.get(Offer, offer_id) if _plausible_id(offer_id) else None
     if offer is None:
         raise NotFound("Offer not found")
     return offer
@@ -228,8 +258,12 @@ def list_offers(s: Session, provider_id: str | None = None,
                 offer_id: str | None = None) -> list[dict[str, Any]]:
     q = select(Offer, Provider.name).join(Provider, Provider.id == Offer.provider_id)
     if provider_id is not None:
+        if not _plausible_id(provider_id):
+            return []
         q = q.where(Offer.provider_id == provider_id)
     if offer_id is not None:
+        if not _plausible_id(offer_id):
+            return []
         q = q.where(Offer.id == offer_id)
     rows = s.execute(q.order_by(Provider.name, Offer.workload, Offer.gpu_model, Offer.gpu_count,
                                 Offer.price_hour, Offer.id)).all()
@@ -272,7 +306,7 @@ def take_capacity(s: Session, plan_id: str, workload: str,
     The conditional UPDATE is the only arbiter: on PostgreSQL a second writer blocks on the row
     and re-checks `in_use < capacity` after the first commits; SQLite serializes writers. So two
     deploys can never both take the last unit, whatever they read before."""
-    offer = s.get(Offer, plan_id)
+    offer = s.get(Offer, plan_id) if _plausible_id(plan_id) else None
     if offer is None or not offer.enabled or offer.workload != workload:
         raise BadRequest(PLAN_UNAVAILABLE)
     provider = s.get(Provider, offer.provider_id)
