@@ -293,8 +293,8 @@ def test_take_capacity_rules(api, rt):
         (c, "vm", None, "Plan no longer available"),          # wrong type
         (vm, "baremetal", None, "Plan no longer available"),
         ("unknown", "container", None, "Plan no longer available"),
-        (c, "container", "FI", "Location FI is not available for this plan. "
-                               "Available locations: DE, US"),
+        (c, "container", "FI", ("Location FI is not available for this plan. "
+                                "Available locations: DE, US")),
     ]:
         with rt.db.write() as s, pytest.raises(APIError) as exc:
             service.take_capacity(s, plan, workload, country)

@@ -69,8 +69,8 @@ def test_import_updates_by_natural_key(api, doc, rt):
     # CA left the file: it stops taking deploys but its running instance still counts.
     assert [(z["country"], z["capacity"], z["in_use"]) for z in after["zones"]] == [
         ("CA", 0, 1), ("DE", 3, 0), ("US", 3, 0)]
-    nordic = [p for p in api.client.get("/admin/providers", headers=api.admin).json()
-              if p["name"] == "nordic-gpu"][0]
+    nordic = next(p for p in api.client.get("/admin/providers", headers=api.admin).json()
+                  if p["name"] == "nordic-gpu")
     assert nordic["enabled"] is False
     # A changed natural key (vcpu) is a new offer, the old one is kept.
     changed["offers"][0]["vcpu"] = 26

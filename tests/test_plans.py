@@ -81,10 +81,10 @@ def test_container_multi_country_lists_free_zones_only(api, user, rt):
         _, zone, _ = service.take_capacity(s, oid, "container", "DE")
         assert zone.country == "DE"
     assert locations() == [["FI", "US"]]
-    with rt.db.write() as s:
-        with pytest.raises(APIError, match=r"^Location DE is not available for this plan\. "
-                                           r"Available locations: FI, US$"):
-            service.take_capacity(s, oid, "container", "DE")
+    with rt.db.write() as s, pytest.raises(
+            APIError, match=r"^Location DE is not available for this plan\. "
+                            r"Available locations: FI, US$"):
+        service.take_capacity(s, oid, "container", "DE")
     with rt.db.write() as s:
         service.take_capacity(s, oid, "container", None)
         service.take_capacity(s, oid, "container", None)

@@ -12,8 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from gpucloud.accounts.auth import require_admin
 from gpucloud.catalog import importer, service
 from gpucloud.catalog.importer import CatalogDoc, ImportSummary
-from gpucloud.catalog.schemas import (OfferCreate, OfferOut, OfferPatch, ProviderCreate,
-                                      ProviderOut, ProviderPatch)
+from gpucloud.catalog.schemas import (
+    OfferCreate,
+    OfferOut,
+    OfferPatch,
+    ProviderCreate,
+    ProviderOut,
+    ProviderPatch,
+)
 from gpucloud.errors import BadRequest
 from gpucloud.jsonresp import JSON
 

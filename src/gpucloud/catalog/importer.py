@@ -20,10 +20,15 @@ from sqlalchemy.orm import Session
 
 from gpucloud.catalog.demo import upsert_default_images
 from gpucloud.catalog.models import DefaultImage, Offer, OfferZone, Provider
-from gpucloud.catalog.schemas import (DefaultImageOut, EnvOut, OfferFields, PortOut,
-                                      ProviderName)
-from gpucloud.catalog.service import (add_offer, checked_driver_config, field_errors,
-                                      nul_path, offer_countries, offer_rule_errors)
+from gpucloud.catalog.schemas import DefaultImageOut, EnvOut, OfferFields, PortOut, ProviderName
+from gpucloud.catalog.service import (
+    add_offer,
+    checked_driver_config,
+    field_errors,
+    nul_path,
+    offer_countries,
+    offer_rule_errors,
+)
 from gpucloud.errors import FieldError
 from gpucloud.money import to_micro
 
@@ -120,8 +125,8 @@ def _validate(s: Session, doc: CatalogDoc) -> dict[str, dict[str, Any]]:
             errs.append((loc + ["provider"], f"Unknown provider {o.provider}", o.provider))
         key = _natural_key(o.provider, o)
         if key in seen:
-            errs.append((loc, "Duplicate offer (same provider, workload, GPU, count, vCPU, "
-                              "memory, storage and location)", None))
+            errs.append((loc, ("Duplicate offer (same provider, workload, GPU, count, vCPU, "
+                               "memory, storage and location)"), None))
         seen.add(key)
     slugs = [img.slug for img in doc.default_images or []]
     for i, slug in enumerate(slugs):

@@ -75,9 +75,7 @@ def _offer_matches(offer: Offer, provider: str, f: PlanFilters | None) -> bool:
         return False
     if f.min_vram is not None and _vram_gib(offer.gpu_vram) < f.min_vram:
         return False
-    if f.provider is not None and provider.lower() != f.provider.lower():
-        return False
-    return True
+    return f.provider is None or provider.lower() == f.provider.lower()
 
 
 def _zone_matches(offer: Offer, country: str, f: PlanFilters | None) -> bool:
@@ -85,11 +83,10 @@ def _zone_matches(offer: Offer, country: str, f: PlanFilters | None) -> bool:
         return True
     if f.country is not None and country != f.country.upper():
         return False
-    if f.location is not None and country != f.location.upper() and (
-            offer.location is None or offer.workload == "container"
-            or offer.location.lower() != f.location.lower()):
-        return False
-    return True
+    # A location is a country, or (VM/bare metal) the data-center id.
+    return f.location is None or country == f.location.upper() or (
+        offer.workload != "container" and offer.location is not None
+        and offer.location.lower() == f.location.lower())
 
 
 def container_plans(s: Session, f: PlanFilters | None = None) -> list[dict[str, Any]]:

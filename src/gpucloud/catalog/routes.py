@@ -7,7 +7,8 @@ and cached (catalog/cache.py). Database work runs in the threadpool, never on th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool

@@ -18,7 +18,6 @@ from gpucloud.catalog.schemas import OfferCreate, OfferFields, OfferPatch
 from gpucloud.errors import PLAN_UNAVAILABLE, BadRequest, FieldError, NotFound
 from gpucloud.money import from_micro, to_micro
 
-
 # --- derived views of an offer -----------------------------------------------------------------
 
 def plan_name(offer: Offer) -> str:
