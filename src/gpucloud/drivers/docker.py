@@ -20,8 +20,14 @@ import time
 from typing import Any
 
 from gpucloud.drivers import docker_ports
-from gpucloud.drivers.base import (Driver, DriverEvent, DriverTransientError, ForwardedPort,
-                                   WorkloadSpec, WorkloadStatus)
+from gpucloud.drivers.base import (
+    Driver,
+    DriverEvent,
+    DriverTransientError,
+    ForwardedPort,
+    WorkloadSpec,
+    WorkloadStatus,
+)
 from gpucloud.drivers.docker_config import normalized, parse_config
 from gpucloud.drivers.docker_engine import Engine, EngineError, short_error
 from gpucloud.drivers.docker_events import to_driver_events
@@ -44,7 +50,7 @@ def container_name(instance_id: str) -> str:
 def _wall() -> dt.datetime:
     # Engine events carry the engine host's wall time; our own notes use the same clock so
     # the two interleave correctly.
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class DockerDriver(Driver):
@@ -203,14 +209,14 @@ class DockerDriver(Driver):
                   L_INSTANCE: spec.instance_id, L_GENERATION: str(generation),
                   L_SINCE: str(since),
                   L_EXPOSE: ",".join(f"{p}/{proto}={h}" for (p, proto), h in ports.items())}
-        kwargs: dict[str, Any] = dict(
-            image=spec.image, name=name, labels=labels, environment=env, ports=published,
-            nano_cpus=int(spec.vcpu) * 1_000_000_000, mem_limit=f"{int(spec.memory_gib)}g",
-            memswap_limit=f"{int(spec.memory_gib)}g", pids_limit=self.cfg.pids_limit,
-            init=True, detach=True, stop_signal="SIGTERM",
-            restart_policy={"Name": self.cfg.restart_policy} if self.cfg.restart_policy != "no"
+        kwargs: dict[str, Any] = {
+            "image": spec.image, "name": name, "labels": labels, "environment": env, "ports": published,
+            "nano_cpus": int(spec.vcpu) * 1_000_000_000, "mem_limit": f"{int(spec.memory_gib)}g",
+            "memswap_limit": f"{int(spec.memory_gib)}g", "pids_limit": self.cfg.pids_limit,
+            "init": True, "detach": True, "stop_signal": "SIGTERM",
+            "restart_policy": {"Name": self.cfg.restart_policy} if self.cfg.restart_policy != "no"
             else None,
-        )
+        }
         if spec.startup_command:
             kwargs["command"] = _command(spec.startup_command)
         if self.cfg.network:
@@ -324,7 +330,7 @@ class DockerDriver(Driver):
             return status
         if self._generation(current) == generation and current.status == "running":
             self._remove_others(containers, keep=current)
-            return self._status_of(current, None)
+            return self._applied(current)
         notes: list[dict[str, str]] = []
         reason = self._ensure_image(spec, notes)
         if reason is not None:
@@ -352,7 +358,14 @@ class DockerDriver(Driver):
         self._remove(current)
         self._remove_others(containers, keep=replacement)
         self.engine.call(replacement.rename, container_name(spec.instance_id))
-        return self._status_of(replacement, None)
+        return self._applied(replacement)
+
+    def _applied(self, container) -> WorkloadStatus:
+        # The new config is in place: a process that then exits is the container's business
+        # (shown as NOT_STARTED by the watch), not a failed update.
+        status = self._status_of(container, None)
+        status.reason = None
+        return status
 
     def create_generation(self, spec: WorkloadSpec, generation: int) -> WorkloadStatus:
         notes: list[dict[str, str]] = []
@@ -483,7 +496,7 @@ def _parse_ts(value: str) -> dt.datetime:
     frac = "".join(ch for ch in frac if ch.isdigit())[:6]
     base = dt.datetime.fromisoformat(head + (f".{frac}" if frac else ""))
     if base.tzinfo is None:
-        base = base.replace(tzinfo=dt.timezone.utc)
+        base = base.replace(tzinfo=dt.UTC)
     return base
 
 

@@ -25,7 +25,7 @@ class TLSOptions(BaseModel):
     verify: bool = Field(True, description="Verify the engine's certificate.")
 
     @model_validator(mode="after")
-    def _pair(self) -> "TLSOptions":
+    def _pair(self) -> TLSOptions:
         if (self.client_cert is None) != (self.client_key is None):
             raise ValueError("tls.client_cert and tls.client_key go together")
         return self
@@ -109,7 +109,7 @@ class DockerConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _combined(self) -> "DockerConfig":
+    def _combined(self) -> DockerConfig:
         if self.tls is not None and self.engine_url.startswith("unix://"):
             raise ValueError("tls only applies to tcp:// engines")
         if self.gpu_mode == "cdi" and not self.gpus:

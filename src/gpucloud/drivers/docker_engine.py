@@ -11,13 +11,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from gpucloud.drivers.base import DriverTransientError
+from gpucloud.drivers.base import DriverError, DriverTransientError
 from gpucloud.drivers.docker_config import DockerConfig
 
 T = TypeVar("T")
 
 
-class EngineError(Exception):
+class EngineError(DriverError):
     """The engine answered and refused (bad image, bad config…): not worth retrying."""
 
 

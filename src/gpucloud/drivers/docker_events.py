@@ -31,8 +31,8 @@ _IMAGE = {"pull": "Image {name} pulled"}
 def event_time(event: dict[str, Any]) -> dt.datetime:
     nanos = event.get("timeNano")
     if nanos:
-        return dt.datetime.fromtimestamp(int(nanos) / 1e9, dt.timezone.utc)
-    return dt.datetime.fromtimestamp(int(event.get("time", 0)), dt.timezone.utc)
+        return dt.datetime.fromtimestamp(int(nanos) / 1e9, dt.UTC)
+    return dt.datetime.fromtimestamp(int(event.get("time", 0)), dt.UTC)
 
 
 def describe(event: dict[str, Any]) -> str | None:
