@@ -78,6 +78,8 @@ class WorkloadStatus:
     # Config the running workload has (after an update completes), for containers.
     applied_generation: int | None = None
     state: dict[str, Any] | None = None  # opaque driver bookkeeping persisted on the instance
+    # While pending: when it is worth asking again (server clock); None = the caller's default.
+    check_again_at: dt.datetime | None = None
 
 
 @dataclass

@@ -1,3 +1,172 @@
-from fastapi import APIRouter
+"""/gpu/instances — container instances (SPEC §3). Thin: auth, one service call, a JSON body.
 
-router = APIRouter()
+GET /gpu/instances/{instance_id} is a `fastpath` endpoint (plain Starlette route taking only
+the request): it is the hottest read, answered from one indexed SELECT without the ORM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import bindparam, select
+
+from gpucloud.accounts.auth import Caller, api_key_header, authenticate, cached_caller, \
+    current_account
+from gpucloud.catalog.models import Provider
+from gpucloud.drivers.base import DriverError
+from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, NotFound
+from gpucloud.fastpath import fast
+from gpucloud.instances import events as instance_events
+from gpucloud.instances import service, views
+from gpucloud.instances.models import Instance
+from gpucloud.instances.schemas import (ContainerDeploy, ContainerDetails, ContainerItem,
+                                        ContainerUpdate, Created)
+from gpucloud.jsonresp import JSON, isoformat_z
+
+router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"])
+
+CONTAINER = ("container",)
+PATH_ID = {"parameters": [{"name": "instance_id", "in": "path", "required": True,
+                           "schema": {"type": "string", "format": "uuid"}}]}
+NOT_FOUND_DOC = {404: {"description": "Unknown instance (or another account's)",
+                       "content": {"application/json": {"example": {"detail": INSTANCE_NOT_FOUND}}}}}
+
+
+# --- shared with vm_routes -------------------------------------------------------------------
+
+async def caller_of(request: Request) -> Caller:
+    """Auth for fast async routes: in-memory when the key is cached, else one DB lookup in
+    the threadpool."""
+    rt = request.app.state.rt
+    key = request.headers.get("x-api-key")
+    caller = cached_caller(rt, key)
+    if caller is None:
+        caller = await run_in_threadpool(authenticate, rt, key)
+    return caller
+
+
+_ONE = select(Instance.__table__).where(Instance.id == bindparam("iid"),
+                                        Instance.account_id == bindparam("acct"),
+                                        Instance.workload == bindparam("wl"))
+
+
+def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
+    """One indexed primary-key probe; other accounts' and other types' ids look unknown."""
+    with rt.db.engine.connect() as conn:
+        row = conn.execute(_ONE, {"iid": instance_id, "acct": account_id,
+                                  "wl": workload}).first()
+    if row is None:
+        raise NotFound(INSTANCE_NOT_FOUND)
+    return row
+
+
+def _now(rt):
+    return rt.clock.now()
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+@router.post("/", status_code=201, response_model=Created, operation_id="deployContainer",
+             summary="Deploy a container")
+def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        inst = service.deploy_container(s, rt, caller.account_id, body, _now(rt))
+        instance_id = inst.id
+    rt.invalidate("plans")
+    rt.wake.set()
+    return JSON({"instance_id": instance_id}, status_code=201)
+
+
+router.add_api_route("", deploy, methods=["POST"], status_code=201, include_in_schema=False)
+
+
+@router.get("/", response_model=list[ContainerItem], operation_id="listContainers",
+            summary="List containers, newest first")
+def list_containers(request: Request, caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    with rt.db.read() as s:
+        rows = service.list_owned(s, caller.account_id, "container")
+    return JSON([views.container_item(r) for r in rows])
+
+
+router.add_api_route("", list_containers, methods=["GET"], include_in_schema=False)
+
+
+@router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",
+            summary="Container details", dependencies=[Depends(api_key_header)],
+            openapi_extra=PATH_ID, responses=NOT_FOUND_DOC)
+@fast
+async def get_container(request: Request):
+    rt = request.app.state.rt
+    caller = await caller_of(request)
+    row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], "container")
+    return JSON(views.container_details(row))
+
+
+@router.put("/{instance_id}", status_code=204, operation_id="updateContainer",
+            summary="Replace a container's configuration", responses=NOT_FOUND_DOC)
+def update_container(instance_id: str, body: ContainerUpdate, request: Request,
+                     caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
+        service.request_update(s, rt, inst, body, _now(rt))
+    rt.wake.set()
+    return Response(status_code=204)
+
+
+@router.delete("/{instance_id}", status_code=204, operation_id="terminateContainer",
+               summary="Terminate a container", responses=NOT_FOUND_DOC)
+def terminate_container(instance_id: str, request: Request,
+                        caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
+        service.terminate(s, inst, _now(rt))
+    rt.invalidate("plans")
+    rt.wake.set()
+    return Response(status_code=204)
+
+
+def _with_driver(rt, account_id: str, instance_id: str):
+    with rt.db.read() as s:
+        inst = service.get_owned(s, account_id, instance_id, CONTAINER)
+        provider = s.get(Provider, inst.provider_id)
+        ours = instance_events.for_instance(s, instance_id)
+    driver = rt.driver_for(provider.id, provider.driver, provider.config or {})
+    return inst, driver, ours
+
+
+LAST = Query(None, ge=1, description="Keep only the last N lines")
+
+
+@router.get("/{instance_id}/logs", response_model=list[str], operation_id="getContainerLogs",
+            summary="Container stdout/stderr lines, oldest first", responses=NOT_FOUND_DOC)
+def container_logs(instance_id: str, request: Request, last: int | None = LAST,
+                   caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    inst, driver, _ = _with_driver(rt, caller.account_id, instance_id)
+    try:
+        lines = driver.logs(inst.id, inst.driver_state, last)
+    except DriverError:
+        raise BadRequest("Logs are temporarily unavailable from the provider") from None
+    return JSON(lines[-last:] if last else lines)
+
+
+@router.get("/{instance_id}/events", response_model=list[str],
+            operation_id="getContainerEvents", responses=NOT_FOUND_DOC,
+            summary="Lifecycle events (gpucloud's and the provider's), oldest first")
+def container_events(instance_id: str, request: Request, last: int | None = LAST,
+                     caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id)
+    try:
+        theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
+    except DriverError:
+        theirs = []  # the provider is unreachable; our own record still tells the story
+    merged = sorted(ours + theirs, key=lambda e: e[0])  # stable: ours first on ties
+    lines = [f"{isoformat_z(at)} {message}" for at, message in merged]
+    return JSON(lines[-last:] if last else lines)

@@ -1,3 +1,98 @@
-from fastapi import APIRouter
+"""/gpu/instances/vms and /gpu/instances/baremetal (SPEC §4): the same routes for both kinds.
 
-router = APIRouter()
+An instance is only reachable under its own kind's path. The list and details GETs are
+`fastpath` endpoints; that also keeps GET /gpu/instances/vms from being taken for a container
+id by the (fast) GET /gpu/instances/{instance_id}, since these are promoted first.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from gpucloud.accounts.auth import Caller, api_key_header, current_account
+from gpucloud.instances import service, views
+from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, caller_of, fetch_row
+from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
+from gpucloud.fastpath import fast
+from gpucloud.jsonresp import JSON
+
+router = APIRouter(prefix="/gpu/instances")
+
+KINDS = {"vms": "vm", "baremetal": "baremetal"}
+
+
+def _workload(request: Request) -> str:
+    # /gpu/instances/<kind>[/...]
+    return KINDS[request.url.path.split("/")[3]]
+
+
+@fast
+async def list_vms(request: Request):
+    rt = request.app.state.rt
+    caller = await caller_of(request)
+    with rt.db.read() as s:
+        rows = service.list_owned(s, caller.account_id, _workload(request))
+    return JSON([views.vm_item(r) for r in rows])
+
+
+@fast
+async def get_vm(request: Request):
+    rt = request.app.state.rt
+    caller = await caller_of(request)
+    row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], _workload(request))
+    return JSON(views.vm_details(row))
+
+
+def _routes(kind: str, workload: str) -> None:
+    title = "VM" if workload == "vm" else "Baremetal"
+    tags = [f"instances: {kind}"]
+
+    def deploy(body: VmDeploy, request: Request, caller: Caller = Depends(current_account)):
+        rt = request.app.state.rt
+        with rt.db.write() as s:
+            inst = service.deploy_vm(s, rt, caller.account_id, workload, body, rt.clock.now())
+            instance_id = inst.id
+        rt.invalidate("plans")
+        return JSON({"instance_id": instance_id}, status_code=201)
+
+    def rename(instance_id: str, body: VmRename, request: Request,
+               caller: Caller = Depends(current_account)):
+        rt = request.app.state.rt
+        with rt.db.write() as s:
+            inst = service.get_owned(s, caller.account_id, instance_id, (workload,),
+                                     for_update=True)
+            service.rename(inst, body.name, rt.clock.now())
+        return Response(status_code=204)
+
+    def terminate(instance_id: str, request: Request, caller: Caller = Depends(current_account)):
+        rt = request.app.state.rt
+        with rt.db.write() as s:
+            inst = service.get_owned(s, caller.account_id, instance_id, (workload,),
+                                     for_update=True)
+            service.terminate(s, inst, rt.clock.now())
+        rt.invalidate("plans")
+        return Response(status_code=204)
+
+    base = f"/{kind}"
+    router.add_api_route(base, deploy, methods=["POST"], status_code=201, tags=tags,
+                         response_model=Created, operation_id=f"deploy{title}",
+                         summary=f"Deploy a {kind} instance")
+    router.add_api_route(base + "/", deploy, methods=["POST"], status_code=201,
+                         include_in_schema=False)
+    router.add_api_route(base, list_vms, methods=["GET"], tags=tags, response_model=list[VmItem],
+                         operation_id=f"list{title}s", summary=f"List {kind} instances",
+                         dependencies=[Depends(api_key_header)])
+    router.add_api_route(base + "/{instance_id}", get_vm, methods=["GET"], tags=tags,
+                         response_model=VmDetails, operation_id=f"get{title}",
+                         summary=f"{title} instance details", openapi_extra=PATH_ID,
+                         dependencies=[Depends(api_key_header)], responses=NOT_FOUND_DOC)
+    router.add_api_route(base + "/{instance_id}", rename, methods=["PUT"], status_code=204,
+                         tags=tags, operation_id=f"rename{title}", responses=NOT_FOUND_DOC,
+                         summary=f"Rename a {kind} instance")
+    router.add_api_route(base + "/{instance_id}", terminate, methods=["DELETE"],
+                         status_code=204, tags=tags, operation_id=f"terminate{title}",
+                         summary=f"Terminate a {kind} instance", responses=NOT_FOUND_DOC)
+
+
+for _kind, _workload_name in KINDS.items():
+    _routes(_kind, _workload_name)

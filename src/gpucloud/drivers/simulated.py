@@ -1,0 +1,224 @@
+"""The built-in `simulated` provider: a far side that behaves like a real one, on the server clock.
+
+Its state lives in `sim_workloads` (and external ports in `port_allocations`), written in the
+driver's own short transactions — never the caller's — exactly like a remote provider's state
+would be: it survives restarts and is shared by every server process on the database.
+
+Provider config (all optional):
+- `provision_seconds` (default 5): a workload is running this long after create.
+- `fail_provisioning` (default false): workloads created from now on fail at the end of
+  provisioning (an image that cannot be pulled).
+- `lose_after_seconds` (default null): a workload vanishes this long after it became ready,
+  as if its node died — the way to exercise "the provider lost the workload".
+- `domain_suffix` (default "sim.gpucloud.local"): workloads get `{id8}.{region}.{suffix}`.
+- `port_range` (default [30000, 32767]): external ports, unique per provider.
+
+Logs and events are derived from the stored timestamps, so they are the same in every process
+and grow as the clock moves (a heartbeat line every 10 minutes of uptime).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from gpucloud.drivers import simulated_text
+from gpucloud.drivers.base import (Driver, DriverEvent, DriverTransientError, ForwardedPort,
+                                   WorkloadSpec, WorkloadStatus)
+from gpucloud.instances.models import PortAllocation, SimWorkload
+from gpucloud.jsonresp import isoformat_z
+
+DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
+                            "lose_after_seconds": None, "domain_suffix": "sim.gpucloud.local",
+                            "port_range": [30000, 32767]}
+MAX_HEARTBEATS = 2000  # older heartbeats are not worth regenerating for a log tail
+_SUFFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+
+
+def _number(value: Any, name: str, low: float, high: float) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ValueError(f"{name} must be a number between {low:g} and {high:g}")
+    return value
+
+
+class SimulatedDriver(Driver):
+    name = "simulated"
+
+    def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
+        super().__init__(provider_id, config, runtime)
+        self.cfg = self.validate_config(dict(config or {}))
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(config, dict):
+            raise ValueError("config must be an object")
+        unknown = sorted(set(config) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"Unknown simulated driver option(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(DEFAULTS)}")
+        out = {**DEFAULTS, **config}
+        _number(out["provision_seconds"], "provision_seconds", 0, 86400)
+        if not isinstance(out["fail_provisioning"], bool):
+            raise ValueError("fail_provisioning must be true or false")
+        if out["lose_after_seconds"] is not None:
+            _number(out["lose_after_seconds"], "lose_after_seconds", 0, 10 * 365 * 86400)
+        suffix = out["domain_suffix"]
+        if not isinstance(suffix, str) or len(suffix) > 200 or not _SUFFIX_RE.match(suffix):
+            raise ValueError("domain_suffix must be a lowercase DNS name")
+        rng = out["port_range"]
+        if (not isinstance(rng, (list, tuple)) or len(rng) != 2
+                or not all(isinstance(p, int) and not isinstance(p, bool) for p in rng)
+                or not 1 <= rng[0] <= rng[1] <= 65535):
+            raise ValueError("port_range must be [low, high] with 1 <= low <= high <= 65535")
+        out["port_range"] = list(rng)
+        return out
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def _db(self):
+        return self.runtime.db
+
+    def _now(self) -> dt.datetime:
+        return self.runtime.clock.now()
+
+    def _allocate(self, s, instance_id: str, expose) -> list[dict[str, Any]] | None:
+        low, high = self.cfg["port_range"]
+        used = set(s.scalars(select(PortAllocation.port).where(
+            PortAllocation.provider_id == self.provider_id,
+            PortAllocation.port.between(low, high))))
+        free = (p for p in range(low, high + 1) if p not in used)
+        ports = []
+        for spec in expose:
+            ext = next(free, None)
+            if ext is None:
+                return None
+            s.add(PortAllocation(provider_id=self.provider_id, port=ext, instance_id=instance_id,
+                                 internal_port=spec.port, protocol=spec.protocol))
+            ports.append({"port": spec.port, "external_port": ext, "protocol": spec.protocol})
+        return ports
+
+    def _status(self, row: SimWorkload | None, now: dt.datetime) -> WorkloadStatus:
+        if row is None or row.deleted_at is not None:
+            return WorkloadStatus(phase="gone", reason="No such workload at the provider")
+        cfg = row.config
+        if row.lost_at is not None and now >= row.lost_at:
+            return WorkloadStatus(phase="gone",
+                                  reason=f"Node {cfg['node']} stopped responding; workload lost")
+        if now < row.ready_at:
+            return WorkloadStatus(phase="pending", check_again_at=row.ready_at,
+                                  container_started=False)
+        if cfg.get("fail"):
+            return WorkloadStatus(phase="failed", reason=cfg["fail"])
+        ports = [ForwardedPort(**p) for p in row.ports or []]
+        uri = next((f"http://{row.domain}:{p.external_port}" for p in ports
+                    if p.port == 80 and p.protocol == "http"), None)
+        vm = cfg["workload"] != "container"
+        return WorkloadStatus(
+            phase="running", domain=row.domain, forwarded_ports=ports, uri=uri,
+            ssh_user="ubuntu" if vm else None, ssh_host=row.domain if vm else None,
+            ssh_port=22 if vm else None, container_started=None if vm else True,
+            applied_generation=row.generation, state={"node": cfg["node"]})
+
+    # -- contract ------------------------------------------------------------------------
+    def create(self, spec: WorkloadSpec) -> WorkloadStatus:
+        for _ in range(5):
+            try:
+                return self._create(spec)
+            except IntegrityError:
+                continue  # another process took the same port (PostgreSQL); pick again
+        raise DriverTransientError("could not allocate external ports, retry")
+
+    def _create(self, spec: WorkloadSpec) -> WorkloadStatus:
+        now = self._now()
+        with self._db.write() as s:
+            row = s.get(SimWorkload, spec.instance_id)
+            if row is None:
+                row = self._new_row(s, spec, now)
+                s.add(row)
+            return self._status(row, now)
+
+    def _new_row(self, s, spec: WorkloadSpec, now: dt.datetime) -> SimWorkload:
+        ready = now + dt.timedelta(seconds=self.cfg["provision_seconds"])
+        region = re.sub(r"[^a-z0-9-]", "-", spec.location.lower())
+        config = {
+            "workload": spec.workload, "name": spec.name, "image": spec.image,
+            "os_image": spec.os_image, "startup_command": spec.startup_command,
+            # Names only: values may be secrets, and the far side never needs to show them.
+            "env_names": [name for name, _ in spec.environment],
+            "expose": [{"port": p.port, "protocol": p.protocol} for p in spec.expose],
+            "gpu": f"{spec.gpu_count}x {spec.gpu_model.upper()}",
+            "node": f"gpu-node-{simulated_text.seed(spec.instance_id) % 32 + 1:02d}",
+            "fail": ("Back-off pulling image: simulated provisioning failure"
+                     if self.cfg["fail_provisioning"] else None),
+            "history": [],
+        }
+        config["initial"] = {k: config[k] for k in ("image", "env_names", "startup_command")}
+        ports = self._allocate(s, spec.instance_id, spec.expose)
+        if ports is None:
+            ports, config["fail"] = [], "No free external port on the provider"
+        lose = self.cfg["lose_after_seconds"]
+        return SimWorkload(
+            instance_id=spec.instance_id, provider_id=self.provider_id, created_at=now,
+            ready_at=ready, lost_at=ready + dt.timedelta(seconds=lose) if lose is not None else None,
+            domain=f"{spec.instance_id[:8]}.{region}.{self.cfg['domain_suffix']}",
+            config=config, ports=ports, generation=1, updated_at=now)
+
+    def status(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
+        with self._db.read() as s:
+            row = s.get(SimWorkload, instance_id)
+            return self._status(row, self._now())
+
+    def update(self, spec: WorkloadSpec, generation: int) -> WorkloadStatus:
+        now = self._now()
+        with self._db.write() as s:
+            row = s.get(SimWorkload, spec.instance_id)
+            if row is not None and row.deleted_at is None and row.generation < generation:
+                cfg = dict(row.config)
+                change = {"image": spec.image, "name": spec.name,
+                          "startup_command": spec.startup_command,
+                          "env_names": [name for name, _ in spec.environment]}
+                cfg.update(change)
+                cfg["history"] = [*cfg.get("history", []),
+                                  {**change, "at": now.isoformat(), "generation": generation}]
+                row.config = cfg  # a new dict, so the JSON column is written
+                row.generation = generation
+                row.updated_at = now
+            return self._status(row, now)
+
+    def delete(self, instance_id: str, state: dict[str, Any] | None) -> None:
+        now = self._now()
+        with self._db.write() as s:
+            row = s.get(SimWorkload, instance_id)
+            if row is not None and row.deleted_at is None:
+                row.deleted_at = now
+            s.execute(delete(PortAllocation).where(PortAllocation.instance_id == instance_id,
+                                                   PortAllocation.provider_id == self.provider_id))
+
+    def list_owned(self) -> list[str]:
+        with self._db.read() as s:
+            return list(s.scalars(select(SimWorkload.instance_id).where(
+                SimWorkload.provider_id == self.provider_id, SimWorkload.deleted_at.is_(None))))
+
+    # -- what a user can read ------------------------------------------------------------
+    def _row(self, instance_id: str) -> SimWorkload | None:
+        with self._db.read() as s:
+            return s.get(SimWorkload, instance_id)
+
+    def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
+        row = self._row(instance_id)
+        if row is None:
+            return []
+        now = self._now()
+        return [DriverEvent(at, msg) for at, msg in simulated_text.events(row) if at <= now]
+
+    def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]:
+        row = self._row(instance_id)
+        if row is None:
+            return []
+        lines = [f"{isoformat_z(at)} {msg}"
+                 for at, msg in simulated_text.logs(row, self._now(), MAX_HEARTBEATS)]
+        return lines[-last:] if last else lines

@@ -1,0 +1,320 @@
+"""The lifecycle worker: drives every instance with a pending `op` towards its provider's state.
+
+Leased rows (STYLE §5), in three steps per batch:
+1. claim: in one short transaction, take due rows nobody holds (`FOR UPDATE SKIP LOCKED` on
+   PostgreSQL; SQLite serializes writers) and stamp them with a lease token that expires
+   after `lease_seconds` of wall time;
+2. call the driver for each row OUTSIDE any transaction (it may be slow);
+3. apply each result in its own transaction, only if the row still carries our token and
+   the op we were asked to do. A terminate or update that arrived meanwhile clears the token,
+   so the stale result is dropped; a crashed worker's lease simply expires and the next
+   worker (in this or another process, or after a restart) does the step again — every
+   driver call is idempotent.
+
+ops: create → until running (ACTIVE), failed or past the deadline (FAILED); update → redeploy
+with the pending config, then swap it in; delete → remove the workload, then op = NULL;
+watch → poll ACTIVE workloads (container started/stopped, lost for good → ENDED).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+
+from gpucloud.billing import ledger
+from gpucloud.catalog.models import Provider
+from gpucloud.clock import utcnow
+from gpucloud.drivers.base import DriverError, DriverTransientError, WorkloadStatus
+from gpucloud.instances import events, service
+from gpucloud.instances.models import (ACTIVE, INITIALIZED, OP_CREATE, OP_DELETE, OP_UPDATE,
+                                       OP_WATCH, Instance)
+
+log = logging.getLogger("gpucloud.lifecycle")
+
+BATCH = 100
+PENDING_RECHECK = dt.timedelta(seconds=5)
+FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
+Apply = Callable[[Any, Instance], bool]  # (session, row) → did it change capacity?
+
+
+@dataclass
+class Claim:
+    inst: Instance  # detached snapshot taken at claim time
+    provider: Provider
+    token: str
+    op: str
+
+
+def _backoff(attempts: int) -> dt.timedelta:
+    return dt.timedelta(seconds=min(600, 5 * 2 ** min(attempts, 7)))
+
+
+# --- claim / apply -------------------------------------------------------------------------
+
+def _claim(rt, now: dt.datetime, limit: int = BATCH) -> list[Claim]:
+    wall = utcnow()
+    with rt.db.write() as s:
+        q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
+             .where(Instance.op.isnot(None), Instance.next_check_at <= now,
+                    or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall))
+             .order_by(Instance.next_check_at).limit(limit))
+        if not rt.db.is_sqlite:
+            q = q.with_for_update(of=Instance, skip_locked=True)
+        rows = s.execute(q).all()
+        if not rows:
+            return []
+        token = str(uuid.uuid4())
+        s.execute(update(Instance).where(Instance.id.in_([r[0].id for r in rows]))
+                  .values(lock_token=token,
+                          lock_expires_at=wall + dt.timedelta(seconds=rt.settings.lease_seconds))
+                  .execution_options(synchronize_session=False))
+        return [Claim(inst, prov, token, inst.op) for inst, prov in rows]
+
+
+def _apply(rt, claim: Claim, fn: Apply) -> bool:
+    """Run `fn` on the row if we still hold it; returns False when the result was dropped."""
+    with rt.db.write() as s:
+        q = select(Instance).where(Instance.id == claim.inst.id, Instance.lock_token == claim.token)
+        if not rt.db.is_sqlite:
+            q = q.with_for_update()
+        inst = s.scalars(q).one_or_none()
+        if inst is None or inst.op != claim.op:
+            log.info("instance %s: lease lost during %s; result dropped", claim.inst.id, claim.op)
+            return False
+        inst.lock_token = None
+        inst.lock_expires_at = None
+        capacity_changed = fn(s, inst)
+    if capacity_changed:
+        rt.invalidate("plans")
+    return True
+
+
+def _reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
+    """Unchanged watches: one UPDATE for the whole batch instead of a transaction each."""
+    with rt.db.write() as s:
+        s.execute(update(Instance)
+                  .where(Instance.id.in_([c.inst.id for c in claims]),
+                         Instance.lock_token == claims[0].token, Instance.op == OP_WATCH)
+                  .values(next_check_at=at, lock_token=None, lock_expires_at=None)
+                  .execution_options(synchronize_session=False))
+
+
+# --- transitions (run inside _apply) ------------------------------------------------------
+
+def _retry(now: dt.datetime, cap: dt.datetime | None = None) -> Apply:
+    def fn(s, inst: Instance) -> bool:
+        at = now + _backoff(inst.attempts)
+        inst.attempts += 1
+        inst.next_check_at = min(at, cap) if cap and cap > now else at
+        return False
+    return fn
+
+
+def _absorb(inst: Instance, st: WorkloadStatus) -> None:
+    """Copy what the driver reports about a running workload onto the row."""
+    inst.domain = st.domain
+    ssh = ({"user": st.ssh_user, "host": st.ssh_host or st.domain, "port": st.ssh_port or 22}
+           if st.ssh_user else None)
+    inst.network = {"forwarded_ports": [{"port": p.port, "external_port": p.external_port,
+                                         "protocol": p.protocol} for p in st.forwarded_ports],
+                    "uri": st.uri, "ssh": ssh}
+    inst.container_started = st.container_started
+    if st.state is not None:
+        inst.driver_state = st.state
+
+
+def _activate(now: dt.datetime, st: WorkloadStatus, watch: dt.timedelta) -> Apply:
+    def fn(s, inst: Instance) -> bool:
+        if inst.status != INITIALIZED:
+            inst.op = None
+            return False
+        inst.status = ACTIVE
+        inst.activated_at = inst.updated_at = now
+        _absorb(inst, st)
+        inst.op, inst.next_check_at, inst.attempts = OP_WATCH, now + watch, 0
+        ledger.activate(s, inst, now)
+        events.record(s, inst.id, now, f"Instance is running and reachable at {st.domain}")
+        return False
+    return fn
+
+
+def _fail(now: dt.datetime, reason: str) -> Apply:
+    def fn(s, inst: Instance) -> bool:
+        if inst.status != INITIALIZED:
+            return False
+        service.fail(s, inst, now, reason)
+        return True
+    return fn
+
+
+def _end(now: dt.datetime, reason: str) -> Apply:
+    def fn(s, inst: Instance) -> bool:
+        if inst.status != ACTIVE:
+            return False
+        service.end(s, inst, now, reason)
+        return True
+    return fn
+
+
+def _wait(now: dt.datetime, st: WorkloadStatus | None, cap: dt.datetime | None) -> Apply:
+    def fn(s, inst: Instance) -> bool:
+        at = (st.check_again_at if st and st.check_again_at else None) or now + PENDING_RECHECK
+        if cap is not None:
+            at = min(at, cap)
+        inst.next_check_at = max(at, now + dt.timedelta(seconds=1))
+        if st is not None and st.state is not None:
+            inst.driver_state = st.state
+        return False
+    return fn
+
+
+# --- one step per op -------------------------------------------------------------------------
+
+def _driver(rt, claim: Claim):
+    p = claim.provider
+    return rt.driver_for(p.id, p.driver, p.config or {})
+
+
+def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
+    inst = claim.inst
+    deadline = inst.provision_deadline_at
+    if inst.status != INITIALIZED:
+        return _done_with_op
+    if deadline is not None and now >= deadline:
+        return _fail(now, "Provisioning did not finish before the deadline")
+    try:
+        st = _driver(rt, claim).create(service.workload_spec(rt, inst))
+    except DriverTransientError as exc:
+        log.warning("instance %s: create will be retried: %s", inst.id, exc)
+        return _retry(now, deadline)
+    except DriverError as exc:
+        return _fail(now, str(exc))
+    if st.phase == "running":
+        return _activate(now, st, dt.timedelta(seconds=rt.settings.watch_interval_seconds))
+    if st.phase == "failed":
+        return _fail(now, st.reason or "The provider could not start the workload")
+    return _wait(now, st, deadline)  # pending, or gone (created again next time)
+
+
+def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
+    inst = claim.inst
+    watch = now + dt.timedelta(seconds=rt.settings.watch_interval_seconds)
+    if inst.status != ACTIVE or not inst.pending_update:
+        return _done_with_op
+    generation = int(inst.pending_update["container"].get("generation", 2))
+    try:
+        st = _driver(rt, claim).update(service.workload_spec(rt, inst, pending=True), generation)
+    except DriverTransientError as exc:
+        log.warning("instance %s: update will be retried: %s", inst.id, exc)
+        return _retry(now)
+    except DriverError as exc:
+        st = WorkloadStatus(phase="running", reason=str(exc))
+    if st.phase == "gone":
+        return _end(now, st.reason or "The provider lost the workload")
+    if st.phase == "pending":
+        return _wait(now, st, None)
+
+    def fn(s, inst: Instance) -> bool:
+        if st.phase == "running" and st.reason is None:
+            image = inst.pending_update["container"]["image"]
+            service.apply_pending_update(inst, now)
+            _absorb(inst, st)
+            events.record(s, inst.id, now, f"Update applied: container redeployed with {image}")
+        else:
+            inst.pending_update = inst.pending_credentials_enc = None
+            events.record(s, inst.id, now, f"Update failed: {st.reason or st.phase}; "
+                                           "the previous configuration keeps running")
+        inst.op, inst.next_check_at, inst.attempts = OP_WATCH, watch, 0
+        return False
+    return fn
+
+
+def _step_delete(rt, claim: Claim, now: dt.datetime) -> Apply:
+    inst = claim.inst
+    try:
+        _driver(rt, claim).delete(inst.id, inst.driver_state)
+    except DriverError as exc:  # delete is safe to repeat: keep trying, slower and slower
+        log.warning("instance %s: delete will be retried: %s", inst.id, exc)
+        return _retry(now)
+
+    def fn(s, inst: Instance) -> bool:
+        inst.op, inst.next_check_at, inst.attempts = None, None, 0
+        events.record(s, inst.id, now, "Workload removed at the provider")
+        return False
+    return fn
+
+
+def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
+    """None = nothing changed (rescheduled in bulk)."""
+    inst = claim.inst
+    if inst.status != ACTIVE:
+        return _done_with_op
+    try:
+        st = _driver(rt, claim).status(inst.id, inst.driver_state)
+    except DriverError as exc:
+        log.warning("instance %s: status unavailable: %s", inst.id, exc)
+        return None
+    if st.phase == "gone":
+        return _end(now, st.reason or "The provider lost the workload")
+    started = st.container_started if st.phase == "running" else False
+    if inst.workload != service.CONTAINER or started == inst.container_started:
+        return None
+    watch = now + dt.timedelta(seconds=rt.settings.watch_interval_seconds)
+
+    def fn(s, inst: Instance) -> bool:
+        inst.container_started = started
+        inst.updated_at = now
+        inst.next_check_at = watch
+        reason = f": {st.reason}" if st.reason else ""
+        events.record(s, inst.id, now, "Container started" if started
+                      else f"Container is not running{reason}")
+        return False
+    return fn
+
+
+def _done_with_op(s, inst: Instance) -> bool:
+    inst.op, inst.next_check_at = None, None
+    return False
+
+
+STEPS = {OP_CREATE: _step_create, OP_UPDATE: _step_update, OP_DELETE: _step_delete,
+         OP_WATCH: _step_watch}
+
+
+# --- entry points used by workers/runner.py --------------------------------------------------
+
+def process_due(rt) -> int:
+    """Claim one batch of due rows and run their steps. Returns how many rows were handled."""
+    now = rt.clock.now()
+    claims = _claim(rt, now)
+    quiet: list[Claim] = []
+    for claim in claims:
+        try:
+            fn = STEPS[claim.op](rt, claim, now)
+            if fn is None:
+                quiet.append(claim)
+            else:
+                _apply(rt, claim, fn)
+        except Exception:  # a bug or a database hiccup must not stall the whole queue
+            log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
+            try:
+                _apply(rt, claim, _retry(now))
+            except Exception:  # the lease will expire and the step run again
+                log.exception("instance %s: could not reschedule", claim.inst.id)
+    if quiet:
+        _reschedule_many(rt, quiet, now + dt.timedelta(seconds=rt.settings.watch_interval_seconds))
+    return len(claims)
+
+
+def next_due(rt) -> dt.datetime | None:
+    """Earliest create/update/delete step; watches run at every step anyway, so a manual
+    clock drain need not stop every 30 seconds for them."""
+    with rt.db.read() as s:
+        return s.scalar(select(func.min(Instance.next_check_at))
+                        .where(Instance.op.in_(FOREGROUND_OPS)))

@@ -1,0 +1,103 @@
+"""Instance rows → the public JSON shapes (SPEC §3, §4).
+
+Works on anything with the Instance attributes (an ORM object or a Core row), so the hot
+details route can build its answer from one plain SELECT without loading ORM objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpucloud.instances.models import ACTIVE
+from gpucloud.jsonresp import isoformat_z
+from gpucloud.money import from_micro
+
+ZERO = from_micro(0)
+
+
+def _base(i: Any) -> dict[str, Any]:
+    active = i.status == ACTIVE
+    return {
+        "id": i.id,
+        "name": i.name,
+        "resources": i.resources,
+        "domain": i.domain if active else None,
+        "location": i.location,
+        "created_at": isoformat_z(i.created_at),
+        "updated_at": isoformat_z(i.updated_at),
+    }
+
+
+def container_item(i: Any) -> dict[str, Any]:
+    out = _base(i)
+    out["instance_status"] = i.status
+    return out
+
+
+def vm_item(i: Any) -> dict[str, Any]:
+    out = _base(i)
+    out["status"] = i.status
+    return out
+
+
+def billing(i: Any) -> dict[str, Any]:
+    active = i.status == ACTIVE
+    return {
+        "hourly_usage": from_micro(i.price_hour) if active else ZERO,
+        "total_spendings": from_micro(i.spent),
+        "reserved_amount": from_micro(i.reserve),
+        "next_billing_period": isoformat_z(i.billed_until) if active and i.billed_until else None,
+    }
+
+
+def container_info(config: dict[str, Any] | None) -> dict[str, Any]:
+    config = config or {}
+    return {
+        "image": config.get("image"),
+        "expose": [{"port": p["port"], "protocol": p["protocol"]} for p in config.get("expose", [])],
+        "environment": [{"name": e["name"], "value": e["value"]}
+                        for e in config.get("environment", [])],
+        "startup_command": config.get("startup_command"),
+    }
+
+
+def _network(i: Any, with_ports: bool) -> dict[str, Any] | None:
+    if i.status != ACTIVE:
+        return None
+    net = i.network or {}
+    return {
+        "domain": i.domain,
+        "forwarded_ports": list(net.get("forwarded_ports", [])) if with_ports else [],
+        "uri": net.get("uri") if with_ports else None,
+    }
+
+
+def container_details(i: Any) -> dict[str, Any]:
+    out = container_item(i)
+    out["container_status"] = "STARTED" if i.status == ACTIVE and i.container_started \
+        else "NOT_STARTED"
+    out["container_info"] = container_info(i.container)
+    out["billing"] = billing(i)
+    out["network"] = _network(i, with_ports=True)
+    return out
+
+
+def ssh_connection(i: Any) -> str | None:
+    if i.status != ACTIVE:
+        return None
+    ssh = (i.network or {}).get("ssh")
+    if not ssh:
+        return None
+    user, host, port = ssh.get("user") or "root", ssh.get("host") or i.domain, ssh.get("port") or 22
+    return f"ssh {user}@{host}" if port == 22 else f"ssh -p {port} {user}@{host}"
+
+
+def vm_details(i: Any) -> dict[str, Any]:
+    out = vm_item(i)
+    out["availability"] = i.workload
+    out["os_image"] = i.os_image
+    out["ssh_connection"] = ssh_connection(i)
+    out["billing"] = billing(i)
+    out["network"] = _network(i, with_ports=False)
+    out["ssh_key"] = i.ssh_key
+    return out

@@ -1,0 +1,232 @@
+"""Container instances end to end: deploy, provisioning, details, update, logs/events,
+terminate, and the money that moves with each step."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+from tests.factories import SSH_ED25519
+
+
+def _setup(api, balance="100", price="1.5", capacity=10, **provider_config):
+    account_id, headers = api.account(balance=balance)
+    pid = api.provider(**provider_config)
+    offer = api.offer(pid, price=price, capacity=capacity)
+    return account_id, headers, offer
+
+
+def test_deploy_then_active_with_network(api):
+    account_id, headers, offer = _setup(api)
+    r = api.client.post("/gpu/instances/", headers=headers,
+                        json=api.container_body(offer, ssh_key=SSH_ED25519))
+    assert r.status_code == 201 and set(r.json()) == {"instance_id"}
+    iid = r.json()["instance_id"]
+
+    d = api.instance(headers, iid)
+    assert d["instance_status"] == "INITIALIZED" and d["container_status"] == "NOT_STARTED"
+    assert d["domain"] is None and d["network"] is None and d["location"] == "US"
+    assert d["created_at"].endswith("Z")
+    assert d["billing"] == {"hourly_usage": 0, "total_spendings": 0,
+                            "reserved_amount": Decimal("4.5"), "next_billing_period": None}
+    assert d["resources"]["gpu_model"]["model"] == "h100"
+    assert d["container_info"]["environment"] == [{"name": "SSH_PUBKEY", "value": SSH_ED25519}]
+    assert api.money(account_id)["balance"] == Decimal("95.5")
+
+    api.advance(10)
+    d = api.instance(headers, iid)
+    assert d["instance_status"] == "ACTIVE" and d["container_status"] == "STARTED"
+    net = d["network"]
+    assert d["domain"] and net["domain"] == d["domain"] and d["domain"].startswith(iid[:8])
+    ports = {(p["port"], p["protocol"]): p["external_port"] for p in net["forwarded_ports"]}
+    assert set(ports) == {(22, "tcp"), (80, "http")}
+    assert all(30000 <= p <= 32767 for p in ports.values())
+    assert net["uri"] == f"http://{d['domain']}:{ports[(80, 'http')]}"
+    # Activation charges the current hour; the reserve keeps two.
+    assert d["billing"] == {"hourly_usage": Decimal("1.5"), "total_spendings": Decimal("1.5"),
+                            "reserved_amount": Decimal("3"),
+                            "next_billing_period": "2026-01-05T11:00:00Z"}
+
+    listed = api.json(api.client.get("/gpu/instances/", headers=headers))
+    assert [i["id"] for i in listed] == [iid] and listed[0]["instance_status"] == "ACTIVE"
+    assert set(listed[0]) == {"id", "name", "instance_status", "resources", "domain", "location",
+                              "created_at", "updated_at"}
+    # the collection root works without the slash too
+    assert api.client.get("/gpu/instances", headers=headers).json() == api.json(
+        api.client.get("/gpu/instances/", headers=headers))
+
+
+def test_deploy_without_trailing_slash_and_list_newest_first(api):
+    _, headers, offer = _setup(api)
+    first = api.deploy(headers, offer, name="first")
+    api.advance(1)
+    r = api.client.post("/gpu/instances", headers=headers,
+                        json=api.container_body(offer, name="second"))
+    assert r.status_code == 201
+    names = [i["name"] for i in api.client.get("/gpu/instances/", headers=headers).json()]
+    assert names == ["second", "first"] and first
+
+
+def test_no_port_80_http_means_no_uri(api):
+    _, headers, offer = _setup(api)
+    body = api.container_body(offer)
+    body["container_settings"]["expose"] = [{"port": 8080}]
+    iid = api.client.post("/gpu/instances/", headers=headers, json=body).json()["instance_id"]
+    api.advance(10)
+    net = api.instance(headers, iid)["network"]
+    assert net["uri"] is None
+    assert [(p["port"], p["protocol"]) for p in net["forwarded_ports"]] == [(8080, "tcp")]
+
+
+def test_terminate_refunds_reserve_and_frees_capacity(api):
+    account_id, headers, offer = _setup(api, capacity=1)
+    iid = api.deploy(headers, offer)
+    # not ACTIVE yet → 400
+    r = api.client.delete(f"/gpu/instances/{iid}", headers=headers)
+    assert r.status_code == 400 and r.json()["detail"] == "Only an ACTIVE instance can be terminated"
+    api.advance(10)
+    assert api.client.delete(f"/gpu/instances/{iid}", headers=headers).status_code == 204
+    d = api.instance(headers, iid)
+    assert d["instance_status"] == "ENDED" and d["network"] is None and d["domain"] is None
+    assert d["billing"] == {"hourly_usage": 0, "total_spendings": Decimal("1.5"),
+                            "reserved_amount": 0, "next_billing_period": None}
+    assert api.money(account_id) == {"id": account_id, "name": "acct",
+                                     "balance": Decimal("98.5"), "reserved": 0,
+                                     "spent": Decimal("1.5")}
+    # a second terminate is a 400, and the capacity came back: the plan deploys again
+    assert api.client.delete(f"/gpu/instances/{iid}", headers=headers).status_code == 400
+    api.deploy(headers, offer, name="again")
+    api.advance(5)
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    assert any("Instance ended: Terminated by user" in e for e in events)
+    assert any("Killed container" in e for e in events)
+    assert any("Workload removed at the provider" in e for e in events)
+
+
+def test_failed_provisioning_refunds_everything(api):
+    account_id, headers, offer = _setup(api, capacity=1, fail_provisioning=True)
+    iid = api.deploy(headers, offer)
+    api.advance(10)
+    d = api.instance(headers, iid)
+    assert d["instance_status"] == "FAILED" and d["network"] is None
+    assert d["billing"]["reserved_amount"] == 0 and d["billing"]["total_spendings"] == 0
+    assert api.money(account_id)["balance"] == Decimal("100")
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    assert any("Provisioning failed" in e for e in events)
+    assert any("Failed to pull image" in e for e in events)
+    # capacity returned: the only unit can be taken again
+    api.deploy(headers, offer, name="again")
+
+
+def test_provisioning_deadline_fails_the_instance(api):
+    account_id, headers, offer = _setup(api, provision_seconds=3600)
+    iid = api.deploy(headers, offer)
+    api.advance(899)
+    assert api.instance(headers, iid)["instance_status"] == "INITIALIZED"
+    api.advance(2)
+    d = api.instance(headers, iid)
+    assert d["instance_status"] == "FAILED"
+    assert api.money(account_id)["balance"] == Decimal("100")
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    assert any("deadline" in e for e in events)
+
+
+def test_lost_workload_ends_instance(api):
+    account_id, headers, offer = _setup(api, lose_after_seconds=60)
+    iid = api.deploy(headers, offer)
+    api.advance(10)
+    assert api.instance(headers, iid)["instance_status"] == "ACTIVE"
+    api.advance(120)
+    d = api.instance(headers, iid)
+    assert d["instance_status"] == "ENDED" and d["billing"]["reserved_amount"] == 0
+    # one hour charged at activation, the rest refunded
+    assert api.money(account_id)["balance"] == Decimal("98.5")
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    assert any("workload lost" in e for e in events)
+
+
+def test_update_flow(api):
+    _, headers, offer = _setup(api)
+    iid = api.deploy(headers, offer)
+    body = {"name": "renamed", "container_settings": {
+        "image": "ghcr.io/acme/server:2.0", "startup_command": "serve --fast",
+        "environment": [{"name": "MODE", "value": "fast"}],
+        "expose": [{"port": 9999}],  # ignored
+        "credentials": {"host": "ghcr.io", "username": "me", "password": "hunter2"}}}
+    r = api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body)
+    assert r.status_code == 400 and r.json()["detail"] == "Only an ACTIVE instance can be updated"
+    api.advance(10)
+    assert api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body).status_code == 204
+    # pending: the details still show the configuration in effect
+    d = api.instance(headers, iid)
+    assert d["name"] == "box" and d["container_info"]["image"] == "docker.io/library/ubuntu:22.04"
+    r = api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body)
+    assert r.status_code == 400 and "still being applied" in r.json()["detail"]
+    api.advance(1)
+    d = api.instance(headers, iid)
+    assert d["name"] == "renamed"
+    assert d["container_info"] == {
+        "image": "ghcr.io/acme/server:2.0", "startup_command": "serve --fast",
+        "environment": [{"name": "MODE", "value": "fast"}],
+        "expose": [{"port": 22, "protocol": "tcp"}, {"port": 80, "protocol": "http"}]}
+    assert d["instance_status"] == "ACTIVE" and len(d["network"]["forwarded_ports"]) == 2
+    assert "hunter2" not in str(d)
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    assert any("Update requested" in e for e in events)
+    assert any("Update applied" in e for e in events)
+    assert any('Pulling image "ghcr.io/acme/server:2.0"' in e for e in events)
+    assert all("hunter2" not in e for e in events)
+    logs = api.client.get(f"/gpu/instances/{iid}/logs", headers=headers).json()
+    assert any("+ serve --fast" in line for line in logs)
+    # a second update after the first completed is fine
+    assert api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body).status_code == 204
+
+
+def test_logs_and_events_with_last(api):
+    _, headers, offer = _setup(api)
+    iid = api.deploy(headers, offer, container_settings={
+        "image": "docker.io/library/ubuntu:22.04", "expose": [{"port": 22}],
+        "startup_command": "sleep infinity"})
+    assert api.client.get(f"/gpu/instances/{iid}/logs", headers=headers).json() == []
+    api.advance(10)
+    logs = api.client.get(f"/gpu/instances/{iid}/logs", headers=headers).json()
+    assert any("sshd listening on 0.0.0.0 port 22" in line for line in logs)
+    assert any("+ sleep infinity" in line for line in logs)
+    assert all(line[:20].endswith("Z") for line in logs)
+    api.advance(1800)
+    later = api.client.get(f"/gpu/instances/{iid}/logs", headers=headers).json()
+    beats = [line for line in later if "heartbeat" in line]
+    assert len(beats) == 3 and len(later) == len(logs) + 3
+    assert api.client.get(f"/gpu/instances/{iid}/logs?last=2", headers=headers).json() \
+        == later[-2:]
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    assert "Instance scheduled on provider sim" in events[0]
+    assert any("Scheduling workload on node gpu-node-" in e for e in events)
+    assert any("Started container box" in e for e in events)
+    assert events == sorted(events, key=lambda e: e[:20])
+    assert api.client.get(f"/gpu/instances/{iid}/events?last=1", headers=headers).json() \
+        == events[-1:]
+    for bad in ("0", "-1", "abc"):
+        for kind in ("logs", "events"):
+            r = api.client.get(f"/gpu/instances/{iid}/{kind}?last={bad}", headers=headers)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "last"]
+
+
+def test_last_unit_taken_once_under_concurrency(api):
+    _, headers, offer = _setup(api, capacity=1, balance="1000")
+    results: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def deploy(n: int) -> None:
+        barrier.wait()
+        r = api.client.post("/gpu/instances/", headers=headers,
+                            json=api.container_body(offer, name=f"c{n}"))
+        results.append(r.status_code)
+
+    threads = [threading.Thread(target=deploy, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [201, 400, 400, 400]
+    assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 1
