@@ -196,3 +196,74 @@ def test_local_provider_registers_once_and_runs_a_plan(api, engine):
 
     api.rt.settings.local_provider = False
     assert register_local_provider(api.rt) is None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server_env(request, tmp_path):
+    from tests.conftest import ADMIN_KEY, fresh_pg_database
+
+    env = {"GPUCLOUD_CLOCK": "manual", "GPUCLOUD_ADMIN_KEY": ADMIN_KEY, "GPUCLOUD_DEMO": "0",
+           "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
+           "GPUCLOUD_LEASE_SECONDS": "2", "GPUCLOUD_WORKER_INTERVAL_SECONDS": "0.05"}
+    if request.param == "postgres":
+        env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database("gpucloud_docker_proc").replace(
+            "postgresql+psycopg://", "postgresql://")
+    return env
+
+
+def test_server_killed_mid_create_converges_to_one_container(tmp_path, server_env, engine):
+    """A real `gpucloud serve` SIGKILLed as soon as the container exists (before or while the
+    result is recorded): after a restart exactly one container runs, the instance is ACTIVE,
+    and a stray labelled container is removed by the reconciler."""
+    import httpx
+
+    from tests.conftest import ADMIN_KEY
+    from tests.procs import ServerProcess
+
+    admin = {"X-ADMIN-KEY": ADMIN_KEY}
+    server = ServerProcess(tmp_path, server_env).start()
+    pid = None
+    try:
+        c = httpx.Client(base_url=server.url, timeout=30)
+        acct = c.post("/admin/accounts", json={"name": "a", "balance": "100"},
+                      headers=admin).json()
+        key = {"X-API-KEY": acct["api_key"]}
+        pid = c.post("/admin/providers", headers=admin, json={
+            "name": "local", "driver": "docker", "config": {
+                "engine_url": pe.ENGINE_URL, "port_range": "31340-31359",
+                "stop_timeout_seconds": 1}}).json()["id"]
+        offer = c.post("/admin/offers", headers=admin, json={
+            "provider_id": pid, "workload": "container",
+            "gpu": {"vendor": "nvidia", "model": "h100", "vram": "80Gi", "interface": "SXM"},
+            "gpu_count": 1, "vcpu": 1, "memory_gib": 1, "storage_gib": 1, "price_hour": "0.5",
+            "countries": ["US"], "capacity": 3}).json()
+        r = c.post("/gpu/instances/", headers=key, json={
+            "plan_id": offer["id"], "name": "phoenix", "container_settings": {
+                "image": pe.IMAGE, "expose": [{"port": 80, "protocol": "http"}],
+                "environment": [{"name": "GREETING", "value": "phoenix"}],
+                "startup_command": pe.SERVE}})
+        assert r.status_code == 201, r.text
+        iid = r.json()["instance_id"]
+        pe.wait_for(lambda: pe.for_instance(engine, iid), timeout=30, every=0.005,
+                    what="the container to appear")
+    finally:
+        server.kill()
+    stray = "99999999-8888-7777-6666-555555555555"
+    engine.containers.create(pe.IMAGE, command=["sleep", "300"], labels={
+        "gpucloud.managed": "true", "gpucloud.provider": pid, "gpucloud.instance": stray})
+
+    server = ServerProcess(tmp_path, server_env).start()
+    try:
+        c = httpx.Client(base_url=server.url, timeout=30)
+        details = pe.wait_for(
+            lambda: (d := c.get(f"/gpu/instances/{iid}", headers=key).json())
+            ["instance_status"] == "ACTIVE" and d, timeout=30, what="ACTIVE after restart")
+        (container,) = pe.for_instance(engine, iid)
+        assert container.status == "running"
+        port = details["network"]["forwarded_ports"][0]["external_port"]
+        assert pe.http_get(int(port)).strip() == "hello from phoenix"
+        pe.wait_for(lambda: pe.for_instance(engine, stray) == [], timeout=30,
+                    what="the reconciler to remove the stray")
+    finally:
+        server.stop()
+        pe.remove_provider_containers(engine, pid)

@@ -24,6 +24,9 @@ class Runtime:
     secrets: SecretBox
     # Serializes this process's background ticks with POST /admin/clock drains.
     work_lock: threading.RLock = field(default_factory=threading.RLock)
+    # Set after committing new work (a deploy, update, terminate) so this process's idle
+    # background worker starts it now instead of at its next poll.
+    wake: threading.Event = field(default_factory=threading.Event)
     caches: dict[str, Any] = field(default_factory=dict)
     _drivers: dict[tuple[str, str], Any] = field(default_factory=dict)
     _drivers_lock: threading.Lock = field(default_factory=threading.Lock)

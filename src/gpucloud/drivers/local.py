@@ -61,6 +61,7 @@ def candidate_engines() -> list[str]:
 
 def find_engine() -> tuple[str, str] | None:
     """(engine_url, "Podman"|"Docker") of the first engine that answers a ping."""
+    from gpucloud.drivers.base import DriverError
     from gpucloud.drivers.docker_config import parse_config
     from gpucloud.drivers.docker_engine import Engine
 
@@ -72,7 +73,7 @@ def find_engine() -> tuple[str, str] | None:
         try:
             if engine.ping():
                 return url, "Podman" if engine.is_podman() else "Docker"
-        except Exception as exc:  # an odd engine must never stop the server from starting
+        except DriverError as exc:  # an odd engine must never stop the server from starting
             log.debug("engine %s: %s", url, exc)
         finally:
             engine.close()

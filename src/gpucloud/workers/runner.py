@@ -74,12 +74,16 @@ class BackgroundWorker:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self.rt.wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
         interval = self.rt.settings.worker_interval_seconds
         while not self._stop.is_set():
+            # Cleared before the pass: work committed while it runs keeps the event set, so
+            # the wait below returns at once instead of after a whole interval.
+            self.rt.wake.clear()
             try:
                 with self.rt.work_lock:
                     self.rt.clock.refresh()
@@ -93,4 +97,4 @@ class BackgroundWorker:
                 log.exception("worker step failed")
                 busy = 0
             if not busy:
-                self._stop.wait(interval)
+                self.rt.wake.wait(interval)
