@@ -65,7 +65,7 @@ def start_server(tmp: Path, port: int, worker_interval: float | None) -> subproc
     raise RuntimeError("gpucloud serve did not come up")
 
 
-def setup(c: httpx.Client, engine_url: str) -> tuple[dict, str]:
+def setup(c: httpx.Client, engine_url: str) -> tuple[dict, str, str]:
     admin = {"X-ADMIN-KEY": ADMIN}
     acct = c.post("/admin/accounts", json={"name": "bench", "balance": "100000"},
                   headers=admin).json()
@@ -80,7 +80,7 @@ def setup(c: httpx.Client, engine_url: str) -> tuple[dict, str]:
         "gpu_count": 1, "vcpu": 1, "memory_gib": 1, "storage_gib": 1, "price_hour": "0.1",
         "countries": ["US"], "capacity": 1000})
     offer.raise_for_status()
-    return {"X-API-KEY": acct["api_key"]}, offer.json()["id"]
+    return {"X-API-KEY": acct["api_key"]}, offer.json()["id"], prov.json()["id"]
 
 
 def via_engine(client, host_port: int) -> float:
@@ -137,9 +137,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         port = free_port()
         server = start_server(Path(tmpdir), port, args.worker_interval)
+        provider_id = None
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-                key, plan_id = setup(c, args.engine_url)
+                key, plan_id, provider_id = setup(c, args.engine_url)
                 via_gpucloud(c, key, plan_id, 0)  # warm-up: imports, engine connection
                 engine_times, api_times = [], []
                 for n in range(1, args.runs + 1):
@@ -151,13 +152,10 @@ def main() -> None:
             server.wait(15)
             for ct in client.containers.list(all=True, filters={"label": "bench=direct"}):
                 ct.remove(force=True)
-            for ct in client.containers.list(all=True, filters={"label": "gpucloud.managed"}):
-                if ct.labels.get("gpucloud.instance") and ct.name.startswith("gpucloud-"):
-                    # only this bench's provider used the bench port range
-                    if f"={PORTS[0]}" in ct.labels.get("gpucloud.expose", "") or \
-                            any(f"={p}" in ct.labels.get("gpucloud.expose", "")
-                                for p in range(PORTS[0], PORTS[1] + 1)):
-                        ct.remove(force=True, v=True)
+            if provider_id:
+                for ct in client.containers.list(all=True, filters={
+                        "label": f"gpucloud.provider={provider_id}"}):
+                    ct.remove(force=True, v=True)
 
     e_med, a_med = statistics.median(engine_times), statistics.median(api_times)
     print(f"runs: {args.runs}  image: {IMAGE}  engine: {args.engine_url}")
