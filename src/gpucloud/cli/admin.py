@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,7 +98,7 @@ def parse_expiry(client: Client, value: str) -> dt.datetime:
     except ValueError:
         raise typer.BadParameter(f"{value!r}: expected an ISO 8601 time or a duration like 30d",
                                  param_hint="--expires") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 @keys.command("create")
@@ -169,9 +170,9 @@ def providers_ls(as_json: bool = JSON_OPT, *, client: Client) -> None:
     if as_json:
         print_json(items)
         return
-    table(["ID", "Name", "Driver", "Enabled", "Config"],
-          [[p.id, p.name, p.driver, "yes" if p.enabled else "no", json.dumps(p.config)]
-           for p in items])
+    table(["ID", "Name", "Driver", "Enabled", "Offers", "In use", "Config"],
+          [[p.id, p.name, p.driver, "yes" if p.enabled else "no", p.offers,
+            f"{p.in_use or 0}/{p.capacity or 0}", json.dumps(p.config)] for p in items])
 
 
 def _toggle_provider(enabled: bool):
@@ -245,17 +246,16 @@ def offers_ls(as_json: bool = JSON_OPT, *, client: Client) -> None:
     if as_json:
         print_json(items)
         return
-    table(["ID", "Provider", "Workload", "GPU", "Price/h", "Capacity", "Enabled"],
-          [[o.id, o.provider_id, o.workload, _offer_gpu(o), o.price_hour, o.capacity,
-            "yes" if o.enabled else "no"] for o in items], right=("Price/h", "Capacity"))
+    table(["ID", "Provider", "Workload", "GPU", "Location", "Price/h", "In use", "Enabled"],
+          [[o.id, o.provider or o.provider_id, o.workload, _offer_gpu(o),
+            o.location or o.countries, o.price_hour, f"{o.in_use or 0}/{o.capacity}",
+            "yes" if o.enabled else "no"] for o in items], right=("Price/h", "In use"))
 
 
 def _offer_gpu(o: models.Offer) -> str:
-    gpu = getattr(o, "gpu", None)
-    count = getattr(o, "gpu_count", None)
-    if isinstance(gpu, dict):
-        return f"{count or 1}× {gpu.get('model', '?')} {gpu.get('vram', '')}".strip()
-    return "-"
+    if o.gpu is None:
+        return "-"
+    return f"{o.gpu_count or 1}× {o.gpu.model} {o.gpu.vram or ''}".strip()
 
 
 @offers.command("set")
@@ -287,6 +287,16 @@ offers.command("disable")(_toggle_offer(False))
 
 
 # -- catalog and clock ---------------------------------------------------------------------------
+class _DecimalLoader(yaml.SafeLoader):
+    """YAML floats become Decimal: `price_hour: 2.123457` must reach the server digit for
+    digit, not as the nearest binary float."""
+
+
+_DecimalLoader.add_constructor(
+    "tag:yaml.org,2002:float",
+    lambda loader, node: Decimal(loader.construct_scalar(node).replace("_", "")))
+
+
 @catalog.command("import")
 @connected
 def catalog_import(
@@ -297,8 +307,8 @@ def catalog_import(
 ) -> None:
     """Import a catalog document (providers, offers, default images) from YAML."""
     try:
-        document = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
+        document = yaml.load(file.read_text(), Loader=_DecimalLoader)
+    except (yaml.YAMLError, ArithmeticError) as exc:
         raise typer.BadParameter(f"{file}: {exc}") from None
     if not isinstance(document, dict):
         raise typer.BadParameter(f"{file}: expected a YAML mapping")
@@ -325,4 +335,4 @@ def clock_advance(seconds: float = typer.Argument(..., min=0, metavar="SECONDS")
 
 
 def _z(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

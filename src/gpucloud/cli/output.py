@@ -44,12 +44,8 @@ def print_json(obj: Any) -> None:
 def money(value: Decimal | None) -> str:
     if value is None:
         return "-"
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0")
-        whole, frac = text.split(".")
-        text = f"{whole}.{frac.ljust(2, '0')}"
-    return text
+    whole, _, frac = format(value, "f").partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"  # at least cents, never a lost digit
 
 
 def cell(value: Any) -> str:

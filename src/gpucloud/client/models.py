@@ -198,7 +198,7 @@ class Network(Response):
 
 
 class ContainerInfo(Response):
-    image: str
+    image: str | None = None
     expose: list[Port] = Field(default_factory=list)
     environment: list[EnvVar] = Field(default_factory=list)
     startup_command: str | None = None
@@ -289,15 +289,36 @@ class Provider(Response):
     driver: str
     enabled: bool = True
     config: dict[str, Any] = Field(default_factory=dict)
+    offers: int | None = None
+    capacity: int | None = None
+    in_use: int | None = None
+
+
+class OfferGpu(Response):
+    vendor: str | None = None
+    model: str
+    vram: str | None = None
+    interface: str | None = None
 
 
 class Offer(Response):
     id: str
+    name: str | None = None
     provider_id: str | None = None
+    provider: str | None = None
     workload: str | None = None
-    enabled: bool = True
+    gpu: OfferGpu | None = None
+    gpu_count: int | None = None
+    vcpu: int | None = None
+    memory_gib: int | None = None
+    storage_gib: int | None = None
     price_hour: Decimal | None = None
+    location: str | None = None
+    countries: list[str] = Field(default_factory=list)
+    os_options: list[str] = Field(default_factory=list)
+    enabled: bool = True
     capacity: int | None = None
+    in_use: int | None = None
 
 
 class CatalogSummary(Response):
