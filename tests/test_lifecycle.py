@@ -154,6 +154,7 @@ def test_port_range_exhaustion_fails_and_refunds(api, rt):
     pid = api.provider(port_range=[31000, 31002])
     offer = api.offer(pid)
     first = api.deploy(headers, offer, name="first")  # 22 + 80 → two ports
+    api.advance(1)
     second = api.deploy(headers, offer, name="second")
     api.advance(10)
     assert api.instance(headers, first)["instance_status"] == "ACTIVE"
