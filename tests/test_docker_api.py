@@ -267,3 +267,17 @@ def test_server_killed_mid_create_converges_to_one_container(tmp_path, server_en
     finally:
         server.stop()
         pe.remove_provider_containers(engine, pid)
+
+
+def test_a_vanished_container_is_recreated_on_the_same_ports(api, local, engine):
+    iid = deploy(api, local, name="lazarus")
+    details = settle(api, local, iid)
+    ports = host_ports(details)
+    (first,) = pe.for_instance(engine, iid)
+    first.remove(force=True)  # someone cleaned up the host by hand
+    api.advance(api.rt.settings.watch_interval_seconds + 1)
+    (again,) = pe.for_instance(engine, iid)
+    assert again.id != first.id and again.status == "running"
+    details = api.instance(local["headers"], iid)
+    assert details["instance_status"] == "ACTIVE" and host_ports(details) == ports
+    assert pe.http_get(ports[80]).strip() == "hello from lazarus"
