@@ -90,6 +90,13 @@ def test_plans_table_json_and_filters(cli, market):  # noqa: F811
     assert "gpu-farm" in bad.stderr
 
 
+def test_default_images(cli, demo):
+    images = cli.json("images")
+    assert images and all(i["image"] and i["slug"] for i in images)
+    table = cli("images").stdout
+    assert all(i["slug"] in table for i in images)
+
+
 # -- deploy, show, ls ----------------------------------------------------------------------------
 def test_deploy_container_wait_reaches_active(cli, market, api):  # noqa: F811
     with ticking(cli.url):

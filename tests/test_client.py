@@ -119,6 +119,13 @@ def test_plans_are_typed_with_exact_prices(gc, market):
     assert [r.id for r in select(rows, count=8)] == [market["bm"]]
 
 
+def test_default_images(gc, demo):
+    images = gc.default_images()
+    assert images and all(isinstance(i, models.DefaultImage) for i in images)
+    assert any(i.requires_ssh for i in images)
+    assert all(isinstance(p.port, int | str) for i in images for p in i.expose)
+
+
 # -- containers ----------------------------------------------------------------------------------
 def test_container_lifecycle(gc, api, live_server, market, user):
     created = gc.deploy_container(container_request(market["cheap"], name="web",

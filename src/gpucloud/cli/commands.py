@@ -9,6 +9,7 @@ def register(app: typer.Typer) -> None:
     from gpucloud.cli import account, admin, deploy, instances, plans
 
     app.command("plans")(plans.plans)
+    app.command("images")(plans.images)
     app.add_typer(deploy.app, name="deploy")
     instances.register(app)
     account.register(app)

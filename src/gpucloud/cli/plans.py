@@ -57,3 +57,19 @@ def plans(
           right=("GPUs", "vCPU", "RAM GiB", "Disk GiB", "Price/h"))
     if not rows:
         typer.echo("No plans match.", err=True)
+
+
+@connected
+def images(
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
+    *,
+    client: Client,
+) -> None:
+    """Ready-made container images (for `gpucloud deploy container --image`)."""
+    items = client.default_images()
+    if as_json:
+        print_json(items)
+        return
+    table(["Slug", "Name", "Image", "Ports", "SSH", "Description"],
+          [[i.slug, i.name, i.image, [f"{p.port}/{p.protocol}" for p in i.expose],
+            "yes" if i.requires_ssh else "no", i.description] for i in items])
