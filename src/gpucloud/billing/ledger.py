@@ -1,8 +1,17 @@
 """Single-instance money movements. Each function writes the ledger entry in the caller's
 transaction, together with the balance/reserve change it records, and never commits.
 
-Balances move only through conditional UPDATEs (`balance >= amount`) with RETURNING, so two
-concurrent requests can never overdraw an account and `balance_after` is exact.
+Concurrency rules (several server processes on one PostgreSQL database):
+- Balances move only through conditional UPDATEs (`balance >= amount`) with RETURNING, so two
+  concurrent requests can never overdraw an account and `balance_after` is exact.
+- Before an instance's reserve moves, its row is locked and its money columns re-read
+  (`_lock`): an Instance object loaded earlier in the transaction may be stale (an hour
+  boundary may have charged it meanwhile), and writing a stale reserve back would create or
+  destroy money.
+- Lock order is instance → account everywhere, except paths that start from the account
+  (deposit, refund → `retry_topups`): those take instance rows with SKIP LOCKED and never
+  wait on them, so the two orders cannot deadlock. A skipped instance is topped up by whoever
+  holds it, or by the periodic retry (`boundaries.retry_topups_due`).
 Set-based processing of hour boundaries for many instances lives in `boundaries.py`.
 """
 
@@ -10,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account
@@ -22,6 +31,7 @@ from gpucloud.instances.models import ACTIVE, Instance
 HOUR = dt.timedelta(hours=1)
 UPFRONT_HOURS = 3
 RESERVE_HOURS = 2  # what the reserve is topped back up to while ACTIVE
+_MONEY_COLUMNS = ["status", "reserve", "spent", "billed_until"]
 
 
 def _entry(s: Session, *, at, account_id, kind, amount, balance_after, instance_id=None,
@@ -30,8 +40,20 @@ def _entry(s: Session, *, at, account_id, kind, amount, balance_after, instance_
                       amount=amount, balance_after=balance_after, period_start=period_start))
 
 
-def _balance(s: Session, account_id: str) -> int:
-    return s.execute(select(Account.balance).where(Account.id == account_id)).scalar_one()
+def _locked_balance(s: Session, account_id: str) -> int:
+    """The balance, with the account row locked so no other movement interleaves before our
+    entry is written (keeps each account's `balance_after` sequence exact in id order)."""
+    return s.execute(
+        select(Account.balance).where(Account.id == account_id).with_for_update()
+    ).scalar_one()
+
+
+def _lock(s: Session, instance: Instance) -> None:
+    """Lock the instance row and reload its money columns (see the module docstring).
+    Pending changes are flushed first so the reload cannot discard them."""
+    if inspect(instance).persistent:
+        s.flush()
+        s.refresh(instance, attribute_names=_MONEY_COLUMNS, with_for_update=True)
 
 
 def deposit(s: Session, account_id: str, amount: int, now: dt.datetime) -> int:
@@ -52,7 +74,8 @@ def deposit(s: Session, account_id: str, amount: int, now: dt.datetime) -> int:
 
 def debit_to_reserve(s: Session, instance: Instance, amount: int, now: dt.datetime,
                      kind: str = RESERVE) -> bool:
-    """Move `amount` from the account into the instance's reserve if the account holds it all."""
+    """Move `amount` from the account into the instance's reserve if the account holds it all.
+    The caller holds the instance row (new instance, `_lock`, or a locking select)."""
     new_balance = s.execute(
         update(Account)
         .where(Account.id == instance.account_id, Account.balance >= amount)
@@ -67,7 +90,10 @@ def debit_to_reserve(s: Session, instance: Instance, amount: int, now: dt.dateti
 
 
 def reserve_upfront(s: Session, instance: Instance, now: dt.datetime) -> None:
-    """Deploy: `upfront_hours × hour` from the balance into the reserve, or a 400."""
+    """Deploy: `upfront_hours × hour` from the balance into the reserve, or a 400.
+    `instance` is new (not yet visible to anyone else), so no row lock is needed."""
+    if instance.reserve is None:
+        instance.reserve = 0
     if not debit_to_reserve(s, instance, UPFRONT_HOURS * instance.price_hour, now, RESERVE):
         raise BadRequest(INSUFFICIENT_BALANCE)
 
@@ -76,14 +102,17 @@ def charge_hour(s: Session, instance: Instance, period_start: dt.datetime,
                 now: dt.datetime) -> None:
     """Reserve → spent for one hour. The unique (instance, period) constraint makes a second
     charge for the same hour fail the whole transaction instead of taking money twice."""
+    _lock(s, instance)
     price = instance.price_hour
-    assert instance.reserve >= price, "caller checks the reserve covers the hour"
+    if instance.reserve < price:
+        raise ValueError("the reserve does not cover the hour; the caller must end the instance")
     instance.reserve -= price
     instance.spent += price
     instance.billed_until = period_start + HOUR
     _entry(s, at=now, account_id=instance.account_id, instance_id=instance.id, kind=CHARGE,
-           amount=price, balance_after=_balance(s, instance.account_id),
+           amount=price, balance_after=_locked_balance(s, instance.account_id),
            period_start=period_start)
+    s.flush()
 
 
 def activate(s: Session, instance: Instance, now: dt.datetime) -> None:
@@ -93,7 +122,9 @@ def activate(s: Session, instance: Instance, now: dt.datetime) -> None:
 
 
 def refund_reserve(s: Session, instance: Instance, now: dt.datetime) -> int:
-    """The whole remaining reserve back to the account (failure, termination, exhaustion)."""
+    """The whole remaining reserve back to the account (failure, termination, exhaustion).
+    Safe to call twice: the second call finds an empty reserve and does nothing."""
+    _lock(s, instance)
     amount = instance.reserve
     if amount <= 0:
         return 0
@@ -115,10 +146,13 @@ def missing_reserve(instance: Instance) -> int:
 
 def topup(s: Session, instance: Instance, now: dt.datetime) -> bool:
     """Top the reserve up to two hours if the account covers the whole missing amount."""
+    _lock(s, instance)
     missing = missing_reserve(instance)
     if missing == 0:
         return True
-    return debit_to_reserve(s, instance, missing, now, TOPUP)
+    done = debit_to_reserve(s, instance, missing, now, TOPUP)
+    s.flush()
+    return done
 
 
 def retry_topups(s: Session, account_id: str, now: dt.datetime, exclude: str | None = None) -> int:
@@ -129,10 +163,17 @@ def retry_topups(s: Session, account_id: str, now: dt.datetime, exclude: str | N
         .where(Instance.account_id == account_id, Instance.status == ACTIVE,
                Instance.reserve < RESERVE_HOURS * Instance.price_hour)
         .order_by(Instance.created_at, Instance.id)
+        # Fresh values for objects already in the session; never wait on a row another
+        # transaction holds (see the module docstring).
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
     ).all()
     done = 0
     for inst in rows:
-        if inst.id != exclude and topup(s, inst, now):
+        if inst.id == exclude:
+            continue
+        missing = missing_reserve(inst)
+        if missing and debit_to_reserve(s, inst, missing, now, TOPUP):
             done += 1
     if rows:
         s.flush()

@@ -1,3 +1,55 @@
-from fastapi import APIRouter
+"""GET /gpu/account/transactions: an account's own ledger. Thin: auth, one service call."""
 
-router = APIRouter()
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from gpucloud.accounts.auth import Caller, current_account
+from gpucloud.billing import service
+from gpucloud.billing.models import LedgerEntry
+from gpucloud.common import MoneyOut
+from gpucloud.jsonresp import JSON, isoformat_z
+from gpucloud.money import from_micro
+
+router = APIRouter(prefix="/gpu", tags=["account"])
+
+
+class TransactionOut(BaseModel):
+    id: int = Field(examples=[1042])
+    at: dt.datetime = Field(examples=["2026-01-05T11:00:00Z"])
+    kind: Literal["deposit", "reserve", "charge", "topup", "refund"] = Field(examples=["charge"])
+    amount: MoneyOut = Field(description="Always positive; `kind` gives the direction.")
+    instance_id: str | None = Field(examples=["5d0f6c1e-0a43-4a43-9a55-2f1f3c0d9b1e"])
+    balance_after: MoneyOut = Field(description="The account balance right after this entry.")
+
+
+class TransactionPage(BaseModel):
+    items: list[TransactionOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next (older) page; null on the last page.",
+        examples=["bGU6MTAwMQ"])
+
+
+def _item(e: LedgerEntry) -> dict:
+    return {"id": e.id, "at": isoformat_z(e.at), "kind": e.kind, "amount": from_micro(e.amount),
+            "instance_id": e.instance_id, "balance_after": from_micro(e.balance_after)}
+
+
+@router.get("/account/transactions", response_model=TransactionPage,
+            operation_id="listAccountTransactions")
+def list_transactions(
+    request: Request,
+    limit: int = Query(50, ge=1, le=500, description="Page size."),
+    cursor: str | None = Query(None, max_length=64,
+                               description="`next_cursor` of the previous page."),
+    caller: Caller = Depends(current_account),
+):
+    """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
+    rt = request.app.state.rt
+    with rt.db.read() as s:
+        page, next_cursor = service.transactions(s, caller.account_id, limit, cursor)
+        return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
