@@ -32,7 +32,8 @@ from tests.factories import Api
 ADMIN_KEY = "test-admin-key"
 START = dt.datetime(2026, 1, 5, 10, 0, 0, tzinfo=dt.timezone.utc)  # a Monday, on the hour
 PG_ADMIN_URL = os.environ.get("GPUCLOUD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-PG_DB = "gpucloud_test"
+# Several engineers (or CI jobs) can share one PostgreSQL server: each picks its own database.
+PG_DB = os.environ.get("GPUCLOUD_TEST_PG_DB", "gpucloud_test")
 
 
 def _backends() -> list[str]:
