@@ -304,6 +304,11 @@ def test_admin_commands(cli, market, tmp_path):  # noqa: F811
 
     key = cli.json("admin", "keys", "create", created["id"], "--expires", "30d", admin=True)
     assert key["expires_at"].startswith("2026-02-04")  # 30 days on the server's manual clock
+    iso = cli.json("admin", "keys", "create", created["id"], "--expires", "2026-03-01T00:00:00Z",
+                   admin=True)
+    assert iso["expires_at"] == "2026-03-01T00:00:00Z"
+    assert "soon" in cli("admin", "keys", "create", created["id"], "--expires", "soon",
+                         admin=True, code=2).stderr
     assert cli.json("account", key=key["api_key"])["id"] == created["id"]
     cli("admin", "keys", "revoke", key["id"], admin=True)
     assert cli("account", key=key["api_key"], code=1).stderr.startswith("error: ")
@@ -392,17 +397,17 @@ def test_installed_executable(live_server, market, user, tmp_path):  # noqa: F81
     env.update(GPUCLOUD_CONFIG_DIR=str(tmp_path), GPUCLOUD_URL=live_server.url,
                GPUCLOUD_API_KEY=user["key"])
     run = subprocess.run([str(GPUCLOUD_BIN), "plans", "container", "--json"], env=env,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     rows = simplejson.loads(run.stdout, use_decimal=True)
     assert [r["id"] for r in rows] == [market["cheap"], market["h100"]]
     assert rows[1]["price_hour"] == Decimal("2.96")
     run = subprocess.run([str(GPUCLOUD_BIN), "deploy", "container", market["h100"], "--name",
                           "x", "--image", "docker.io/library/ubuntu:22.04", "--port", "0"],
-                         env=env, capture_output=True, text=True, timeout=60)
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 1
     assert run.stderr == ("error: body.container_settings.expose.0.port: "
                           "Value error, Port must be between 1 and 65535\n")
     run = subprocess.run([str(GPUCLOUD_BIN), "ls", "--bogus"], env=env, capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, check=False)
     assert run.returncode == 2

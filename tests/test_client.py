@@ -210,9 +210,9 @@ def test_errors_are_typed_and_carry_detail(gc, live_server, market, api):
     assert exc.value.detail.startswith("Provided OS image Windows is not supported")
 
     _, poor = api.account(1, name="poor")
-    with Client(live_server.url, api_key=poor["X-API-KEY"]) as broke:
-        with pytest.raises(BadRequestError) as exc:
-            broke.deploy_container(container_request(market["cheap"]))
+    with (Client(live_server.url, api_key=poor["X-API-KEY"]) as broke,
+          pytest.raises(BadRequestError) as exc):
+        broke.deploy_container(container_request(market["cheap"]))
     assert exc.value.detail == "Insufficient balance to deploy instance"
 
     with pytest.raises(NotFoundError):

@@ -94,7 +94,7 @@ def parse_expiry(client: Client, value: str) -> dt.datetime:
         seconds = int(match.group(1)) * _UNITS[match.group(2)]
         return client.clock().now + dt.timedelta(seconds=seconds)
     try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(value)  # 3.11 reads a trailing Z
     except ValueError:
         raise typer.BadParameter(f"{value!r}: expected an ISO 8601 time or a duration like 30d",
                                  param_hint="--expires") from None

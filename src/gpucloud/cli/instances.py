@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from gpucloud.cli.config import ClientConfig
 from gpucloud.cli.deploy import connection_lines, credentials
 from gpucloud.cli.options import connected, parse_env, read_ssh_key
 from gpucloud.cli.output import fail, fields, info, print_json, table
@@ -108,7 +109,7 @@ def logs(
         None, "--max-seconds", help="Stop following after this long"),
     *,
     client: Client,
-    cfg,
+    cfg: ClientConfig,
 ) -> None:
     """Print a container's stdout/stderr lines (oldest first)."""
     _container(client, instance_id, "logs")

@@ -77,8 +77,6 @@ def select(rows: list[PlanRow], *, gpu: str | None = None, count: int | None = N
             return False
         if location and not any(loc.lower().startswith(location.lower()) for loc in r.locations):
             return False
-        if max_price is not None and r.price_hour > max_price:
-            return False
-        return True
+        return max_price is None or r.price_hour <= max_price
 
     return sorted((r for r in rows if keep(r)), key=lambda r: (r.price_hour, r.type, r.id))
