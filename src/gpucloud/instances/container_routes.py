@@ -10,17 +10,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import bindparam, select
 
 from gpucloud.accounts.auth import Caller, api_key_header, authenticate, cached_caller, \
     current_account
 from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
-from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, NotFound
+from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
 from gpucloud.fastpath import fast
 from gpucloud.instances import events as instance_events
 from gpucloud.instances import service, views
-from gpucloud.instances.models import Instance
 from gpucloud.instances.schemas import (ContainerDeploy, ContainerDetails, ContainerItem,
                                         ContainerUpdate, Created)
 from gpucloud.jsonresp import JSON, isoformat_z
@@ -47,19 +45,8 @@ async def caller_of(request: Request) -> Caller:
     return caller
 
 
-_ONE = select(Instance.__table__).where(Instance.id == bindparam("iid"),
-                                        Instance.account_id == bindparam("acct"),
-                                        Instance.workload == bindparam("wl"))
-
-
 def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
-    """One indexed primary-key probe; other accounts' and other types' ids look unknown."""
-    with rt.db.engine.connect() as conn:
-        row = conn.execute(_ONE, {"iid": instance_id, "acct": account_id,
-                                  "wl": workload}).first()
-    if row is None:
-        raise NotFound(INSTANCE_NOT_FOUND)
-    return row
+    return service.fetch_details(rt.db, account_id, instance_id, workload)
 
 
 def _now(rt):

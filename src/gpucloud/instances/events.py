@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from gpucloud.instances.models import InstanceEvent
@@ -15,7 +15,8 @@ from gpucloud.instances.models import InstanceEvent
 
 def record(s: Session, instance_id: str, at: dt.datetime, message: str) -> None:
     """Add one line in the caller's transaction (never log secrets in `message`)."""
-    s.add(InstanceEvent(instance_id=instance_id, at=at, message=message))
+    s.execute(insert(InstanceEvent.__table__).values(instance_id=instance_id, at=at,
+                                                     message=message))
 
 
 def for_instance(s: Session, instance_id: str) -> list[tuple[dt.datetime, str]]:
