@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (BigInteger, Column, Integer, MetaData, String, Table, and_, case, func,
-                        insert, literal, or_, select, text, update)
+                        insert, literal, literal_column, or_, select, text, update)
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account
@@ -86,14 +86,15 @@ def fill_due(s: Session, now: dt.datetime, limit: int) -> int:
     missing = case((reserve < price, 0),
                    (reserve - price < ledger.RESERVE_HOURS * price,
                     ledger.RESERVE_HOURS * price - (reserve - price)), else_=0)
-    due = (select(I.c.id, I.c.account_id, I.c.zone_id, price, reserve, I.c.billed_until,
-                  ends, missing)
-           .where(I.c.status == ACTIVE, I.c.billed_until <= now)
+    cols = [I.c.id, I.c.account_id, I.c.zone_id, price, reserve, I.c.billed_until, ends, missing]
+    names = ["id", "account_id", "zone_id", "price", "reserve", "period_start", "ends", "missing"]
+    if _is_pg(s):  # the next boundary in the same pass (SQLite: `set_next_until`)
+        cols.append(I.c.billed_until + literal_column("interval '1 hour'"))
+        names.append("next_until")
+    due = (select(*cols).where(I.c.status == ACTIVE, I.c.billed_until <= now)
            .order_by(I.c.billed_until, I.c.id).limit(limit)
            .with_for_update(skip_locked=True))
-    s.execute(insert(B).from_select(
-        ["id", "account_id", "zone_id", "price", "reserve", "period_start", "ends", "missing"],
-        due))
+    s.execute(insert(B).from_select(names, due))
     return _count(s)
 
 
@@ -124,9 +125,12 @@ def lock_accounts(s: Session) -> None:
 
 
 def set_next_until(s: Session) -> None:
-    """billed_until + 1 hour, computed in Python per distinct hour (a batch holds one, or a
-    few after downtime) so both databases store the exact same timestamp format — the
-    unique (instance, period_start) constraint depends on it."""
+    """SQLite: billed_until + 1 hour. A timestamp is text there, and date arithmetic in SQL
+    would change its format (the unique (instance, period_start) constraint compares those
+    strings), so the value is bound from Python per distinct hour — a batch holds one, or a
+    few after downtime. PostgreSQL computed it exactly in `fill_due`."""
+    if _is_pg(s):
+        return
     for (start,) in s.execute(select(B.c.period_start).distinct()).all():
         s.execute(update(B).where(B.c.period_start == start)
                   .values(next_until=start + ledger.HOUR))
