@@ -77,7 +77,8 @@ def test_protocol_must_be_known(ctx):
 
 def test_http_only_on_port_80(ctx):
     _one_error(_post(ctx, expose=[{"port": 8080, "protocol": "http"}]),
-               CS + ["expose", 0, "protocol"], "Value error, Protocol http is only allowed on port 80")
+               CS + ["expose", 0, "protocol"],
+               "Value error, Protocol http is only allowed on port 80")
 
 
 def test_protocol_defaults_to_tcp(ctx):
@@ -266,7 +267,8 @@ def test_insufficient_balance_leaves_nothing(api):
     account_id, headers = api.account(balance="4.49")
     offer = api.offer(api.provider(), price="1.5", capacity=1)
     r = api.client.post("/gpu/instances/", headers=headers, json=api.container_body(offer))
-    assert r.status_code == 400 and r.json() == {"detail": "Insufficient balance to deploy instance"}
+    assert r.status_code == 400
+    assert r.json() == {"detail": "Insufficient balance to deploy instance"}
     assert api.money(account_id)["balance"] == Decimal("4.49")
     assert api.client.get("/gpu/instances/", headers=headers).json() == []
     # the capacity taken inside the rolled-back transaction is still free

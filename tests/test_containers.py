@@ -83,7 +83,8 @@ def test_terminate_refunds_reserve_and_frees_capacity(api):
     iid = api.deploy(headers, offer)
     # not ACTIVE yet → 400
     r = api.client.delete(f"/gpu/instances/{iid}", headers=headers)
-    assert r.status_code == 400 and r.json()["detail"] == "Only an ACTIVE instance can be terminated"
+    assert r.status_code == 400
+    assert r.json()["detail"] == "Only an ACTIVE instance can be terminated"
     api.advance(10)
     assert api.client.delete(f"/gpu/instances/{iid}", headers=headers).status_code == 204
     d = api.instance(headers, iid)

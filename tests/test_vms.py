@@ -19,7 +19,8 @@ def vm_ctx(api):
     return api, account_id, headers, vm, bm, container
 
 
-@pytest.mark.parametrize("kind,workload,price", [("vms", "vm", "2"), ("baremetal", "baremetal", "3")])
+@pytest.mark.parametrize("kind,workload,price",
+                         [("vms", "vm", "2"), ("baremetal", "baremetal", "3")])
 def test_vm_lifecycle(vm_ctx, kind, workload, price):
     api, account_id, headers, vm, bm, _ = vm_ctx
     plan = vm if kind == "vms" else bm
@@ -114,7 +115,8 @@ def test_each_instance_only_under_its_own_path(vm_ctx):
     assert api.client.put(f"/gpu/instances/baremetal/{vm_id}", headers=headers,
                           json={"name": "x"}).status_code == 404
     # the lists are separate too
-    assert [i["id"] for i in api.client.get("/gpu/instances/vms", headers=headers).json()] == [vm_id]
+    vms = api.client.get("/gpu/instances/vms", headers=headers).json()
+    assert [i["id"] for i in vms] == [vm_id]
     assert [i["id"] for i in api.client.get("/gpu/instances/baremetal",
                                             headers=headers).json()] == [bm_id]
     assert [i["id"] for i in api.client.get("/gpu/instances/", headers=headers).json()] == [c_id]

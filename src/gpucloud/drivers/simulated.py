@@ -27,8 +27,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from gpucloud.drivers import simulated_text
-from gpucloud.drivers.base import (Driver, DriverEvent, DriverTransientError, ForwardedPort,
-                                   WorkloadSpec, WorkloadStatus)
+from gpucloud.drivers.base import (
+    Driver,
+    DriverEvent,
+    DriverTransientError,
+    ForwardedPort,
+    WorkloadSpec,
+    WorkloadStatus,
+)
 from gpucloud.instances.models import PortAllocation, SimWorkload
 from gpucloud.jsonresp import isoformat_z
 
@@ -163,7 +169,8 @@ class SimulatedDriver(Driver):
         lose = self.cfg["lose_after_seconds"]
         return SimWorkload(
             instance_id=spec.instance_id, provider_id=self.provider_id, created_at=now,
-            ready_at=ready, lost_at=ready + dt.timedelta(seconds=lose) if lose is not None else None,
+            ready_at=ready,
+            lost_at=ready + dt.timedelta(seconds=lose) if lose is not None else None,
             domain=f"{spec.instance_id[:8]}.{region}.{self.cfg['domain_suffix']}",
             config=config, ports=ports, generation=1, updated_at=now)
 

@@ -11,16 +11,26 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from gpucloud.accounts.auth import Caller, api_key_header, authenticate, cached_caller, \
-    current_account
+from gpucloud.accounts.auth import (
+    Caller,
+    api_key_header,
+    authenticate,
+    cached_caller,
+    current_account,
+)
 from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
 from gpucloud.fastpath import fast
 from gpucloud.instances import events as instance_events
 from gpucloud.instances import service, views
-from gpucloud.instances.schemas import (ContainerDeploy, ContainerDetails, ContainerItem,
-                                        ContainerUpdate, Created)
+from gpucloud.instances.schemas import (
+    ContainerDeploy,
+    ContainerDetails,
+    ContainerItem,
+    ContainerUpdate,
+    Created,
+)
 from gpucloud.jsonresp import JSON, isoformat_z
 
 router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"])
@@ -28,8 +38,9 @@ router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"])
 CONTAINER = ("container",)
 PATH_ID = {"parameters": [{"name": "instance_id", "in": "path", "required": True,
                            "schema": {"type": "string", "format": "uuid"}}]}
-NOT_FOUND_DOC = {404: {"description": "Unknown instance (or another account's)",
-                       "content": {"application/json": {"example": {"detail": INSTANCE_NOT_FOUND}}}}}
+NOT_FOUND_DOC = {404: {
+    "description": "Unknown instance (or another account's)",
+    "content": {"application/json": {"example": {"detail": INSTANCE_NOT_FOUND}}}}}
 
 
 # --- shared with vm_routes -------------------------------------------------------------------

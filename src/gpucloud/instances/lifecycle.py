@@ -32,8 +32,15 @@ from gpucloud.catalog.models import Provider
 from gpucloud.clock import utcnow
 from gpucloud.drivers.base import DriverError, DriverTransientError, WorkloadStatus
 from gpucloud.instances import events, service
-from gpucloud.instances.models import (ACTIVE, INITIALIZED, OP_CREATE, OP_DELETE, OP_UPDATE,
-                                       OP_WATCH, Instance)
+from gpucloud.instances.models import (
+    ACTIVE,
+    INITIALIZED,
+    OP_CREATE,
+    OP_DELETE,
+    OP_UPDATE,
+    OP_WATCH,
+    Instance,
+)
 
 log = logging.getLogger("gpucloud.lifecycle")
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, field_validator)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from gpucloud.common import MoneyOut
 
@@ -47,8 +47,8 @@ _SSH_TYPES: dict[str, type] = {
     "ecdsa-sha2-nistp384": ec.EllipticCurvePublicKey,
     "ecdsa-sha2-nistp521": ec.EllipticCurvePublicKey,
 }
-SSH_KEY_EXAMPLE = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-                   " user@host")
+SSH_KEY_EXAMPLE = ("ssh-ed25519 "
+                   "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl user@host")
 
 
 def check_image(value: str) -> str:

@@ -20,10 +20,22 @@ from gpucloud.db import new_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, PLAN_UNAVAILABLE, BadRequest, FieldError, NotFound
 from gpucloud.instances import events
-from gpucloud.instances.models import (ACTIVE, ENDED, FAILED, INITIALIZED, OP_CREATE, OP_DELETE,
-                                       OP_UPDATE, Instance)
-from gpucloud.instances.schemas import (ContainerDeploy, ContainerSettingsBase, ContainerUpdate,
-                                        VmDeploy)
+from gpucloud.instances.models import (
+    ACTIVE,
+    ENDED,
+    FAILED,
+    INITIALIZED,
+    OP_CREATE,
+    OP_DELETE,
+    OP_UPDATE,
+    Instance,
+)
+from gpucloud.instances.schemas import (
+    ContainerDeploy,
+    ContainerSettingsBase,
+    ContainerUpdate,
+    VmDeploy,
+)
 
 SSH_ENV = "SSH_PUBKEY"
 CONTAINER = "container"

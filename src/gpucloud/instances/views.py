@@ -54,7 +54,8 @@ def container_info(config: dict[str, Any] | None) -> dict[str, Any]:
     config = config or {}
     return {
         "image": config.get("image"),
-        "expose": [{"port": p["port"], "protocol": p["protocol"]} for p in config.get("expose", [])],
+        "expose": [{"port": p["port"], "protocol": p["protocol"]}
+                   for p in config.get("expose", [])],
         "environment": [{"name": e["name"], "value": e["value"]}
                         for e in config.get("environment", [])],
         "startup_command": config.get("startup_command"),

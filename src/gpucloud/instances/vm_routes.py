@@ -10,10 +10,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request, Response
 
 from gpucloud.accounts.auth import Caller, api_key_header, current_account
+from gpucloud.fastpath import fast
 from gpucloud.instances import service, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, caller_of, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
-from gpucloud.fastpath import fast
 from gpucloud.jsonresp import JSON
 
 router = APIRouter(prefix="/gpu/instances")
