@@ -216,8 +216,15 @@ def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
     # A bad image: the old container keeps serving, and the reason says why.
     bad = drv.update(spec(iid, world["provider_id"], image=pe.MISSING_IMAGE), 2)
     assert bad.phase == "running" and bad.applied_generation == 1
-    assert "previous container kept" in bad.reason and "could not be pulled" in bad.reason
+    assert "could not be pulled" in bad.reason and pe.MISSING_IMAGE in bad.reason
     assert pe.http_get(ports[80]).strip() == "hello from first"
+
+    # A command that cannot run: the replacement is dropped and the old container restarted.
+    broken = drv.update(spec(iid, world["provider_id"], startup_command="/no/such/server"), 2)
+    assert broken.phase == "running" and broken.applied_generation == 1
+    assert "could not start" in broken.reason
+    assert pe.http_get(ports[80]).strip() == "hello from first"
+    assert len(pe.for_instance(engine, iid)) == 1
 
     new_cmd = pe.SERVE.replace("serving", "now serving")
     good = drv.update(spec(iid, world["provider_id"], environment=[("GREETING", "second")],

@@ -304,7 +304,7 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
             since=int(since), until=int(time.time()) + 1, decode=True,
             filters={"label": [f"{L_INSTANCE}={instance_id}",
                                f"{L_PROVIDER}={self.provider_id}"]})))
-        out.extend(to_driver_events(raw))
+        out.extend(to_driver_events(raw, instance_id))
         out.sort(key=lambda e: e.at)
         return out
 

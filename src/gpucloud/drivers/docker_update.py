@@ -29,7 +29,7 @@ class UpdateMixin:
         notes: list[dict[str, str]] = []
         reason = self._ensure_image(spec, notes)
         if reason is not None:
-            return self._kept(current, f"Update failed, previous container kept: {reason}")
+            return self._kept(current, reason)
         ports = self._ports(spec)  # the instance's existing ports: unchanged
         replacement = next((c for c in containers if generation_of(c) == generation
                             and c.id != current.id), None)
@@ -39,17 +39,19 @@ class UpdateMixin:
                     spec, generation, ports, f"{container_name(spec.instance_id)}-g{generation}",
                     since_of(current))
             except EngineError as exc:
-                return self._kept(current, f"Update failed, previous container kept: {exc}")
+                return self._kept(current, f"Container could not be created: {exc}")
         # Host ports can only be bound once: stop the old container, then start the new one,
         # and bring the old one back if the new one does not start.
         self.engine.call(current.stop, timeout=self.cfg.stop_timeout_seconds)
         try:
             self.engine.call(replacement.start)
+            failure = self._exec_failure(replacement)
         except EngineError as exc:
+            failure = str(exc)
+        if failure:
             self._remove(replacement)
             self.engine.call(current.start)
-            return self._kept(current, f"Update failed, previous container kept: "
-                                       f"container could not start: {exc}")
+            return self._kept(current, f"Container could not start: {failure}")
         self._remove(current)
         self._remove_others(containers, keep=replacement)
         self.engine.call(replacement.rename, container_name(spec.instance_id))
@@ -63,6 +65,8 @@ class UpdateMixin:
         return status
 
     def _kept(self, current, reason: str) -> WorkloadStatus:
+        """The old container goes on; `reason` (the cause only: the lifecycle words the
+        event) tells the caller the update did not happen."""
         status = self._status_of(current, None)
         status.reason = reason
         return status
