@@ -45,6 +45,10 @@ fi
 if ! grep -q 'gpucloud: setup-podman' "$CONF" 2>/dev/null; then
   say "writing $CONF"
   $SUDO mkdir -p /etc/containers
+  if [ -f "$CONF" ]; then
+    say "keeping the previous one as $CONF.bak-gpucloud"
+    $SUDO cp "$CONF" "$CONF.bak-gpucloud"
+  fi
   $SUDO tee "$CONF" >/dev/null <<'EOF'
 # gpucloud: setup-podman.sh wrote this file (see the script for why).
 [containers]
