@@ -1,0 +1,126 @@
+"""Exactly once under concurrency and crashes: two workers on one boundary, and a process
+killed between batches / inside a batch, then resumed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from gpucloud.billing import boundaries
+from gpucloud.billing.models import CHARGE, LedgerEntry
+from gpucloud.runtime import Runtime
+
+from tests.conftest import START, make_settings
+from tests.test_billing_support import (check_money, check_topup_invariant, deploy_row,
+                                        make_account, seed_catalog)
+
+H = dt.timedelta(hours=1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def populate(rt, n_accounts: int, per_account: int) -> list[str]:
+    cat = seed_catalog(rt, price="0.37")
+    ids = []
+    for k in range(n_accounts):
+        acct = make_account(rt, "50", name=f"a{k}")
+        ids += [deploy_row(rt, acct, cat) for _ in range(per_account)]
+    return ids
+
+
+def charge_counts(rt) -> dict:
+    with rt.db.read() as s:
+        return dict(s.execute(select(LedgerEntry.period_start, func.count())
+                              .where(LedgerEntry.kind == CHARGE)
+                              .group_by(LedgerEntry.period_start)).all())
+
+
+def test_two_workers_charge_each_instance_once(rt, backend):
+    ids = populate(rt, n_accounts=20, per_account=6)
+    rt.clock.set(START + 3 * H + dt.timedelta(minutes=1))
+    other = Runtime.build(make_settings(backend["url"], backend["data_dir"],
+                                        billing_batch_size=7), migrate=False)
+    rt.settings.billing_batch_size = 7
+    other.clock.refresh()
+    results: list = []
+    barrier = threading.Barrier(2)
+
+    def work(runtime):
+        barrier.wait()
+        try:
+            results.append(boundaries.process_due(runtime))
+        except Exception as exc:  # surfaced by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (rt, other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    other.close()
+    assert all(isinstance(r, int) for r in results), results
+    assert sum(results) == 3 * len(ids)  # every instance-boundary processed once in total
+    assert charge_counts(rt) == {START + k * H: len(ids) for k in range(4)}
+    check_money(rt)
+    check_topup_invariant(rt)
+
+
+CRASHER = """
+import datetime as dt, os, sys
+sys.path.insert(0, {root!r})
+from gpucloud.billing import batch_sql as q
+from gpucloud.billing.boundaries import process_batch
+from gpucloud.runtime import Runtime
+from tests.conftest import make_settings
+
+rt = Runtime.build(make_settings({url!r}, {data_dir!r}), migrate=False)
+now = rt.clock.now()
+if {mode!r} == "between":
+    for _ in range(2):  # two batches commit, then the process dies without cleanup
+        with rt.db.write() as s:
+            process_batch(s, now, 5)
+    os._exit(1)
+# "inside": die in the middle of a batch, after the charges were written, before commit
+real = q.apply_charges
+def die_after_charges(s):
+    real(s)
+    s.flush()
+    os._exit(1)
+q.apply_charges = die_after_charges
+with rt.db.write() as s:
+    process_batch(s, now, 5)
+"""
+
+
+def run_crasher(backend, mode: str) -> int:
+    code = CRASHER.format(root=str(ROOT), url=backend["url"],
+                          data_dir=str(backend["data_dir"]), mode=mode)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode
+
+
+def test_kill_between_batches_loses_and_duplicates_nothing(rt, backend):
+    ids = populate(rt, n_accounts=6, per_account=4)
+    rt.clock.set(START + H + dt.timedelta(seconds=5))
+    assert run_crasher(backend, "between") == 1
+    assert charge_counts(rt)[START + H] == 10  # two batches of 5 made it
+    check_money(rt)
+    assert boundaries.process_due(rt) == len(ids) - 10
+    assert charge_counts(rt) == {START: len(ids), START + H: len(ids)}
+    check_money(rt)
+    check_topup_invariant(rt)
+
+
+def test_kill_inside_a_batch_rolls_it_back(rt, backend):
+    ids = populate(rt, n_accounts=3, per_account=4)
+    rt.clock.set(START + H + dt.timedelta(seconds=5))
+    assert run_crasher(backend, "inside") == 1
+    assert START + H not in charge_counts(rt)  # nothing of the dead batch survived
+    check_money(rt)
+    assert boundaries.process_due(rt) == len(ids)
+    assert charge_counts(rt) == {START: len(ids), START + H: len(ids)}
+    check_money(rt)
+    check_topup_invariant(rt)
