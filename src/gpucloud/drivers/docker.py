@@ -30,7 +30,6 @@ from gpucloud.drivers.docker_config import normalized, parse_config
 from gpucloud.drivers.docker_engine import Engine, EngineError, short_error
 from gpucloud.drivers.docker_events import to_driver_events
 from gpucloud.drivers.docker_labels import (
-    EXEC_FAILED,
     FIRST_GENERATION,
     L_EXPOSE,
     L_INSTANCE,
@@ -42,6 +41,7 @@ from gpucloud.drivers.docker_labels import (
     generation_of,
     since_of,
 )
+from gpucloud.drivers.docker_startcheck import exec_failure
 from gpucloud.drivers.docker_update import UpdateMixin
 
 
@@ -133,21 +133,8 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
         return self._status_of(container, state)
 
     def _exec_failure(self, container) -> str | None:
-        """The init process (catatonit, tini) reports a startup command that cannot be
-        executed and exits at once: that is a container that cannot start, not a crash."""
-        deadline = time.monotonic() + self.cfg.start_check_seconds
-        while True:
-            self.engine.call(container.reload)
-            if container.status != "running":
-                break
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.02)
-        raw = self.engine.call(container.logs, stdout=True, stderr=True, tail=5)
-        for line in raw.decode("utf-8", errors="replace").splitlines():
-            if EXEC_FAILED.search(line):
-                return line.strip()[:300]
-        return None
+        return exec_failure(self.engine, container, self.cfg.start_check_seconds,
+                            self.cfg.is_local)
 
     def _ensure_image(self, spec: WorkloadSpec, notes: list[dict[str, str]]) -> str | None:
         """Pull the image unless the engine already has it. None, or why it failed."""

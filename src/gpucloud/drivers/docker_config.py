@@ -60,9 +60,10 @@ class DockerConfig(BaseModel):
                                       description="Grace period before SIGKILL on stop.")
     pids_limit: int = Field(4096, ge=16, description="PIDs limit of each container.")
     start_check_seconds: float = Field(
-        0.1, ge=0, le=10, description="How long after start a container whose startup "
-        "command cannot be executed (the init process exits at once) counts as failed to "
-        "start rather than crashed.")
+        0.1, ge=0, le=10, description="Remote engines only: how long after start a "
+        "container whose startup command cannot be executed (the init process exits at "
+        "once) counts as failed to start rather than crashed. On a local engine the driver "
+        "sees the command's process itself.")
 
     @field_validator("engine_url")
     @classmethod

@@ -1,0 +1,63 @@
+"""Did the startup command actually start? (a container that cannot start vs one that crashed)
+
+With an init process (`init: true`) the engine reports a successful start even when the
+startup command does not exist: the init (catatonit, tini) starts fine, fails to exec the
+command, prints why and exits. That must be a failed create, not an ACTIVE instance whose
+process "crashed".
+
+On an engine on this machine the answer is exact: the init's child process is visible in
+/proc, and once its executable differs from the init's, the command was exec'd. For a remote
+engine there is no such view, so a container that stops within `start_check_seconds` with the
+init's "failed to exec" message counts as not started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from gpucloud.drivers.docker_labels import EXEC_FAILED
+
+LOCAL_LIMIT = 10.0  # seconds: even a loaded host execs a command sooner than this
+
+
+def exec_state(pid: int) -> str:
+    """`execed`, `pending` (the init has not exec'd a child yet) or `unknown` (no /proc view:
+    another PID namespace, a kernel without /proc/…/children, a process that is gone)."""
+    try:
+        init_exe = os.readlink(f"/proc/{pid}/exe")
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            children = [int(c) for c in fh.read().split()]
+    except (OSError, ValueError):
+        return "unknown"
+    for child in children:
+        try:
+            if os.readlink(f"/proc/{child}/exe") != init_exe:
+                return "execed"
+        except OSError:
+            continue  # exiting or not ours to read: look at the others, then again
+    return "pending"
+
+
+def exec_failure(engine, container, window: float, local: bool) -> str | None:
+    """The init's complaint when the startup command could not be executed, else None."""
+    started = time.monotonic()
+    while True:
+        engine.call(container.reload)
+        if container.status != "running":
+            break
+        elapsed = time.monotonic() - started
+        if local:
+            state = exec_state(int((container.attrs.get("State") or {}).get("Pid") or 0))
+            if state == "execed" or elapsed >= LOCAL_LIMIT:
+                return None
+            if state == "unknown":
+                local = False  # no view into this engine's processes: use the time window
+        if not local and elapsed >= window:
+            return None
+        time.sleep(0.005 if local else 0.02)
+    raw = engine.call(container.logs, stdout=True, stderr=True, tail=5)
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        if EXEC_FAILED.search(line):
+            return line.strip()[:300]
+    return None
