@@ -12,11 +12,12 @@ from sqlalchemy.orm import Session
 
 from gpucloud.instances.models import InstanceEvent
 
+_INSERT = insert(InstanceEvent.__table__)
+
 
 def record(s: Session, instance_id: str, at: dt.datetime, message: str) -> None:
     """Add one line in the caller's transaction (never log secrets in `message`)."""
-    s.execute(insert(InstanceEvent.__table__).values(instance_id=instance_id, at=at,
-                                                     message=message))
+    s.execute(_INSERT, {"instance_id": instance_id, "at": at, "message": message})
 
 
 def for_instance(s: Session, instance_id: str) -> list[tuple[dt.datetime, str]]:

@@ -85,6 +85,7 @@ def _new_instance(s: Session, rt, account_id: str, workload: str, name: str, pla
 
 
 _COLUMNS = [c.key for c in Instance.__table__.columns]
+_INSERT = insert(Instance.__table__)  # one statement object: compiled once, then cached
 
 
 def _finish_deploy(s: Session, inst: Instance, provider, now: dt.datetime) -> Instance:
@@ -92,7 +93,7 @@ def _finish_deploy(s: Session, inst: Instance, provider, now: dt.datetime) -> In
     # one statement), then a Core INSERT instead of an ORM unit of work. The ledger entry
     # carries the instance id; it has no foreign key, so the order is free.
     ledger.reserve_upfront(s, inst, now)
-    s.execute(insert(Instance.__table__).values({k: getattr(inst, k) for k in _COLUMNS}))
+    s.execute(_INSERT, {k: getattr(inst, k) for k in _COLUMNS})
     events.record(s, inst.id, now, f"Instance scheduled on provider {provider.name} "
                                    f"({inst.location})")
     return inst
