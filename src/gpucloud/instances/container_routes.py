@@ -33,7 +33,10 @@ from gpucloud.instances.schemas import (
 )
 from gpucloud.jsonresp import JSON, isoformat_z
 
-router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"])
+# The header dependency only documents the X-API-KEY scheme on every operation (auth itself
+# is `current_account`, or `caller_of` on the fast routes).
+router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"],
+                   dependencies=[Depends(api_key_header)])
 
 CONTAINER = ("container",)
 PATH_ID = {"parameters": [{"name": "instance_id", "in": "path", "required": True,
@@ -94,7 +97,7 @@ router.add_api_route("", list_containers, methods=["GET"], include_in_schema=Fal
 
 
 @router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",
-            summary="Container details", dependencies=[Depends(api_key_header)],
+            summary="Container details",
             openapi_extra=PATH_ID, responses=NOT_FOUND_DOC)
 @fast
 async def get_container(request: Request):

@@ -16,7 +16,7 @@ from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, caller_o
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
-router = APIRouter(prefix="/gpu/instances")
+router = APIRouter(prefix="/gpu/instances", dependencies=[Depends(api_key_header)])
 
 KINDS = {"vms": "vm", "baremetal": "baremetal"}
 
@@ -80,12 +80,11 @@ def _routes(kind: str, workload: str) -> None:
     router.add_api_route(base + "/", deploy, methods=["POST"], status_code=201,
                          include_in_schema=False)
     router.add_api_route(base, list_vms, methods=["GET"], tags=tags, response_model=list[VmItem],
-                         operation_id=f"list{title}s", summary=f"List {kind} instances",
-                         dependencies=[Depends(api_key_header)])
+                         operation_id=f"list{title}s", summary=f"List {kind} instances")
     router.add_api_route(base + "/{instance_id}", get_vm, methods=["GET"], tags=tags,
                          response_model=VmDetails, operation_id=f"get{title}",
                          summary=f"{title} instance details", openapi_extra=PATH_ID,
-                         dependencies=[Depends(api_key_header)], responses=NOT_FOUND_DOC)
+                         responses=NOT_FOUND_DOC)
     router.add_api_route(base + "/{instance_id}", rename, methods=["PUT"], status_code=204,
                          tags=tags, operation_id=f"rename{title}", responses=NOT_FOUND_DOC,
                          summary=f"Rename a {kind} instance")
