@@ -281,3 +281,36 @@ def test_a_vanished_container_is_recreated_on_the_same_ports(api, local, engine)
     details = api.instance(local["headers"], iid)
     assert details["instance_status"] == "ACTIVE" and host_ports(details) == ports
     assert pe.http_get(ports[80]).strip() == "hello from lazarus"
+
+
+def test_an_engine_that_never_answers_fails_at_the_deadline_and_refunds(api):
+    pid = api.provider(name="far", driver="docker",
+                       engine_url="unix:///run/gpucloud-no-such-engine/docker.sock")
+    offer = api.offer(pid, vcpu=1, memory_gib=1, storage_gib=1, price=PRICE)
+    account_id, headers = api.account(balance=100)
+    before = api.money(account_id)
+    far = {"headers": headers, "offer_id": offer}
+    iid = deploy(api, far, name="far")
+    api.advance(60)
+    assert api.instance(headers, iid)["instance_status"] == "INITIALIZED"  # still retrying
+    api.advance(api.rt.settings.provision_deadline_seconds)
+    assert api.instance(headers, iid)["instance_status"] == "FAILED"
+    assert api.money(account_id)["balance"] == before["balance"]
+    events = lines(api, far, iid, "events")
+    assert any("deadline" in e for e in events), events
+
+
+def test_gpucloud_serve_offers_the_local_engine(tmp_path, engine):
+    """A newcomer's first start: the embedded default finds the Podman socket and says so."""
+    import httpx
+
+    from tests.procs import ServerProcess
+
+    server = ServerProcess(tmp_path, {"GPUCLOUD_LOCAL_PROVIDER": "1"}).start()
+    try:
+        assert server.printed(r"Local provider: (Podman|Docker) at unix://\S+"), server.output()
+        (key,) = server.printed(r"API key: (gpc_\S+)")
+        plans = httpx.get(server.url + "/gpu/plans/", headers={"X-API-KEY": key}).json()
+        assert "cpu-0gi-none-0gpu-1cpu-1gi-10gi" in [p["plan"]["name"] for p in plans]
+    finally:
+        server.stop()
