@@ -191,3 +191,16 @@ def test_transactions_bad_input(api):
         assert isinstance(r.json()["detail"], list) and r.json()["detail"][0]["loc"][0] == "query"
     assert api.client.get("/gpu/account/transactions").status_code == 403
     assert api.client.get("/gpu/account/transactions/").status_code == 404
+
+
+def test_balance_for_one_of_two_topups_goes_to_the_oldest(api):
+    plan, acct, headers = setup(api, price="2", balance="15")
+    first = api.deploy(headers, plan)
+    api.advance(1)
+    second = api.deploy(headers, plan)
+    api.advance(10)
+    api.advance(3600)  # both short by 2, the account holds 3: only one can be topped up
+    assert billing(api, headers, first)["reserved_amount"] == D("4")
+    assert billing(api, headers, second)["reserved_amount"] == D("2")
+    assert api.money(acct)["balance"] == D("1")
+    checked(api)
