@@ -289,3 +289,35 @@ def test_missing_api_key_is_403(ctx):
     api, _, _, offer = ctx
     r = api.client.post("/gpu/instances/", json=api.container_body(offer))
     assert r.status_code == 403 and isinstance(r.json()["detail"], str)
+
+
+def test_update_follows_the_same_rules(ctx):
+    api, _, headers, offer = ctx
+    iid = api.deploy(headers, offer)
+    api.advance(10)
+    good = {"name": "box", "container_settings": {"image": "ubuntu:24.04"}}
+
+    def put(**changes):
+        body = {"name": good["name"], "container_settings": dict(good["container_settings"])}
+        for key, value in changes.items():
+            if key in ("image", "environment", "startup_command", "credentials"):
+                body["container_settings"][key] = value
+            else:
+                body[key] = value
+        return api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body)
+
+    _one_error(put(image="Ubuntu"), CS + ["image"], "Value error, Image reference must be lowercase")
+    _one_error(put(name="-x"), ["body", "name"])
+    _one_error(put(startup_command="x" * 2049), CS + ["startup_command"])
+    _one_error(put(credentials={"host": "quay.io", "username": "a", "password": "b"}),
+               CS + ["credentials", "host"])
+    _one_error(put(ssh_key="ssh-ed25519 nope"), ["body", "ssh_key"])
+    _one_error(put(ssh_key=SSH_ED25519, environment=[{"name": "SSH_PUBKEY", "value": "x"}]),
+               CS + ["environment", 0, "name"])
+    r = api.client.put(f"/gpu/instances/{iid}", headers=headers, json={"name": "box"})
+    _one_error(r, ["body", "container_settings"], typ="missing")
+    # none of the rejected updates left anything pending
+    assert put().status_code == 204
+    r = api.client.put("/gpu/instances/00000000-0000-0000-0000-000000000000", headers=headers,
+                       json=good)
+    assert (r.status_code, r.json()) == (404, {"detail": "Instance not found"})
