@@ -306,7 +306,8 @@ def test_update_follows_the_same_rules(ctx):
                 body[key] = value
         return api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body)
 
-    _one_error(put(image="Ubuntu"), CS + ["image"], "Value error, Image reference must be lowercase")
+    _one_error(put(image="Ubuntu"), CS + ["image"],
+               "Value error, Image reference must be lowercase")
     _one_error(put(name="-x"), ["body", "name"])
     _one_error(put(startup_command="x" * 2049), CS + ["startup_command"])
     _one_error(put(credentials={"host": "quay.io", "username": "a", "password": "b"}),
