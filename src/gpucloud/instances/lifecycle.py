@@ -45,7 +45,7 @@ from gpucloud.instances.models import (
 log = logging.getLogger("gpucloud.lifecycle")
 
 BATCH = 100
-PENDING_RECHECK = dt.timedelta(seconds=5)
+PENDING_RECHECK = dt.timedelta(seconds=2)  # when a driver gives no estimate
 FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
 Apply = Callable[[Any, Instance], bool]  # (session, row) → did it change capacity?
 
