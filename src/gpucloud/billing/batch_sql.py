@@ -91,8 +91,11 @@ def fill_due(s: Session, now: dt.datetime, limit: int) -> int:
     if _is_pg(s):  # the next boundary in the same pass (SQLite: `set_next_until`)
         cols.append(I.c.billed_until + literal_column("interval '1 hour'"))
         names.append("next_until")
+    # Ordered by the boundary only: that is what keeps an instance's missed hours in order,
+    # and it is the order of index ix_instances_billing, so the LIMIT stops after `limit`
+    # rows. (Adding `id` would sort every due row — all N share one boundary — per batch.)
     due = (select(*cols).where(I.c.status == ACTIVE, I.c.billed_until <= now)
-           .order_by(I.c.billed_until, I.c.id).limit(limit)
+           .order_by(I.c.billed_until).limit(limit)
            .with_for_update(skip_locked=True))
     s.execute(insert(B).from_select(names, due))
     return _count(s)
@@ -226,9 +229,11 @@ def greedy_topups(s: Session, now: dt.datetime) -> int:
     short instances outside the batch may now be coverable) or could not cover all their
     batch instances. Each goes through `ledger.retry_topups` (oldest instance first, as far
     as the balance reaches) — but only if some short instance of it fits the balance."""
-    candidates = (select(B.c.account_id).group_by(B.c.account_id)
-                  .having(or_(func.sum(B.c.ends) > 0,
-                              func.sum(B.c.topup) < func.sum(B.c.missing))))
+    candidates = s.scalars(select(B.c.account_id).group_by(B.c.account_id)
+                           .having(or_(func.sum(B.c.ends) > 0,
+                                       func.sum(B.c.topup) < func.sum(B.c.missing)))).all()
+    if not candidates:
+        return 0
     short = ledger.RESERVE_HOURS * I.c.price_hour - I.c.reserve
     fixable = s.scalars(
         select(I.c.account_id).distinct().join_from(I, A, A.c.id == I.c.account_id)
