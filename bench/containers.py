@@ -97,7 +97,7 @@ def via_engine(client, host_port: int) -> float:
     return elapsed
 
 
-def via_gpucloud(c: httpx.Client, key: dict, plan_id: str, n: int) -> float:
+def via_gpucloud(c: httpx.Client, key: dict, plan_id: str, n: int) -> tuple[float, str]:
     body = {"plan_id": plan_id, "name": f"bench-{n}", "container_settings": {
         "image": IMAGE, "expose": [{"port": 80, "protocol": "http"}],
         "startup_command": COMMAND}}
@@ -114,7 +114,18 @@ def via_gpucloud(c: httpx.Client, key: dict, plan_id: str, n: int) -> float:
         time.sleep(0.01)
     elapsed = time.perf_counter() - t0
     c.delete(f"/gpu/instances/{iid}", headers=key)
-    return elapsed
+    return elapsed, iid
+
+
+def wait_removed(client, instance_id: str, timeout: float = 30) -> None:
+    """The terminate runs in the background; timing the next container while it still
+    stops this one would charge the engine's work to whichever side runs next."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not client.api.containers(all=True, filters={
+                "label": f"gpucloud.instance={instance_id}"}):
+            return
+        time.sleep(0.05)
 
 
 def main() -> None:
@@ -141,12 +152,14 @@ def main() -> None:
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
                 key, plan_id, provider_id = setup(c, args.engine_url)
-                via_gpucloud(c, key, plan_id, 0)  # warm-up: imports, engine connection
+                _, iid = via_gpucloud(c, key, plan_id, 0)  # warm-up: imports, connections
+                wait_removed(client, iid)
                 engine_times, api_times = [], []
                 for n in range(1, args.runs + 1):
                     engine_times.append(via_engine(client, PORTS[1]))
-                    api_times.append(via_gpucloud(c, key, plan_id, n))
-                    time.sleep(0.2)  # let the terminate finish before the next pair
+                    elapsed, iid = via_gpucloud(c, key, plan_id, n)
+                    api_times.append(elapsed)
+                    wait_removed(client, iid)
         finally:
             server.terminate()
             server.wait(15)

@@ -51,20 +51,36 @@ def require_engine():
     return client
 
 
-def labelled(client, **labels: str) -> list[Any]:
-    return client.containers.list(all=True, filters={
-        "label": [f"{k.replace('_', '.')}={v}" for k, v in labels.items()]})
+def _by_label(client, *labels: str) -> list[Any]:
+    """Containers with all these labels. Listed without per-container inspects, then fetched
+    one by one, skipping any removed meanwhile (Podman answers 500 for those)."""
+    import docker
+
+    out = []
+    for row in client.api.containers(all=True, filters={"label": list(labels)}):
+        try:
+            out.append(client.containers.get(row["Id"]))
+        except docker.errors.NotFound:
+            continue
+        except docker.errors.APIError as exc:
+            if "no such container" not in str(exc):
+                raise
+    return out
 
 
 def for_instance(client, instance_id: str) -> list[Any]:
-    return client.containers.list(all=True,
-                                  filters={"label": [f"gpucloud.instance={instance_id}"]})
+    return _by_label(client, f"gpucloud.instance={instance_id}")
 
 
 def remove_provider_containers(client, provider_id: str) -> None:
-    for c in client.containers.list(all=True,
-                                    filters={"label": [f"gpucloud.provider={provider_id}"]}):
-        c.remove(force=True, v=True)
+    import docker
+
+    for row in client.api.containers(all=True,
+                                     filters={"label": [f"gpucloud.provider={provider_id}"]}):
+        try:
+            client.api.remove_container(row["Id"], force=True, v=True)
+        except docker.errors.APIError:
+            continue  # already being removed
 
 
 def wait_for(fn: Callable[[], Any], timeout: float = 20.0, every: float = 0.1,

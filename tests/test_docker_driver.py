@@ -265,3 +265,17 @@ def test_strays_are_listed_and_engine_down_is_transient(rt, world, engine):
         down.create(spec(new_instance(rt, world, "d"), world["provider_id"]))
     with pytest.raises(DriverTransientError):
         down.status(iid, None)
+
+
+def test_gpus_the_engine_cannot_provide_fail_the_create_honestly(rt, world, engine):
+    # This Podman has no CDI spec for the device: the engine refuses, the instance must FAIL
+    # with that reason instead of running without its GPU.
+    drv = driver(rt, world, gpu_mode="cdi", gpus=["nvidia.com/gpu=0"])
+    iid = new_instance(rt, world)
+    status = drv.create(spec(iid, world["provider_id"]))
+    assert status.phase == "failed"
+    assert "could not be created" in status.reason and "nvidia.com/gpu=0" in status.reason
+    assert pe.for_instance(engine, iid) == []
+    # More GPUs than the inventory holds: refused before the engine is asked.
+    two = drv.create(spec(new_instance(rt, world, "two"), world["provider_id"], gpu_count=2))
+    assert two.phase == "failed" and "Not enough free GPUs" in two.reason

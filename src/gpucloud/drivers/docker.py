@@ -76,11 +76,24 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
         return out
 
     # -- lookups -----------------------------------------------------------------------------
-    def _containers(self, instance_id: str) -> list[Any]:
+    def _summaries(self, *labels: str) -> list[dict[str, Any]]:
+        """The engine's container list (no per-container inspect: one call, and no race with
+        a container removed between listing and inspecting)."""
         client = self.engine.client
-        found = self.engine.call(client.containers.list, all=True, filters={"label": [
-            f"{L_PROVIDER}={self.provider_id}", f"{L_INSTANCE}={instance_id}"]})
-        return list(found)
+        return self.engine.call(client.api.containers, all=True,
+                                filters={"label": [f"{L_PROVIDER}={self.provider_id}", *labels]})
+
+    def _containers(self, instance_id: str) -> list[Any]:
+        import docker
+
+        client = self.engine.client
+        out = []
+        for row in self._summaries(f"{L_INSTANCE}={instance_id}"):
+            try:
+                out.append(self.engine.call(client.containers.get, row["Id"]))
+            except docker.errors.NotFound:
+                continue  # removed since the listing
+        return out
 
     def _pick(self, containers: list[Any]):
         """The instance's current container: a running one wins (an update in flight or
@@ -181,10 +194,15 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
 
     # -- status ------------------------------------------------------------------------------
     def status(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
+        import docker
+
         container = self._pick(self._containers(instance_id))
-        if container is None:
-            return self._restore(instance_id, state)
-        return self._status_of(container, state)
+        if container is not None:
+            try:
+                return self._status_of(container, state)
+            except docker.errors.NotFound:
+                pass  # removed while we looked
+        return self._restore(instance_id, state)
 
     def _restore(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
         """A container that vanished under an ACTIVE instance (removed by hand, engine host
@@ -296,10 +314,9 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
         return out
 
     def list_owned(self) -> list[str]:
-        client = self.engine.client
-        found = self.engine.call(client.containers.list, all=True, filters={"label": [
-            f"{L_MANAGED}=true", f"{L_PROVIDER}={self.provider_id}"]})
-        return sorted({c.labels[L_INSTANCE] for c in found if c.labels.get(L_INSTANCE)})
+        rows = self._summaries(f"{L_MANAGED}=true")
+        return sorted({r["Labels"][L_INSTANCE] for r in rows
+                       if (r.get("Labels") or {}).get(L_INSTANCE)})
 
     def ping(self) -> bool:
         return self.engine.ping()

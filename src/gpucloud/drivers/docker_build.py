@@ -73,13 +73,11 @@ class ContainerBuilder:
     def _pick_gpus(self, spec: WorkloadSpec) -> list[str]:
         if not self.cfg.gpus:
             return []
-        client = self.engine.client
         busy: set[str] = set()
-        for c in self.engine.call(client.containers.list, all=True, filters={"label": [
-                f"{L_PROVIDER}={self.provider_id}"]}):
-            if c.labels.get(L_INSTANCE) == spec.instance_id:
-                continue
-            busy.update(g for g in c.labels.get(L_GPUS, "").split(",") if g)
+        for row in self._summaries():
+            labels = row.get("Labels") or {}
+            if labels.get(L_INSTANCE) != spec.instance_id:
+                busy.update(g for g in labels.get(L_GPUS, "").split(",") if g)
         free = [g for g in self.cfg.gpus if g not in busy]
         if len(free) < spec.gpu_count:
             raise EngineError(f"Not enough free GPUs on the host ({len(free)} free, "

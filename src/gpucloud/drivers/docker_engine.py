@@ -82,6 +82,9 @@ class Engine:
             raise
         except docker.errors.APIError as exc:
             status = getattr(exc.response, "status_code", None)
+            if _vanished(exc):
+                # Podman answers 500 for a container removed while we looked at it.
+                raise docker.errors.NotFound(short_error(exc)) from None
             if status is not None and status >= 500 and _looks_transient(exc):
                 raise DriverTransientError(f"Container engine error: {short_error(exc)}") \
                     from None
@@ -110,6 +113,11 @@ class Engine:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def _vanished(exc: BaseException) -> bool:
+    text = short_error(exc).lower()
+    return "no such container" in text or "does not exist in database" in text
 
 
 def _looks_transient(exc: BaseException) -> bool:

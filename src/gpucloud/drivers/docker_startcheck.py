@@ -19,6 +19,7 @@ import time
 from gpucloud.drivers.docker_labels import EXEC_FAILED
 
 LOCAL_LIMIT = 10.0  # seconds: even a loaded host execs a command sooner than this
+LOG_PATIENCE = 0.5
 
 
 def exec_state(pid: int) -> str:
@@ -56,8 +57,16 @@ def exec_failure(engine, container, window: float, local: bool) -> str | None:
         if not local and elapsed >= window:
             return None
         time.sleep(0.005 if local else 0.02)
-    raw = engine.call(container.logs, stdout=True, stderr=True, tail=5)
-    for line in raw.decode("utf-8", errors="replace").splitlines():
-        if EXEC_FAILED.search(line):
-            return line.strip()[:300]
-    return None
+    # The init's message can reach the log a moment after the exit; only wait for it when
+    # the exit code is one an init uses for "could not exec" (catatonit 1, tini 126/127).
+    code = (container.attrs.get("State") or {}).get("ExitCode")
+    patience = LOG_PATIENCE if code in (1, 126, 127) else 0.0
+    started = time.monotonic()
+    while True:
+        raw = engine.call(container.logs, stdout=True, stderr=True, tail=5)
+        for line in raw.decode("utf-8", errors="replace").splitlines():
+            if EXEC_FAILED.search(line):
+                return line.strip()[:300]
+        if time.monotonic() - started >= patience:
+            return None
+        time.sleep(0.05)
