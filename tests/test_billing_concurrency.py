@@ -124,3 +124,71 @@ def test_kill_inside_a_batch_rolls_it_back(rt, backend):
     assert charge_counts(rt) == {START: len(ids), START + H: len(ids)}
     check_money(rt)
     check_topup_invariant(rt)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_server_processes_drain_the_same_boundaries(api, backend):
+    """Two real `gpucloud serve` processes on one database, both moving the manual clock to
+    the same time at once: every (instance, hour) is charged exactly once."""
+    import os
+    import time
+
+    import httpx
+
+    from tests.conftest import ADMIN_KEY
+
+    provider = api.provider()
+    plan = api.offer(provider, price="0.37", capacity=100)
+    for k in range(4):
+        _, headers = api.account("100", name=f"s{k}")
+        for _ in range(5):
+            api.deploy(headers, plan)
+    api.advance(10)  # all 20 ACTIVE, activation hour charged
+    env = dict(os.environ, GPUCLOUD_DATABASE_URL=backend["url"], GPUCLOUD_CLOCK="manual",
+               GPUCLOUD_ADMIN_KEY=ADMIN_KEY, GPUCLOUD_DEMO="0", GPUCLOUD_LOCAL_PROVIDER="0",
+               GPUCLOUD_DATA_DIR=str(backend["data_dir"]), GPUCLOUD_BILLING_BATCH_SIZE="3",
+               GPUCLOUD_LOG_LEVEL="warning")
+    ports = [_free_port(), _free_port()]
+    procs = [subprocess.Popen([str(ROOT / ".venv/bin/gpucloud"), "serve", "--port", str(p)],
+                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for p in ports]
+    admin = {"X-ADMIN-KEY": ADMIN_KEY}
+    try:
+        for p in ports:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{p}/admin/clock", headers=admin).is_success:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        target = "2026-01-05T16:00:30Z"  # boundaries 11:00 … 16:00
+        replies: list = []
+
+        def move(p):
+            replies.append(httpx.post(f"http://127.0.0.1:{p}/admin/clock", json={"now": target},
+                                      headers=admin, timeout=120).status_code)
+
+        threads = [threading.Thread(target=move, args=(p,)) for p in ports]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(150)
+        assert replies == [200, 200]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
+    assert charge_counts(api.rt) == {START + k * H: 20 for k in range(7)}
+    check_money(api.rt)
+    check_topup_invariant(api.rt)
