@@ -11,11 +11,15 @@
 #   test image, since no registry is reachable from here.
 # - default_ulimits: podman's defaults exceed the sandbox's hard limits, and container start
 #   fails with "operation not permitted" when it tries to raise them.
+# - events_logfile_max_size: the default 1m event log rotates within minutes of test churn,
+#   and /events reads the engine's events for a container from it.
 set -euo pipefail
 
 SOCKET="${GPUCLOUD_PODMAN_SOCKET:-/run/gpucloud-podman/podman.sock}"
 IMAGE="${GPUCLOUD_TEST_IMAGE:-localhost/gpucloud-busybox:latest}"
 LOG="${GPUCLOUD_PODMAN_LOG:-/tmp/gpucloud-podman-service.log}"
+PIDFILE="$(dirname "$SOCKET")/service.pid"
+MARK="gpucloud: setup-podman v2"
 CONF=/etc/containers/containers.conf
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -42,7 +46,9 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # 2. Engine configuration (only rewritten when ours is not there yet).
-if ! grep -q 'gpucloud: setup-podman' "$CONF" 2>/dev/null; then
+conf_changed=0
+if ! grep -q "$MARK" "$CONF" 2>/dev/null; then
+  conf_changed=1
   say "writing $CONF"
   $SUDO mkdir -p /etc/containers
   if [ -f "$CONF" ]; then
@@ -50,12 +56,14 @@ if ! grep -q 'gpucloud: setup-podman' "$CONF" 2>/dev/null; then
     $SUDO cp "$CONF" "$CONF.bak-gpucloud"
   fi
   $SUDO tee "$CONF" >/dev/null <<'EOF'
-# gpucloud: setup-podman.sh wrote this file (see the script for why).
+# gpucloud: setup-podman v2 — scripts/setup-podman.sh wrote this file (see it for why).
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
 
 [engine]
 runtime = "runc"
+events_logger = "file"
+events_logfile_max_size = "100m"
 EOF
 fi
 
@@ -77,7 +85,12 @@ if ! podman image exists "$IMAGE" 2>/dev/null; then
     "$work/rootfs.tar" "$IMAGE" >/dev/null
 fi
 
-# 4. The API service.
+# 4. The API service (restarted when the configuration changed under a running one).
+if [ "$conf_changed" = 1 ] && [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  say "configuration changed: restarting the service"
+  kill "$(cat "$PIDFILE")" || true
+  for _ in $(seq 1 50); do answers || break; sleep 0.1; done
+fi
 if answers; then
   say "engine answers on unix://$SOCKET"
   exit 0
@@ -86,6 +99,7 @@ mkdir -p "$(dirname "$SOCKET")"
 rm -f "$SOCKET"
 say "starting podman system service on unix://$SOCKET (log: $LOG)"
 nohup podman system service --time=0 "unix://$SOCKET" >"$LOG" 2>&1 </dev/null &
+echo $! >"$PIDFILE"
 for _ in $(seq 1 100); do
   if answers; then
     say "engine answers on unix://$SOCKET"

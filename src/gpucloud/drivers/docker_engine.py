@@ -122,5 +122,6 @@ def _vanished(exc: BaseException) -> bool:
 
 def _looks_transient(exc: BaseException) -> bool:
     text = short_error(exc).lower()
+    # "no such process": Podman inspecting a container whose process is exiting right now.
     return any(word in text for word in ("timeout", "temporarily", "try again", "locked",
-                                         "connection reset"))
+                                         "connection reset", "no such process"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 
+from gpucloud.drivers.base import DriverTransientError
 from gpucloud.drivers.docker_labels import EXEC_FAILED
 
 LOCAL_LIMIT = 10.0  # seconds: even a loaded host execs a command sooner than this
@@ -44,10 +45,16 @@ def exec_failure(engine, container, window: float, local: bool) -> str | None:
     """The init's complaint when the startup command could not be executed, else None."""
     started = time.monotonic()
     while True:
-        engine.call(container.reload)
+        elapsed = time.monotonic() - started
+        try:
+            engine.call(container.reload)
+        except DriverTransientError:
+            if elapsed >= LOCAL_LIMIT:
+                raise
+            time.sleep(0.02)  # caught the engine mid-exit: look again
+            continue
         if container.status != "running":
             break
-        elapsed = time.monotonic() - started
         if local:
             state = exec_state(int((container.attrs.get("State") or {}).get("Pid") or 0))
             if state == "execed" or elapsed >= LOCAL_LIMIT:
