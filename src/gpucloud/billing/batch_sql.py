@@ -117,6 +117,13 @@ def fill_short(s: Session, limit: int) -> int:
     return _count(s)
 
 
+def analyze(s: Session) -> None:
+    """PostgreSQL plans the joins below from statistics, and a fresh temporary table has
+    none (autovacuum never sees it): without this, account updates take nested loops."""
+    if _is_pg(s):
+        s.execute(text("ANALYZE billing_batch"))
+
+
 def lock_accounts(s: Session) -> None:
     """PostgreSQL: lock the batch's accounts in id order before reading any balance, so the
     decisions and every `balance_after` below see balances nobody else is moving (and two

@@ -46,6 +46,7 @@ def process_batch(s: Session, now: dt.datetime, limit: int) -> BatchResult:
     taken = q.fill_due(s, now, limit)
     if taken == 0:
         return BatchResult(0, 0)
+    q.analyze(s)
     q.lock_accounts(s)
     q.set_next_until(s)
     q.insert_charges(s, now)
@@ -86,6 +87,7 @@ def retry_batch(s: Session, now: dt.datetime, limit: int) -> tuple[int, int]:
     taken = q.fill_short(s, limit)
     if taken == 0:
         return 0, 0
+    q.analyze(s)
     q.lock_accounts(s)
     q.decide_topups(s)
     q.apply_topups(s)
