@@ -6,6 +6,7 @@ import hmac
 from dataclasses import dataclass
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from gpucloud.accounts import service
@@ -49,8 +50,15 @@ def authenticate(rt, key: str | None) -> Caller:
     return Caller(account_id=account_id, key_id=key_id)
 
 
-def current_account(request: Request) -> Caller:
-    return authenticate(request.app.state.rt, request.headers.get("x-api-key"))
+async def current_account(request: Request) -> Caller:
+    """Async so a cached key costs no threadpool hop; a cache miss reads the database in the
+    threadpool."""
+    rt = request.app.state.rt
+    key = request.headers.get("x-api-key")
+    caller = cached_caller(rt, key)
+    if caller is None:
+        caller = await run_in_threadpool(authenticate, rt, key)
+    return caller
 
 
 def require_admin(request: Request) -> None:

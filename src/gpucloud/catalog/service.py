@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -298,42 +298,61 @@ def _location_error(country: str, free: list[tuple[int, str, int]]) -> BadReques
                       f"Available locations: {names}")
 
 
+class TakenZone(NamedTuple):
+    """The zone a deploy took a unit of, as the UPDATE returned it."""
+
+    id: int
+    country: str
+    in_use: int
+
+
+def _take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone | None:
+    """One statement: pick the zone (the requested country, else the one with the most free
+    capacity, ties alphabetical) and take a unit of it. The outer `in_use < capacity` is
+    re-checked under the row lock on PostgreSQL, so the subquery's pick can never overbook."""
+    pick = (select(OfferZone.id)
+            .where(OfferZone.offer_id == offer_id, OfferZone.in_use < OfferZone.capacity)
+            .order_by((OfferZone.capacity - OfferZone.in_use).desc(), OfferZone.country)
+            .limit(1))
+    if country is not None:
+        pick = pick.where(OfferZone.country == country)
+    row = s.connection().execute(
+        update(OfferZone)
+        .where(OfferZone.id == pick.scalar_subquery(), OfferZone.in_use < OfferZone.capacity)
+        .values(in_use=OfferZone.in_use + 1)
+        .returning(OfferZone.id, OfferZone.country, OfferZone.in_use)
+    ).one_or_none()
+    return TakenZone(*row) if row is not None else None
+
+
 def take_capacity(s: Session, plan_id: str, workload: str,
-                  country: str | None) -> tuple[Offer, OfferZone, Provider]:
+                  country: str | None) -> tuple[Offer, TakenZone, Provider]:
     """Take one unit of an offer's capacity, in the caller's transaction.
 
     The conditional UPDATE is the only arbiter: on PostgreSQL a second writer blocks on the row
     and re-checks `in_use < capacity` after the first commits; SQLite serializes writers. So two
-    deploys can never both take the last unit, whatever they read before."""
-    offer = s.get(Offer, plan_id) if _plausible_id(plan_id) else None
-    if offer is None or not offer.enabled or offer.workload != workload:
+    deploys can never both take the last unit, whatever they read before. Deploy is the
+    hottest write, so the happy path is two statements; the error paths query to explain."""
+    found = s.execute(
+        select(Offer, Provider).join(Provider, Provider.id == Offer.provider_id)
+        .where(Offer.id == plan_id)
+    ).one_or_none() if _plausible_id(plan_id) else None
+    if found is None:
         raise BadRequest(PLAN_UNAVAILABLE)
-    provider = s.get(Provider, offer.provider_id)
-    if provider is None or not provider.enabled:
+    offer, provider = found
+    if not offer.enabled or offer.workload != workload or not provider.enabled:
         raise BadRequest(PLAN_UNAVAILABLE)
-    free = _free_zones(s, offer.id)
-    if not free:
-        raise BadRequest(PLAN_UNAVAILABLE)
-    candidates = free
-    if country is not None:
-        candidates = [z for z in free if z[1] == country]
-        if not candidates:
-            raise _location_error(country, free)
-    for zone_id, _, _ in candidates:
-        taken = s.execute(
-            update(OfferZone)
-            .where(OfferZone.id == zone_id, OfferZone.in_use < OfferZone.capacity)
-            .values(in_use=OfferZone.in_use + 1)
-            .execution_options(synchronize_session=False))
-        if taken.rowcount == 1:
-            zone = s.get(OfferZone, zone_id)
-            s.refresh(zone)
+    # A zone can be taken by someone else between pick and update; try again while any zone
+    # still shows free capacity (bounded: each retry means a unit was taken by another).
+    for _ in range(8):
+        zone = _take_zone(s, offer.id, country)
+        if zone is not None:
             return offer, zone, provider
-    # Someone else took the last unit between our read and our UPDATE.
-    if country is not None:
-        still_free = _free_zones(s, offer.id)
-        if still_free:
-            raise _location_error(country, still_free)
+        free = _free_zones(s, offer.id)
+        if not free:
+            raise BadRequest(PLAN_UNAVAILABLE)
+        if country is not None and all(c != country for _, c, _ in free):
+            raise _location_error(country, free)
     raise BadRequest(PLAN_UNAVAILABLE)
 
 
