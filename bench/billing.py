@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, func, insert, select, text
 from gpucloud.accounts.models import Account, Meta
 from gpucloud.billing import boundaries
 from gpucloud.billing.models import CHARGE, DEPOSIT, LedgerEntry
-from gpucloud.clock import CLOCK_KEY
 from gpucloud.catalog.models import Offer, OfferZone, Provider
+from gpucloud.clock import CLOCK_KEY
 from gpucloud.db import Database
 from gpucloud.instances.models import ACTIVE, Instance
 from gpucloud.migrations.run import upgrade
@@ -35,7 +35,7 @@ from gpucloud.settings import Settings
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_DB = "gpucloud_bench"
-BOUNDARY = dt.datetime(2026, 1, 5, 11, 0, tzinfo=dt.timezone.utc)
+BOUNDARY = dt.datetime(2026, 1, 5, 11, 0, tzinfo=dt.UTC)
 PRICE = 1_370_000  # 1.37 USDC/hour
 PER_ACCOUNT = 10
 CHUNK = 10_000
@@ -121,10 +121,11 @@ def conservation(db: Database) -> tuple[int, int]:
     return charges, deposits - (balances + reserves + charged)
 
 
-def run(backend: str, n: int, tmp: Path) -> dict:
+def run(backend: str, n: int, tmp: Path, batch_size: int | None = None) -> dict:
     url = fresh_url(backend, tmp)
     settings = Settings(database_url=url, data_dir=tmp, clock="manual", demo=False,
-                        workers=False, admin_key="bench", local_provider=False)
+                        workers=False, admin_key="bench", local_provider=False,
+                        **({"billing_batch_size": batch_size} if batch_size else {}))
     db = Database(settings)
     upgrade(db)
     populate(db, n)
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="GPUCLOUD_BILLING_BATCH_SIZE (default: the setting's default)")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x]
     backends = [x.strip() for x in args.backends.split(",") if x.strip()]
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             for n in sizes:
-                r = run(backend, n, Path(tmp))
+                r = run(backend, n, Path(tmp), args.batch_size)
                 print(f"{r['backend']:<10}{r['n']:>9}{r['billing_s']:>12.2f}{r['rate']:>11.0f}"
                       f"{r['bare_s']:>15.3f}{r['ratio']:>7.1f}x{r['charges']:>9}  "
                       f"{'exact' if r['diff'] == 0 else r['diff']}", flush=True)

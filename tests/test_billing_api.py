@@ -151,7 +151,7 @@ def test_prices_without_drift_over_many_hours(api):
 
 
 def test_transactions_newest_first_with_cursor(api):
-    plan, acct, headers = setup(api, price="1.5", balance="100")
+    plan, _acct, headers = setup(api, price="1.5", balance="100")
     iid = api.deploy(headers, plan)
     api.advance(10)
     api.advance(3600)

@@ -15,11 +15,19 @@ from gpucloud.billing.models import CHARGE, LedgerEntry
 from gpucloud.catalog.models import OfferZone
 from gpucloud.instances.models import ACTIVE, ENDED, OP_DELETE, Instance, InstanceEvent
 from gpucloud.money import to_micro
-
 from tests.conftest import START
-from tests.test_billing_support import (balance, charges, check_money, check_topup_invariant,
-                                        count, credit_without_retry, deploy_row, instance,
-                                        make_account, seed_catalog)
+from tests.test_billing_support import (
+    balance,
+    charges,
+    check_money,
+    check_topup_invariant,
+    count,
+    credit_without_retry,
+    deploy_row,
+    instance,
+    make_account,
+    seed_catalog,
+)
 
 H = dt.timedelta(hours=1)
 
@@ -184,10 +192,9 @@ def test_second_charge_for_a_period_is_refused_by_the_database(rt):
     cat = seed_catalog(rt)
     acct = make_account(rt)
     iid = deploy_row(rt, acct, cat)
-    with pytest.raises(IntegrityError):
-        with rt.db.write() as s:
-            s.add(LedgerEntry(at=rt.clock.now(), account_id=acct, instance_id=iid, kind=CHARGE,
-                              amount=1, balance_after=0, period_start=START))
+    with pytest.raises(IntegrityError), rt.db.write() as s:
+        s.add(LedgerEntry(at=rt.clock.now(), account_id=acct, instance_id=iid, kind=CHARGE,
+                          amount=1, balance_after=0, period_start=START))
     check_money(rt)
 
 

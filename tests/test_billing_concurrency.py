@@ -14,10 +14,14 @@ from sqlalchemy import func, select
 from gpucloud.billing import boundaries
 from gpucloud.billing.models import CHARGE, LedgerEntry
 from gpucloud.runtime import Runtime
-
 from tests.conftest import START, make_settings
-from tests.test_billing_support import (check_money, check_topup_invariant, deploy_row,
-                                        make_account, seed_catalog)
+from tests.test_billing_support import (
+    check_money,
+    check_topup_invariant,
+    deploy_row,
+    make_account,
+    seed_catalog,
+)
 
 H = dt.timedelta(hours=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +57,7 @@ def test_two_workers_charge_each_instance_once(rt, backend):
         barrier.wait()
         try:
             results.append(boundaries.process_due(runtime))
-        except Exception as exc:  # surfaced by the assertion below
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
             results.append(exc)
 
     threads = [threading.Thread(target=work, args=(r,)) for r in (rt, other)]
@@ -99,7 +103,8 @@ with rt.db.write() as s:
 def run_crasher(backend, mode: str) -> int:
     code = CRASHER.format(root=str(ROOT), url=backend["url"],
                           data_dir=str(backend["data_dir"]), mode=mode)
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120).returncode
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120,
+                          check=False).returncode
 
 
 def test_kill_between_batches_loses_and_duplicates_nothing(rt, backend):

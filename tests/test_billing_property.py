@@ -8,13 +8,13 @@ from __future__ import annotations
 from decimal import Decimal
 
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gpucloud.app import create_app
 from gpucloud.db import Database
 from gpucloud.runtime import Runtime
-
 from tests.conftest import ADMIN_KEY, make_settings, reset_database
 from tests.factories import Api
 from tests.test_billing_support import check_money, check_topup_invariant

@@ -12,8 +12,24 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import (BigInteger, Column, Integer, MetaData, String, Table, and_, case, func,
-                        insert, literal, literal_column, or_, select, text, update)
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account
@@ -24,7 +40,7 @@ from gpucloud.db import UTCDateTime
 from gpucloud.instances.models import ACTIVE, ENDED, OP_DELETE, Instance, InstanceEvent
 
 A = Account.__table__
-I = Instance.__table__  # noqa: E741
+I = Instance.__table__
 L = LedgerEntry.__table__
 Z = OfferZone.__table__
 E = InstanceEvent.__table__
