@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -44,8 +46,11 @@ def test_embedded_default_prints_keys_and_serves_demo_plans(tmp_path):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def server_env(request, tmp_path):
+    # A short lease: the killed process may hold one on the instance (the worker starts a
+    # deploy at once), and the next process may only take the work over once it expires.
     env = {"GPUCLOUD_CLOCK": "manual", "GPUCLOUD_ADMIN_KEY": ADMIN_KEY, "GPUCLOUD_DEMO": "0",
-           "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path)}
+           "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
+           "GPUCLOUD_LEASE_SECONDS": "1"}
     if request.param == "postgres":
         env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database("gpucloud_proc_test").replace(
             "postgresql+psycopg://", "postgresql://")
@@ -81,6 +86,7 @@ def test_state_survives_a_hard_restart(tmp_path, server_env):
         c = httpx.Client(base_url=server.url, timeout=30)
         before = c.get(f"/gpu/instances/{iid}", headers=key).json()
         assert before["instance_status"] == "INITIALIZED"
+        time.sleep(1.2)  # any lease of the killed process has expired (wall clock)
         c.post("/admin/clock", json={"advance_seconds": 30}, headers=ADMIN)
         after = c.get(f"/gpu/instances/{iid}", headers=key).json()
         assert after["instance_status"] == "ACTIVE"
