@@ -211,7 +211,8 @@ def end_exhausted(s: Session, now: dt.datetime) -> int:
     per_zone = (select(B.c.zone_id, func.count().label("n")).where(B.c.ends == 1)
                 .group_by(B.c.zone_id).subquery())
     s.execute(update(Z).where(Z.c.id == per_zone.c.zone_id)
-              .values(in_use=Z.c.in_use - per_zone.c.n))
+              .values(in_use=case((Z.c.in_use >= per_zone.c.n, Z.c.in_use - per_zone.c.n),
+                                  else_=0)))  # never below zero, like release_capacity
     return ended
 
 
