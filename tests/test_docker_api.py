@@ -73,10 +73,12 @@ def test_deploy_update_terminate_a_real_container(api, local, engine):
     assert pe.tcp_echo(ports[7000], b"are you there\n") == b"are you there\n"
     assert "serving web" in pe.wait_for(lambda: lines(api, local, iid, "logs"), what="logs")
     assert len(lines(api, local, iid, "logs", last=1)) == 1
-    events = lines(api, local, iid, "events")
+    # The engine writes its event log asynchronously: wait for the start event to land.
+    events = pe.wait_for(
+        lambda: (ev := lines(api, local, iid, "events")) if any(
+            e.endswith("started") for e in ev) else None, timeout=15, what="engine events")
     assert any("scheduled" in e for e in events), events
     assert any("created from image " + pe.IMAGE in e for e in events), events
-    assert any(e.endswith("started") for e in events), events
 
     # The container has the plan's limits and the env (with the SSH key injected).
     (container,) = pe.for_instance(engine, iid)
@@ -136,8 +138,9 @@ def test_a_crash_shows_as_not_started_with_its_output(api, local, engine):
     assert details["instance_status"] == "ACTIVE"
     assert details["container_status"] == "NOT_STARTED"
     assert "going down" in lines(api, local, iid, "logs")
-    events = lines(api, local, iid, "events")
-    assert any("exited with code 1" in e for e in events), events
+    # The engine writes its event log asynchronously: give the die event a moment to land.
+    pe.wait_for(lambda: any("exited with code 1" in e for e in lines(api, local, iid, "events")),
+                timeout=15, what="the engine's die event")
 
 
 def test_create_after_a_crash_reuses_the_container_and_strays_are_reconciled(api, local, engine):

@@ -325,14 +325,8 @@ def _take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone | No
     return TakenZone(*row) if row is not None else None
 
 
-def take_capacity(s: Session, plan_id: str, workload: str,
-                  country: str | None) -> tuple[Offer, TakenZone, Provider]:
-    """Take one unit of an offer's capacity, in the caller's transaction.
-
-    The conditional UPDATE is the only arbiter: on PostgreSQL a second writer blocks on the row
-    and re-checks `in_use < capacity` after the first commits; SQLite serializes writers. So two
-    deploys can never both take the last unit, whatever they read before. Deploy is the
-    hottest write, so the happy path is two statements; the error paths query to explain."""
+def deployable(s: Session, plan_id: str, workload: str) -> tuple[Offer, Provider]:
+    """The offer and its provider, if a deploy of `workload` may use it (no capacity check)."""
     found = s.execute(
         select(Offer, Provider).join(Provider, Provider.id == Offer.provider_id)
         .where(Offer.id == plan_id)
@@ -342,18 +336,39 @@ def take_capacity(s: Session, plan_id: str, workload: str,
     offer, provider = found
     if not offer.enabled or offer.workload != workload or not provider.enabled:
         raise BadRequest(PLAN_UNAVAILABLE)
+    return offer, provider
+
+
+def check_free(s: Session, offer_id: str, country: str | None) -> None:
+    """Raise the error a deploy would get if no zone (or not `country`) has free capacity."""
+    free = _free_zones(s, offer_id)
+    if not free:
+        raise BadRequest(PLAN_UNAVAILABLE)
+    if country is not None and all(c != country for _, c, _ in free):
+        raise _location_error(country, free)
+
+
+def take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone:
+    """Take one unit of the offer's capacity, in the caller's transaction.
+
+    The conditional UPDATE is the only arbiter: on PostgreSQL a second writer blocks on the row
+    and re-checks `in_use < capacity` after the first commits; SQLite serializes writers. So two
+    deploys can never both take the last unit, whatever they read before. The happy path is
+    one statement; the error paths query to explain."""
     # A zone can be taken by someone else between pick and update; try again while any zone
     # still shows free capacity (bounded: each retry means a unit was taken by another).
     for _ in range(8):
-        zone = _take_zone(s, offer.id, country)
+        zone = _take_zone(s, offer_id, country)
         if zone is not None:
-            return offer, zone, provider
-        free = _free_zones(s, offer.id)
-        if not free:
-            raise BadRequest(PLAN_UNAVAILABLE)
-        if country is not None and all(c != country for _, c, _ in free):
-            raise _location_error(country, free)
+            return zone
+        check_free(s, offer_id, country)
     raise BadRequest(PLAN_UNAVAILABLE)
+
+
+def take_capacity(s: Session, plan_id: str, workload: str,
+                  country: str | None) -> tuple[Offer, TakenZone, Provider]:
+    offer, provider = deployable(s, plan_id, workload)
+    return offer, take_zone(s, offer.id, country), provider
 
 
 def release_capacity(s: Session, zone_id: int) -> None:

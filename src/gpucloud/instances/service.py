@@ -63,15 +63,12 @@ def container_config(settings: ContainerSettingsBase, expose: list[dict[str, Any
             "startup_command": settings.startup_command, "generation": generation}
 
 
-def _new_instance(s: Session, rt, account_id: str, workload: str, name: str, plan_id: str,
-                  country: str | None, now: dt.datetime) -> tuple[Instance, Any, Any]:
-    offer, zone, provider = catalog.take_capacity(s, plan_id, workload, country)
-    if offer.workload != workload:  # take_capacity filters already; never deploy across types
-        raise BadRequest(PLAN_UNAVAILABLE)
-    inst = Instance(
+def _new_instance(rt, account_id: str, workload: str, name: str, offer, provider,
+                  now: dt.datetime) -> Instance:
+    return Instance(
         id=new_id(), account_id=account_id, offer_id=offer.id,
-        zone_id=zone.id, provider_id=provider.id, workload=workload, name=name,
-        status=INITIALIZED, location=zone.country if workload == CONTAINER else offer.location,
+        zone_id=None, provider_id=provider.id, workload=workload, name=name,
+        status=INITIALIZED, location=offer.location,
         resources=catalog.plan_resources(offer), price_hour=offer.price_hour, reserve=0, spent=0,
         op=OP_CREATE, next_check_at=now, attempts=0, container=None, credentials_enc=None,
         ssh_key=None, os_image=None, pending_update=None, pending_credentials_enc=None,
@@ -81,18 +78,29 @@ def _new_instance(s: Session, rt, account_id: str, workload: str, name: str, pla
         provision_deadline_at=now + dt.timedelta(seconds=rt.settings.provision_deadline_seconds),
         created_at=now, updated_at=now,
     )
-    return inst, offer, provider
 
 
 _COLUMNS = [c.key for c in Instance.__table__.columns]
 _INSERT = insert(Instance.__table__)  # one statement object: compiled once, then cached
 
 
-def _finish_deploy(s: Session, inst: Instance, provider, now: dt.datetime) -> Instance:
-    # Deploy is the hottest write: money first (so the row is inserted with its reserve in
-    # one statement), then a Core INSERT instead of an ORM unit of work. The ledger entry
-    # carries the instance id; it has no foreign key, so the order is free.
-    ledger.reserve_upfront(s, inst, now)
+def _finish_deploy(s: Session, inst: Instance, provider, country: str | None,
+                   now: dt.datetime) -> Instance:
+    # Lock order everywhere else is instance → account → zone (boundaries, terminate, end);
+    # a deploy's instance is new, so it takes the account (money) first, then the zone, and
+    # can never deadlock with an hour boundary ending an instance of the same account/zone.
+    try:
+        ledger.reserve_upfront(s, inst, now)
+    except BadRequest:
+        # A plan that is gone is the better answer than "no money" for a plan that is gone.
+        catalog.check_free(s, inst.offer_id, country)
+        raise
+    zone = catalog.take_zone(s, inst.offer_id, country)
+    inst.zone_id = zone.id
+    if inst.workload == CONTAINER:
+        inst.location = zone.country
+    # Deploy is the hottest write: a Core INSERT instead of an ORM unit of work. The ledger
+    # entry carries the instance id; it has no foreign key, so the order is free.
     s.execute(_INSERT, {k: getattr(inst, k) for k in _COLUMNS})
     events.record(s, inst.id, now, f"Instance scheduled on provider {provider.name} "
                                    f"({inst.location})")
@@ -106,27 +114,27 @@ def deploy_container(s: Session, rt, account_id: str, body: ContainerDeploy,
     settings = body.container_settings
     _reject_reserved_env(settings, body.ssh_key)
     country = body.constraints.location if body.constraints else None
-    inst, _, provider = _new_instance(s, rt, account_id, CONTAINER, body.name, body.plan_id,
-                                      country, now)
+    offer, provider = catalog.deployable(s, body.plan_id, CONTAINER)
+    inst = _new_instance(rt, account_id, CONTAINER, body.name, offer, provider, now)
     expose = [{"port": p.port, "protocol": p.protocol} for p in settings.expose]
     inst.container = container_config(settings, expose, body.ssh_key, 1)
     inst.ssh_key = body.ssh_key
     if settings.credentials is not None:
         inst.credentials_enc = rt.secrets.seal(settings.credentials.model_dump())
-    return _finish_deploy(s, inst, provider, now)
+    return _finish_deploy(s, inst, provider, country, now)
 
 
 def deploy_vm(s: Session, rt, account_id: str, workload: str, body: VmDeploy,
               now: dt.datetime) -> Instance:
-    inst, offer, provider = _new_instance(s, rt, account_id, workload, body.name, body.plan_id,
-                                          None, now)
+    offer, provider = catalog.deployable(s, body.plan_id, workload)
     options = list(offer.os_options or [])
     if body.os_image not in options:
         raise BadRequest(f"Provided OS image {body.os_image} is not supported for the selected "
                          f"offer. Available OS images: {', '.join(options)}")
+    inst = _new_instance(rt, account_id, workload, body.name, offer, provider, now)
     inst.os_image = body.os_image
     inst.ssh_key = body.ssh_key
-    return _finish_deploy(s, inst, provider, now)
+    return _finish_deploy(s, inst, provider, None, now)
 
 
 # --- lookups --------------------------------------------------------------------------------
