@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import inspect, select, update
+from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account
@@ -34,10 +34,18 @@ RESERVE_HOURS = 2  # what the reserve is topped back up to while ACTIVE
 _MONEY_COLUMNS = ["status", "reserve", "spent", "billed_until"]
 
 
+# Built once: deploy and every money movement run these, and building a statement per call
+# (plus its cache key) cost more than executing it.
+_INSERT_ENTRY = insert(LedgerEntry.__table__)
+_DEBIT = text("UPDATE accounts SET balance = balance - :amount "
+              "WHERE id = :id AND balance >= :amount RETURNING balance")
+
+
 def _entry(s: Session, *, at, account_id, kind, amount, balance_after, instance_id=None,
            period_start=None) -> None:
-    s.add(LedgerEntry(at=at, account_id=account_id, instance_id=instance_id, kind=kind,
-                      amount=amount, balance_after=balance_after, period_start=period_start))
+    s.connection().execute(_INSERT_ENTRY, {
+        "at": at, "account_id": account_id, "instance_id": instance_id, "kind": kind,
+        "amount": amount, "balance_after": balance_after, "period_start": period_start})
 
 
 def _locked_balance(s: Session, account_id: str) -> int:
@@ -76,11 +84,10 @@ def debit_to_reserve(s: Session, instance: Instance, amount: int, now: dt.dateti
                      kind: str = RESERVE) -> bool:
     """Move `amount` from the account into the instance's reserve if the account holds it all.
     The caller holds the instance row (new instance, `_lock`, or a locking select)."""
-    new_balance = s.execute(
-        update(Account)
-        .where(Account.id == instance.account_id, Account.balance >= amount)
-        .values(balance=Account.balance - amount).returning(Account.balance)
-    ).scalar_one_or_none()
+    if inspect(instance).pending:
+        s.flush()  # a new ORM instance gets its id (and row) before entries name it
+    new_balance = s.connection().execute(
+        _DEBIT, {"amount": amount, "id": instance.account_id}).scalar_one_or_none()
     if new_balance is None:
         return False
     instance.reserve += amount

@@ -10,7 +10,7 @@ import datetime as dt
 from collections import defaultdict
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from gpucloud.catalog.models import Offer, OfferZone, Provider
@@ -306,37 +306,51 @@ class TakenZone(NamedTuple):
     in_use: int
 
 
+_TAKE_ZONE_SQL = """
+UPDATE offer_zones SET in_use = in_use + 1
+WHERE id = (SELECT id FROM offer_zones
+            WHERE offer_id = :offer_id AND in_use < capacity {country}
+            ORDER BY capacity - in_use DESC, country LIMIT 1)
+  AND in_use < capacity
+RETURNING id, country, in_use"""
+# Built once: deploy is the hottest write and statement construction cost more than the SQL.
+_TAKE_ANY_ZONE = text(_TAKE_ZONE_SQL.format(country=""))
+_TAKE_COUNTRY_ZONE = text(_TAKE_ZONE_SQL.format(country="AND country = :country"))
+
+
 def _take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone | None:
     """One statement: pick the zone (the requested country, else the one with the most free
     capacity, ties alphabetical) and take a unit of it. The outer `in_use < capacity` is
     re-checked under the row lock on PostgreSQL, so the subquery's pick can never overbook."""
-    pick = (select(OfferZone.id)
-            .where(OfferZone.offer_id == offer_id, OfferZone.in_use < OfferZone.capacity)
-            .order_by((OfferZone.capacity - OfferZone.in_use).desc(), OfferZone.country)
-            .limit(1))
-    if country is not None:
-        pick = pick.where(OfferZone.country == country)
-    row = s.connection().execute(
-        update(OfferZone)
-        .where(OfferZone.id == pick.scalar_subquery(), OfferZone.in_use < OfferZone.capacity)
-        .values(in_use=OfferZone.in_use + 1)
-        .returning(OfferZone.id, OfferZone.country, OfferZone.in_use)
-    ).one_or_none()
+    if country is None:
+        row = s.connection().execute(_TAKE_ANY_ZONE, {"offer_id": offer_id}).one_or_none()
+    else:
+        row = s.connection().execute(_TAKE_COUNTRY_ZONE,
+                                     {"offer_id": offer_id, "country": country}).one_or_none()
     return TakenZone(*row) if row is not None else None
 
 
-def deployable(s: Session, plan_id: str, workload: str) -> tuple[Offer, Provider]:
-    """The offer and its provider, if a deploy of `workload` may use it (no capacity check)."""
-    found = s.execute(
-        select(Offer, Provider).join(Provider, Provider.id == Offer.provider_id)
-        .where(Offer.id == plan_id)
-    ).one_or_none() if _plausible_id(plan_id) else None
-    if found is None:
+class DeployTarget(NamedTuple):
+    provider_id: str
+    name: str
+
+
+_DEPLOYABLE = (
+    select(Offer.__table__, Provider.name.label("provider_name"),
+           Provider.enabled.label("provider_enabled"))
+    .join(Provider.__table__, Provider.id == Offer.provider_id)
+    .where(Offer.id == bindparam("plan_id"))
+)
+
+
+def deployable(s: Session, plan_id: str, workload: str) -> tuple[Any, DeployTarget]:
+    """The offer (a row with the offers columns) and its provider, if a deploy of `workload`
+    may use it (no capacity check). Core, not ORM: this runs on every deploy."""
+    row = s.connection().execute(_DEPLOYABLE, {"plan_id": plan_id}).one_or_none() \
+        if _plausible_id(plan_id) else None
+    if row is None or not row.enabled or row.workload != workload or not row.provider_enabled:
         raise BadRequest(PLAN_UNAVAILABLE)
-    offer, provider = found
-    if not offer.enabled or offer.workload != workload or not provider.enabled:
-        raise BadRequest(PLAN_UNAVAILABLE)
-    return offer, provider
+    return row, DeployTarget(row.provider_id, row.provider_name)
 
 
 def check_free(s: Session, offer_id: str, country: str | None) -> None:
@@ -366,9 +380,10 @@ def take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone:
 
 
 def take_capacity(s: Session, plan_id: str, workload: str,
-                  country: str | None) -> tuple[Offer, TakenZone, Provider]:
-    offer, provider = deployable(s, plan_id, workload)
-    return offer, take_zone(s, offer.id, country), provider
+                  country: str | None) -> tuple[Any, TakenZone, Provider]:
+    offer, target = deployable(s, plan_id, workload)
+    zone = take_zone(s, offer.id, country)
+    return offer, zone, s.get(Provider, target.provider_id)
 
 
 def release_capacity(s: Session, zone_id: int) -> None:

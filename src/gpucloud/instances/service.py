@@ -67,7 +67,7 @@ def _new_instance(rt, account_id: str, workload: str, name: str, offer, provider
                   now: dt.datetime) -> Instance:
     return Instance(
         id=new_id(), account_id=account_id, offer_id=offer.id,
-        zone_id=None, provider_id=provider.id, workload=workload, name=name,
+        zone_id=None, provider_id=provider.provider_id, workload=workload, name=name,
         status=INITIALIZED, location=offer.location,
         resources=catalog.plan_resources(offer), price_hour=offer.price_hour, reserve=0, spent=0,
         op=OP_CREATE, next_check_at=now, attempts=0, container=None, credentials_enc=None,
