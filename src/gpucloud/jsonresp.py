@@ -1,7 +1,9 @@
 """JSON responses that carry Decimal money as JSON numbers, exactly.
 
-FastAPI's own encoder turns Decimal into float; simplejson writes the Decimal's digits as they
-are, so 0.37 is sent as `0.37`, never via a binary float.
+FastAPI's own encoder turns Decimal into float. Here a Decimal is written as its own digits,
+embedded as a pre-serialized fragment (`orjson.Fragment`), so 0.37 is sent as `0.37` and never
+passes through a binary float. orjson is also ~4x faster than the alternatives, which matters
+on the hottest reads.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-import simplejson
+import orjson
 from pydantic import BaseModel
 from starlette.responses import Response
 
 
 def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        if not obj.is_finite():
+            raise TypeError("money is always finite")
+        return orjson.Fragment(format(obj, "f"))  # plain digits, never an exponent
     if isinstance(obj, dt.datetime):
         return isoformat_z(obj)
     if isinstance(obj, BaseModel):
@@ -33,9 +39,8 @@ def isoformat_z(value: dt.datetime) -> str:
 
 
 def dumps(content: Any) -> bytes:
-    return simplejson.dumps(
-        content, use_decimal=True, default=_default, separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    return orjson.dumps(content, default=_default,
+                        option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS)
 
 
 class JSON(Response):

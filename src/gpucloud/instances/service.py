@@ -7,7 +7,7 @@ transaction, so a deploy that fails half-way (no capacity, no balance) leaves no
 from __future__ import annotations
 
 import datetime as dt
-import json
+import orjson
 from types import SimpleNamespace
 from typing import Any
 
@@ -164,7 +164,7 @@ def _decode(name: str, value: Any) -> Any:
     if value is None:
         return None
     if name in _JSON_COLUMNS:
-        return json.loads(value) if isinstance(value, (str, bytes)) else value
+        return orjson.loads(value) if isinstance(value, (str, bytes)) else value
     if name in _TIME_COLUMNS:
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
