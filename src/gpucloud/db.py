@@ -98,6 +98,9 @@ class Database:
         # burst of concurrent writes into seconds of latency. Other processes still queue
         # through busy_timeout.
         self._write_lock = threading.RLock() if self.is_sqlite else None
+        self._probe_local = threading.local()
+        self._probe_all: list = []
+        self._probe_all_lock = threading.Lock()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -109,10 +112,46 @@ class Database:
         with self._write_lock, self._write() as session, session.begin():
             yield session
 
+    def probe(self, sql: str, params: tuple) -> tuple | None:
+        """One single-row SELECT on this thread's own autocommit DBAPI connection.
+
+        For the hottest read (instance details, run on the event loop thread): a lone SELECT
+        is a consistent snapshot by itself, and a pool checkout/reset per request cost as much
+        as the query. The connection is dropped and replaced if it ever fails."""
+        for attempt in (0, 1):
+            conn = getattr(self._probe_local, "conn", None)
+            if conn is None:
+                conn = self.engine.raw_connection()
+                if not self.is_sqlite:
+                    conn.driver_connection.autocommit = True
+                self._probe_local.conn = conn
+                with self._probe_all_lock:
+                    self._probe_all.append(conn)
+            try:
+                cur = conn.cursor()
+                try:
+                    cur.execute(sql, params)
+                    return cur.fetchone()
+                finally:
+                    cur.close()
+            except Exception:
+                self._probe_local.conn = None
+                conn.invalidate()
+                if attempt:
+                    raise
+        return None
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         with self._read() as session, session.begin():
             yield session
 
     def dispose(self) -> None:
+        with self._probe_all_lock:
+            for conn in self._probe_all:
+                try:
+                    conn.invalidate()  # closes it; it must not go back to a disposed pool
+                except Exception:  # already broken: nothing left to close
+                    pass
+            self._probe_all.clear()
         self.engine.dispose()

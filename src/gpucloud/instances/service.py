@@ -174,26 +174,22 @@ def _decode(name: str, value: Any) -> Any:
     return value
 
 
+_DETAILS_SQL = (f"SELECT {', '.join(_DETAIL_COLUMNS)} FROM instances "
+                "WHERE id = {m} AND account_id = {m} AND workload = {m}")
+_DETAILS_SQL_SQLITE = _DETAILS_SQL.format(m="?")
+_DETAILS_SQL_PG = _DETAILS_SQL.format(m="%s")
+
+
 def fetch_details(db, account_id: str, instance_id: str, workload: str) -> SimpleNamespace:
-    """The instance for GET …/{id}: one primary-key probe on a pooled DBAPI connection.
+    """The instance for GET …/{id}: one primary-key probe on the thread's own connection
+    (`Database.probe`).
 
     This is the hottest read; SQLAlchemy's per-statement machinery (and the BEGIN/ROLLBACK
     around it) cost ten times the query itself. A single SELECT is a consistent snapshot on
     its own, so no explicit transaction is needed. Other accounts' and other types' ids
     are exactly as unknown as a typo."""
-    mark = "?" if db.is_sqlite else "%s"
-    sql = (f"SELECT {', '.join(_DETAIL_COLUMNS)} FROM instances "
-           f"WHERE id = {mark} AND account_id = {mark} AND workload = {mark}")
-    conn = db.engine.raw_connection()
-    try:
-        cur = conn.cursor()
-        try:
-            cur.execute(sql, (instance_id, account_id, workload))
-            row = cur.fetchone()
-        finally:
-            cur.close()
-    finally:
-        conn.close()  # back to the pool (which rolls back whatever the driver began)
+    row = db.probe(_DETAILS_SQL_SQLITE if db.is_sqlite else _DETAILS_SQL_PG,
+                   (instance_id, account_id, workload))
     if row is None:
         raise NotFound(INSTANCE_NOT_FOUND)
     return SimpleNamespace(**{k: _decode(k, v) for k, v in zip(_DETAIL_COLUMNS, row)})
