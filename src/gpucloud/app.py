@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import asynccontextmanager
 
@@ -48,7 +49,12 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
             if owns_runtime:
                 rt.close()
 
+    extra = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        on = settings.opentelemetry
+        extra["telemetry"] = {"tracing": on, "metrics": on, "logs": on}
     app = FastAPI(
+        **extra,
         title="gpucloud — GPU Cloud API",
         version=__version__,
         description=DESCRIPTION,

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         "container engine socket is found on this machine.",
     )
     log_level: str = Field("info", description="Log level of the server.")
+    opentelemetry: bool = Field(
+        False,
+        description="FastAPI's native OpenTelemetry tracing/metrics/logs (uses the globally "
+        "configured providers). Off by default: it costs a provider lookup per request.",
+    )
 
     @property
     def effective_database_url(self) -> str:
