@@ -112,7 +112,7 @@ def main() -> None:
                 ("bare Starlette (same bytes as /gpu/plans/)", bare_port, "GET", "/bare", {}, None),
                 ("GET /gpu/plans/", port, "GET", "/gpu/plans/", hdr, None),
                 ("GET /gpu/plans/vms", port, "GET", "/gpu/plans/vms", hdr, None),
-                (f"GET /gpu/instances/{{id}}", port, "GET", f"/gpu/instances/{instance_id}", hdr,
+                ("GET /gpu/instances/{id}", port, "GET", f"/gpu/instances/{instance_id}", hdr,
                  None),
                 ("POST /gpu/instances/", port, "POST", "/gpu/instances/", hdr,
                  json.dumps(deploy_body(plan_id)).encode()),

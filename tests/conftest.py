@@ -26,7 +26,6 @@ from gpucloud.migrations.run import upgrade
 from gpucloud.models import Base
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings
-
 from tests.factories import Api
 
 ADMIN_KEY = "test-admin-key"
@@ -152,7 +151,7 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def start(self) -> "LiveServer":
+    def start(self) -> LiveServer:
         import time
 
         self.thread.start()

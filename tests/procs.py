@@ -36,7 +36,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log = cwd / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 60) -> "ServerProcess":
+    def start(self, timeout: float = 60) -> ServerProcess:
         self.cwd.mkdir(parents=True, exist_ok=True)
         fh = open(self.log, "ab")
         self.proc = subprocess.Popen([GPUCLOUD, "serve", "--port", str(self.port)], cwd=self.cwd,

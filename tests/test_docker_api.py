@@ -74,9 +74,11 @@ def test_deploy_update_terminate_a_real_container(api, local, engine):
     assert "serving web" in pe.wait_for(lambda: lines(api, local, iid, "logs"), what="logs")
     assert len(lines(api, local, iid, "logs", last=1)) == 1
     # The engine writes its event log asynchronously: wait for the start event to land.
-    events = pe.wait_for(
-        lambda: (ev := lines(api, local, iid, "events")) if any(
-            e.endswith("started") for e in ev) else None, timeout=15, what="engine events")
+    def started_events():
+        events = lines(api, local, iid, "events")
+        return events if any(e.endswith("started") for e in events) else None
+
+    events = pe.wait_for(started_events, timeout=15, what="engine events")
     assert any("scheduled" in e for e in events), events
     assert any("created from image " + pe.IMAGE in e for e in events), events
 

@@ -38,11 +38,18 @@ class FieldError(Exception):
 
     status_code = 422
 
-    def __init__(self, loc: list[str | int], msg: str, input: Any = None, type: str = "value_error"):
+    def __init__(
+        self, loc: list[str | int], msg: str, input: Any = None, type: str = "value_error"
+    ):
         super().__init__(msg)
         self.errors = [
-            {"type": type, "loc": loc, "msg": f"Value error, {msg}" if type == "value_error" else msg,
-             "input": input, "ctx": {"error": {}}}
+            {
+                "type": type,
+                "loc": loc,
+                "msg": f"Value error, {msg}" if type == "value_error" else msg,
+                "input": input,
+                "ctx": {"error": {}},
+            }
         ]
 
 

@@ -32,7 +32,7 @@ class Runtime:
     _drivers_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def build(cls, settings: Settings, migrate: bool = True) -> "Runtime":
+    def build(cls, settings: Settings, migrate: bool = True) -> Runtime:
         from gpucloud.migrations.run import upgrade
 
         db = Database(settings)
@@ -44,9 +44,9 @@ class Runtime:
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
         """One driver object per provider (and config version), reused across calls."""
-        from gpucloud.drivers.registry import driver_class
-
         import json
+
+        from gpucloud.drivers.registry import driver_class
 
         key = (provider_id, json.dumps(config, sort_keys=True, default=str))
         with self._drivers_lock:

@@ -8,8 +8,14 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from gpucloud.accounts import service
 from gpucloud.accounts.auth import Caller, current_account, require_admin
-from gpucloud.accounts.schemas import (AccountCreate, AccountCreated, AccountOut, ApiKeyCreate,
-                                       ApiKeyCreated, DepositIn)
+from gpucloud.accounts.schemas import (
+    AccountCreate,
+    AccountCreated,
+    AccountOut,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    DepositIn,
+)
 from gpucloud.billing import ledger
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.money import from_micro, to_micro

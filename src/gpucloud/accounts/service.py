@@ -8,7 +8,7 @@ import hmac
 import secrets
 import time
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account, ApiKey, Meta
@@ -39,13 +39,19 @@ def create_account(s: Session, name: str, balance: int, now: dt.datetime) -> tup
     return account, key
 
 
-def create_api_key(s: Session, account_id: str, expires_at: dt.datetime | None,
-                   now: dt.datetime) -> tuple[ApiKey, str]:
+def create_api_key(
+    s: Session, account_id: str, expires_at: dt.datetime | None, now: dt.datetime
+) -> tuple[ApiKey, str]:
     if s.get(Account, account_id) is None:
         raise NotFound("Account not found")
     key = new_key()
-    row = ApiKey(account_id=account_id, key_hash=hash_key(key), prefix=key[:12],
-                 created_at=now, expires_at=expires_at)
+    row = ApiKey(
+        account_id=account_id,
+        key_hash=hash_key(key),
+        prefix=key[:12],
+        created_at=now,
+        expires_at=expires_at,
+    )
     s.add(row)
     s.flush()
     return row, key
@@ -65,11 +71,17 @@ def money_summary(s: Session, account_id: str) -> dict:
     if account is None:
         raise NotFound("Account not found")
     reserved, spent = s.execute(
-        select(func.coalesce(func.sum(Instance.reserve), 0), func.coalesce(func.sum(Instance.spent), 0))
-        .where(Instance.account_id == account_id)
+        select(
+            func.coalesce(func.sum(Instance.reserve), 0), func.coalesce(func.sum(Instance.spent), 0)
+        ).where(Instance.account_id == account_id)
     ).one()
-    return {"id": account.id, "name": account.name, "balance": account.balance,
-            "reserved": int(reserved), "spent": int(spent)}
+    return {
+        "id": account.id,
+        "name": account.name,
+        "balance": account.balance,
+        "reserved": int(reserved),
+        "spent": int(spent),
+    }
 
 
 class KeyCache:
@@ -97,11 +109,14 @@ class KeyCache:
         self._entries.clear()
 
 
-def lookup_key(s: Session, key: str, now: dt.datetime) -> tuple[str, str, dt.datetime | None] | None:
+def lookup_key(
+    s: Session, key: str, now: dt.datetime
+) -> tuple[str, str, dt.datetime | None] | None:
     digest = hash_key(key)
     row = s.execute(
-        select(ApiKey.key_hash, ApiKey.account_id, ApiKey.id, ApiKey.expires_at, ApiKey.revoked_at)
-        .where(ApiKey.key_hash == digest)
+        select(
+            ApiKey.key_hash, ApiKey.account_id, ApiKey.id, ApiKey.expires_at, ApiKey.revoked_at
+        ).where(ApiKey.key_hash == digest)
     ).one_or_none()
     # The index finds the row; compare_digest keeps the final comparison constant-time.
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
@@ -110,6 +125,7 @@ def lookup_key(s: Session, key: str, now: dt.datetime) -> tuple[str, str, dt.dat
 
 
 # --- admin key ------------------------------------------------------------------------------
+
 
 def ensure_admin_key(s: Session, configured: str | None) -> str | None:
     """Returns a newly generated admin key (to print once), or None if one exists/is set."""
@@ -124,5 +140,3 @@ def ensure_admin_key(s: Session, configured: str | None) -> str | None:
 
 def admin_key_hash(s: Session) -> str | None:
     return s.scalar(select(Meta.value).where(Meta.key == ADMIN_KEY_META))
-
-

@@ -44,7 +44,9 @@ async def move_clock(body: ClockMove, request: Request):
 
     rt = request.app.state.rt
     if not rt.clock.manual:
-        raise BadRequest("The clock can only be moved when the server runs with GPUCLOUD_CLOCK=manual")
+        raise BadRequest(
+            "The clock can only be moved when the server runs with GPUCLOUD_CLOCK=manual"
+        )
     rt.clock.refresh()
     if body.now is not None:
         target = body.now if body.now.tzinfo else body.now.replace(tzinfo=dt.timezone.utc)

@@ -48,7 +48,9 @@ class ValidationError(ApiError):
 
     @property
     def errors(self) -> list[dict[str, Any]]:
-        return [e for e in self.detail if isinstance(e, dict)] if isinstance(self.detail, list) else []
+        return (
+            [e for e in self.detail if isinstance(e, dict)] if isinstance(self.detail, list) else []
+        )
 
 
 class ServerError(ApiError):
@@ -56,7 +58,11 @@ class ServerError(ApiError):
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
-    400: BadRequestError, 401: AuthError, 403: AuthError, 404: NotFoundError, 422: ValidationError,
+    400: BadRequestError,
+    401: AuthError,
+    403: AuthError,
+    404: NotFoundError,
+    422: ValidationError,
 }
 
 

@@ -126,7 +126,9 @@ class Driver(abc.ABC):
     def delete(self, instance_id: str, state: dict[str, Any] | None) -> None: ...
 
     @abc.abstractmethod
-    def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]: ...
+    def logs(
+        self, instance_id: str, state: dict[str, Any] | None, last: int | None
+    ) -> list[str]: ...
 
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
         return []

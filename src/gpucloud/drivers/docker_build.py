@@ -24,23 +24,44 @@ class ContainerBuilder:
     # Set by DockerDriver: engine, cfg, provider_id, _gpu_lock (GPUs are picked from what the
     # provider's other containers do not hold, one create at a time per process).
 
-    def _make_container(self, spec: WorkloadSpec, generation: int,
-                        ports: dict[tuple[int, str], int], name: str, since: int):
+    def _make_container(
+        self,
+        spec: WorkloadSpec,
+        generation: int,
+        ports: dict[tuple[int, str], int],
+        name: str,
+        since: int,
+    ):
         env = dict(spec.environment)
         if spec.ssh_key and "SSH_PUBKEY" not in env:
             env["SSH_PUBKEY"] = spec.ssh_key
-        published = {f"{port}/{'udp' if proto == 'udp' else 'tcp'}": host
-                     for (port, proto), host in ports.items()}
-        labels = {L_MANAGED: "true", L_PROVIDER: self.provider_id,
-                  L_INSTANCE: spec.instance_id, L_GENERATION: str(generation),
-                  L_SINCE: str(since),
-                  L_EXPOSE: ",".join(f"{p}/{proto}={h}" for (p, proto), h in ports.items())}
+        published = {
+            f"{port}/{'udp' if proto == 'udp' else 'tcp'}": host
+            for (port, proto), host in ports.items()
+        }
+        labels = {
+            L_MANAGED: "true",
+            L_PROVIDER: self.provider_id,
+            L_INSTANCE: spec.instance_id,
+            L_GENERATION: str(generation),
+            L_SINCE: str(since),
+            L_EXPOSE: ",".join(f"{p}/{proto}={h}" for (p, proto), h in ports.items()),
+        }
         kwargs: dict[str, Any] = {
-            "image": spec.image, "name": name, "labels": labels, "environment": env, "ports": published,
-            "nano_cpus": int(spec.vcpu) * 1_000_000_000, "mem_limit": f"{int(spec.memory_gib)}g",
-            "memswap_limit": f"{int(spec.memory_gib)}g", "pids_limit": self.cfg.pids_limit,
-            "init": True, "detach": True, "stop_signal": "SIGTERM",
-            "restart_policy": {"Name": self.cfg.restart_policy} if self.cfg.restart_policy != "no"
+            "image": spec.image,
+            "name": name,
+            "labels": labels,
+            "environment": env,
+            "ports": published,
+            "nano_cpus": int(spec.vcpu) * 1_000_000_000,
+            "mem_limit": f"{int(spec.memory_gib)}g",
+            "memswap_limit": f"{int(spec.memory_gib)}g",
+            "pids_limit": self.cfg.pids_limit,
+            "init": True,
+            "detach": True,
+            "stop_signal": "SIGTERM",
+            "restart_policy": {"Name": self.cfg.restart_policy}
+            if self.cfg.restart_policy != "no"
             else None,
         }
         if spec.startup_command:
@@ -80,23 +101,27 @@ class ContainerBuilder:
                 busy.update(g for g in labels.get(L_GPUS, "").split(",") if g)
         free = [g for g in self.cfg.gpus if g not in busy]
         if len(free) < spec.gpu_count:
-            raise EngineError(f"Not enough free GPUs on the host ({len(free)} free, "
-                              f"{spec.gpu_count} wanted)")
-        return free[:spec.gpu_count]
+            raise EngineError(
+                f"Not enough free GPUs on the host ({len(free)} free, {spec.gpu_count} wanted)"
+            )
+        return free[: spec.gpu_count]
 
     def _gpu_kwargs(self, kwargs: dict[str, Any], count: int, devices: list[str]) -> None:
         import docker
 
         if self.cfg.gpu_mode == "nvidia":
             if devices:
-                req = docker.types.DeviceRequest(driver="nvidia", device_ids=devices,
-                                                 capabilities=[["gpu"]])
+                req = docker.types.DeviceRequest(
+                    driver="nvidia", device_ids=devices, capabilities=[["gpu"]]
+                )
             else:
-                req = docker.types.DeviceRequest(driver="nvidia", count=count,
-                                                 capabilities=[["gpu"]])
+                req = docker.types.DeviceRequest(
+                    driver="nvidia", count=count, capabilities=[["gpu"]]
+                )
             kwargs["device_requests"] = [req]
         elif self.engine.is_podman():
             kwargs["devices"] = devices  # Podman resolves CDI names given as devices
         else:
-            kwargs["device_requests"] = [docker.types.DeviceRequest(driver="cdi",
-                                                                    device_ids=devices)]
+            kwargs["device_requests"] = [
+                docker.types.DeviceRequest(driver="cdi", device_ids=devices)
+            ]

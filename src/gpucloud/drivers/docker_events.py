@@ -2,8 +2,8 @@
 
 Docker and Podman both serve `GET /events` with `since`/`until` (so the stream ends) and label
 filters; their attribute names differ slightly (Docker `exitCode`, Podman `containerExitCode`).
-Bookkeeping noise (init, cleanup, attach, exec, mounts, the rename that ends an update) is dropped: a customer wants to read
-what happened to their container, not every runtime call.
+Bookkeeping noise (init, cleanup, attach, exec, mounts, the rename that ends an update) is
+dropped: a customer wants to read what happened to their container, not every runtime call.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _who(name: str, instance_id: str | None) -> str:
         if name == base:
             return "Container"
         if name.startswith(base + "-g"):
-            return f"Container (config {name[len(base) + 2:]})"
+            return f"Container (config {name[len(base) + 2 :]})"
     return f"Container {name}"
 
 
@@ -69,12 +69,12 @@ def describe(event: dict[str, Any], instance_id: str | None = None) -> str | Non
     template = _CONTAINER.get(action)
     if template is None:
         return None
-    return template.format(who=who, name=name,
-                           image=attrs.get("image") or event.get("from") or "?")
+    return template.format(who=who, name=name, image=attrs.get("image") or event.get("from") or "?")
 
 
-def to_driver_events(raw: list[dict[str, Any]], instance_id: str | None = None
-                     ) -> list[DriverEvent]:
+def to_driver_events(
+    raw: list[dict[str, Any]], instance_id: str | None = None
+) -> list[DriverEvent]:
     out = []
     for event in raw:
         line = describe(event, instance_id)

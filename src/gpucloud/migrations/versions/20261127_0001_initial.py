@@ -4,10 +4,10 @@ Revision ID: 20261127_0001
 Revises: 
 Create Date: 2026-11-27 10:09:23.010528
 """
-from alembic import op
 import sqlalchemy as sa
-import gpucloud.db
+from alembic import op
 
+import gpucloud.db
 
 revision = '20261127_0001'
 down_revision = None
