@@ -86,8 +86,17 @@ if ! podman image exists "$IMAGE" 2>/dev/null; then
 fi
 
 # 4. The API service (restarted when the configuration changed under a running one).
-if [ "$conf_changed" = 1 ] && [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
-  say "configuration changed: restarting the service"
+# A service whose working directory was deleted (it inherited a checkout or a test's temp
+# dir that is gone) still answers pings, but conmon cannot start any container under it.
+cwd_gone=0
+if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  case "$(readlink "/proc/$(cat "$PIDFILE")/cwd" 2>/dev/null)" in
+    *"(deleted)"*) cwd_gone=1 ;;
+  esac
+fi
+if { [ "$conf_changed" = 1 ] || [ "$cwd_gone" = 1 ]; } && [ -f "$PIDFILE" ] \
+    && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  say "configuration changed or working directory gone: restarting the service"
   kill "$(cat "$PIDFILE")" || true
   for _ in $(seq 1 50); do answers || break; sleep 0.1; done
 fi
@@ -98,7 +107,8 @@ fi
 mkdir -p "$(dirname "$SOCKET")"
 rm -f "$SOCKET"
 say "starting podman system service on unix://$SOCKET (log: $LOG)"
-nohup podman system service --time=0 "unix://$SOCKET" >"$LOG" 2>&1 </dev/null &
+# From /: a daemon must not hold on to whatever directory the caller happened to be in.
+(cd / && exec nohup podman system service --time=0 "unix://$SOCKET" >"$LOG" 2>&1 </dev/null) &
 echo $! >"$PIDFILE"
 for _ in $(seq 1 100); do
   if answers; then
