@@ -76,6 +76,10 @@ _INSERT_COLS = ["at", "account_id", "instance_id", "kind", "amount", "balance_af
 def prepare(s: Session) -> None:
     """An empty batch table on this transaction's connection."""
     if s.get_bind().dialect.name == "postgresql":
+        # The batch's sorts and window sums (running balance_after) over tens of thousands of
+        # rows spill to disk at PostgreSQL's stock 4 MB: measured 13.7 s → 9.3 s for one
+        # boundary of 100,000 instances. Local to this transaction.
+        s.execute(text("SET LOCAL work_mem = '64MB'"))
         # Rows vanish at commit; the table itself is reused by the pooled connection.
         s.execute(text(_DDL.format(ts="TIMESTAMP", suffix=" ON COMMIT DELETE ROWS")))
     else:
