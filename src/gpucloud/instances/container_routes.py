@@ -9,13 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from gpucloud.accounts.auth import (
     Caller,
     api_key_header,
-    authenticate,
-    cached_caller,
     current_account,
 )
 from gpucloud.catalog.models import Provider
@@ -34,7 +31,7 @@ from gpucloud.instances.schemas import (
 from gpucloud.jsonresp import JSON, isoformat_z
 
 # The header dependency only documents the X-API-KEY scheme on every operation (auth itself
-# is `current_account`, or `caller_of` on the fast routes).
+# is `current_account`, awaited directly on the fast routes).
 router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"],
                    dependencies=[Depends(api_key_header)])
 
@@ -47,17 +44,6 @@ NOT_FOUND_DOC = {404: {
 
 
 # --- shared with vm_routes -------------------------------------------------------------------
-
-async def caller_of(request: Request) -> Caller:
-    """Auth for fast async routes: in-memory when the key is cached, else one DB lookup in
-    the threadpool."""
-    rt = request.app.state.rt
-    key = request.headers.get("x-api-key")
-    caller = cached_caller(rt, key)
-    if caller is None:
-        caller = await run_in_threadpool(authenticate, rt, key)
-    return caller
-
 
 def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
     return service.fetch_details(rt.db, account_id, instance_id, workload)
@@ -102,7 +88,7 @@ router.add_api_route("", list_containers, methods=["GET"], include_in_schema=Fal
 @fast
 async def get_container(request: Request):
     rt = request.app.state.rt
-    caller = await caller_of(request)
+    caller = await current_account(request)
     row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], "container")
     return JSON(views.container_details(row))
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from gpucloud.accounts.auth import Caller, api_key_header, current_account
 from gpucloud.fastpath import fast
 from gpucloud.instances import service, views
-from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, caller_of, fetch_row
+from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
@@ -29,7 +29,7 @@ def _workload(request: Request) -> str:
 @fast
 async def list_vms(request: Request):
     rt = request.app.state.rt
-    caller = await caller_of(request)
+    caller = await current_account(request)
     with rt.db.read() as s:
         rows = service.list_owned(s, caller.account_id, _workload(request))
     return JSON([views.vm_item(r) for r in rows])
@@ -38,7 +38,7 @@ async def list_vms(request: Request):
 @fast
 async def get_vm(request: Request):
     rt = request.app.state.rt
-    caller = await caller_of(request)
+    caller = await current_account(request)
     row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], _workload(request))
     return JSON(views.vm_details(row))
 
