@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from gpucloud.catalog.schemas import GpuOut as GpuModel  # the plan's GPU, one schema
 from gpucloud.common import MoneyOut
 
 PORT_MESSAGE = "Port must be between 1 and 65535"
@@ -247,13 +248,6 @@ class Supply(BaseModel):
     memory: dict[str, Any] = Field(examples=[{"count": 128, "units": "Gi"}])
     storage: dict[str, Any] = Field(examples=[{"count": 120, "units": "Gi"}])
     gpu_count: int = Field(examples=[1])
-
-
-class GpuModel(BaseModel):
-    vendor: str = Field(examples=["nvidia"])
-    model: str = Field(examples=["h200"])
-    vram: str = Field(examples=["141Gi"])
-    interface: str = Field(examples=["SXM"])
 
 
 class Resources(BaseModel):
