@@ -173,3 +173,11 @@ def live_server(rt):
     server = LiveServer(create_app(rt=rt)).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def engine():
+    """The real container engine (Podman here); fails, never skips, when it does not answer."""
+    from tests import podman_env
+
+    return podman_env.require_engine()

@@ -15,11 +15,6 @@ PRICE = "0.5"
 
 
 @pytest.fixture
-def engine():
-    return pe.require_engine()
-
-
-@pytest.fixture
 def local(api, engine):
     pid = api.provider(name="local", driver="docker", engine_url=pe.ENGINE_URL,
                        port_range=f"{PORTS[0]}-{PORTS[1]}", stop_timeout_seconds=1)

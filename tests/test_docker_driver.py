@@ -21,11 +21,6 @@ PORTS = (31200, 31239)
 
 
 @pytest.fixture
-def engine():
-    return pe.require_engine()
-
-
-@pytest.fixture
 def world(api, engine):
     """A docker provider on the test engine, an offer, an account; containers cleaned up."""
     pid = api.provider(name="local", driver="docker", engine_url=pe.ENGINE_URL,
