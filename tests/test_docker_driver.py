@@ -100,6 +100,16 @@ def test_config_is_validated_at_registration(api):
     assert "port_range" in r.json()["detail"][0]["msg"]
 
 
+def event_lines(drv, iid, state, wanted) -> list[str]:
+    """The driver's event lines once one matching `wanted` is there: the engine writes its
+    event log asynchronously, so a line can lag the state change it describes."""
+    def ready():
+        lines = [e.message for e in drv.events(iid, state)]
+        return lines if any(wanted(m) for m in lines) else None
+
+    return pe.wait_for(ready, timeout=15, what="engine event")
+
+
 # -- create / observe ------------------------------------------------------------------------
 
 def test_create_runs_a_real_container_idempotently(rt, world, engine):
@@ -139,10 +149,9 @@ def test_create_runs_a_real_container_idempotently(rt, world, engine):
     logs = pe.wait_for(lambda: drv.logs(iid, status.state, None), what="logs")
     assert "serving first" in logs
     assert drv.logs(iid, status.state, last=1) == logs[-1:]
-    lines = [e.message for e in drv.events(iid, status.state)]
+    lines = event_lines(drv, iid, status.state, lambda m: m.endswith("started"))
     assert any("present on the host" in m for m in lines), lines
     assert any("created from image" in m for m in lines), lines
-    assert any(m.endswith("started") for m in lines), lines
     assert drv.list_owned() == [iid]
 
 
@@ -197,8 +206,7 @@ def test_crash_is_not_started_and_visible(rt, world, engine):
                         and s, what="crash")
     assert after.phase == "running" and after.reason == "Container exited with code 1"
     assert "about to crash" in drv.logs(iid, after.state, None)
-    lines = [e.message for e in drv.events(iid, after.state)]
-    assert any("exited with code 1" in m for m in lines), lines
+    event_lines(drv, iid, after.state, lambda m: "exited with code 1" in m)
 
 
 def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
