@@ -9,12 +9,15 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
+from gpucloud.accounts.models import Account
 from gpucloud.billing import boundaries
 from gpucloud.billing.models import CHARGE, LedgerEntry
+from gpucloud.instances.models import Instance
 from gpucloud.runtime import Runtime
-from tests.conftest import START, make_settings
+from tests.conftest import START, _backends, make_settings
 from tests.test_billing_support import (
     check_money,
     check_topup_invariant,
@@ -69,6 +72,50 @@ def test_two_workers_charge_each_instance_once(rt, backend):
     assert all(isinstance(r, int) for r in results), results
     assert sum(results) == 3 * len(ids)  # every instance-boundary processed once in total
     assert charge_counts(rt) == {START + k * H: len(ids) for k in range(4)}
+    check_money(rt)
+    check_topup_invariant(rt)
+
+
+def test_parallel_batches_charge_each_instance_once(rt, backend, monkeypatch):
+    """One process, `billing_parallel` batches side by side on PostgreSQL (SQLite: one at a
+    time, the same result), three boundaries behind."""
+    ids = populate(rt, n_accounts=12, per_account=5)
+    rt.clock.set(START + 3 * H + dt.timedelta(minutes=1))
+    rt.settings.billing_batch_size = 4
+    rt.settings.billing_parallel = 3
+    threads: set[str] = set()
+    real = boundaries.process_batch
+
+    def recording(s, now, limit):
+        threads.add(threading.current_thread().name)
+        return real(s, now, limit)
+
+    monkeypatch.setattr(boundaries, "process_batch", recording)
+    assert boundaries.process_due(rt) == 3 * len(ids)
+    assert len(threads) == (1 if backend["name"] == "sqlite" else 3)
+    assert charge_counts(rt) == {START + k * H: len(ids) for k in range(4)}
+    check_money(rt)
+    check_topup_invariant(rt)
+
+
+@pytest.mark.parametrize("backend", [b for b in _backends() if b == "postgres"], indirect=True)
+def test_batch_defers_the_instances_of_an_account_held_elsewhere(rt, backend):
+    """PostgreSQL: a batch never waits for an account another transaction holds; it leaves
+    that account's instances due (locked until it commits) and charges the others."""
+    ids = populate(rt, n_accounts=3, per_account=4)
+    rt.clock.set(START + H + dt.timedelta(seconds=5))
+    with rt.db.read() as s:
+        held = s.scalar(select(Instance.account_id).where(Instance.id == ids[0]))
+    with rt.db.engine.connect() as other:
+        other.execute(select(Account.id).where(Account.id == held).with_for_update())
+        with rt.db.write() as s:
+            result = boundaries.process_batch(s, rt.clock.now(), 100)
+        assert (result.taken, result.processed) == (len(ids), len(ids) - 4)
+        other.rollback()
+    assert charge_counts(rt)[START + H] == len(ids) - 4
+    check_money(rt)
+    assert boundaries.process_due(rt) == 4  # the deferred ones, once the account is free
+    assert charge_counts(rt) == {START: len(ids), START + H: len(ids)}
     check_money(rt)
     check_topup_invariant(rt)
 

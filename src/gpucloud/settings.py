@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         "batches are faster per instance (fewer statements, fewer account updates); each "
         "batch holds SQLite's write lock for about a second at 20000 (docs/billing.md).",
     )
+    billing_parallel: int = Field(
+        2, ge=1, le=16,
+        description="PostgreSQL: how many batches of one hour boundary run side by side, each "
+        "on its own connection (about one per database core). SQLite runs one at a time.",
+    )
     plans_cache_seconds: float = Field(
         1.0,
         description="How long a rendered plans response may be reused. Changes made through "

@@ -111,11 +111,11 @@ def fill_due(s: Session, now: dt.datetime, limit: int) -> int:
     if _is_pg(s):  # the next boundary in the same pass (SQLite: `set_next_until`)
         cols.append(I.c.billed_until + literal_column("interval '1 hour'"))
         names.append("next_until")
-    # Ordered by the boundary only: that is what keeps an instance's missed hours in order,
-    # and it is the order of index ix_instances_billing, so the LIMIT stops after `limit`
-    # rows. (Adding `id` would sort every due row — all N share one boundary — per batch.)
+    # Ordered by the boundary first: that keeps an instance's missed hours in order. Then by
+    # account, so one account's instances land in the same batch: each batch updates and
+    # locks an account once, and parallel batches (`boundaries.process_due`) rarely share one.
     due = (select(*cols).where(I.c.status == ACTIVE, I.c.billed_until <= now)
-           .order_by(I.c.billed_until).limit(limit)
+           .order_by(I.c.billed_until, I.c.account_id).limit(limit)
            .with_for_update(skip_locked=True))
     s.execute(insert(B).from_select(names, due))
     return _count(s)
@@ -144,14 +144,26 @@ def analyze(s: Session) -> None:
         s.execute(text("ANALYZE billing_batch"))
 
 
-def lock_accounts(s: Session) -> None:
-    """PostgreSQL: lock the batch's accounts in id order before reading any balance, so the
-    decisions and every `balance_after` below see balances nobody else is moving (and two
-    workers lock shared accounts in the same order: no deadlock). SQLite's write transaction
-    already excludes every other writer."""
-    if _is_pg(s):
-        s.execute(select(A.c.id).where(A.c.id.in_(select(B.c.account_id)))
-                  .order_by(A.c.id).with_for_update()).all()
+_LOCK_OR_DEFER = text("""
+WITH locked AS (
+  SELECT id FROM accounts WHERE id IN (SELECT account_id FROM billing_batch)
+  ORDER BY id FOR UPDATE SKIP LOCKED)
+DELETE FROM billing_batch WHERE account_id NOT IN (SELECT id FROM locked)""")
+
+
+def lock_accounts(s: Session) -> int:
+    """PostgreSQL: lock the batch's accounts before reading any balance, so the decisions and
+    every `balance_after` below see balances nobody else is moving. An account another
+    transaction holds (a parallel batch, a deploy, a deposit) is skipped, never waited for,
+    and its instances leave this batch: they stay due, still locked by us until commit, and
+    the next batch takes them again. Never waiting here is what lets batches run side by side
+    without deadlocks, whatever order the other paths lock in. Returns how many instances
+    were deferred. SQLite's write transaction already excludes every other writer."""
+    if not _is_pg(s):
+        return 0
+    before = _count(s)
+    s.execute(_LOCK_OR_DEFER)
+    return before - _count(s)
 
 
 def set_next_until(s: Session) -> None:

@@ -1,8 +1,9 @@
 """Hour boundaries and top-up retries for every ACTIVE instance, set-based and in batches.
 
 A pass takes the ACTIVE instances whose `billed_until` (the next boundary) has passed,
-ordered by (billed_until, id), `billing_batch_size` at a time, ONE transaction per batch, and
-processes one boundary for each: charge the hour from the reserve, or end the instance when
+ordered by (billed_until, account_id), `billing_batch_size` at a time, ONE transaction per
+batch (on PostgreSQL `billing_parallel` batches side by side), and processes one boundary for
+each: charge the hour from the reserve, or end the instance when
 the reserve cannot pay it; then top reserves back up to two hours. An instance several hours
 behind (the server was down) gets one boundary per batch and is taken again by the next
 batch, so missed boundaries are processed in order, each exactly once.
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -32,12 +35,15 @@ from gpucloud.billing import batch_sql as q
 from gpucloud.instances.models import ACTIVE, Instance
 
 log = logging.getLogger("gpucloud.billing")
+DEFER_PAUSE_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
 class BatchResult:
-    processed: int  # instances whose boundary was processed (charged or ended)
+    taken: int  # due instances the batch took
+    processed: int  # of which had their boundary processed (charged or ended)
     ended: int  # of which ended for lack of funds
+    # taken - processed were deferred: their account was held elsewhere (lock_accounts)
 
 
 def process_batch(s: Session, now: dt.datetime, limit: int) -> BatchResult:
@@ -45,9 +51,11 @@ def process_batch(s: Session, now: dt.datetime, limit: int) -> BatchResult:
     q.prepare(s)
     taken = q.fill_due(s, now, limit)
     if taken == 0:
-        return BatchResult(0, 0)
+        return BatchResult(0, 0, 0)
+    deferred = q.lock_accounts(s)
+    if deferred == taken:
+        return BatchResult(taken, 0, 0)
     q.analyze(s)
-    q.lock_accounts(s)
     q.set_next_until(s)
     q.insert_charges(s, now)
     ended = q.end_exhausted(s, now)
@@ -55,23 +63,56 @@ def process_batch(s: Session, now: dt.datetime, limit: int) -> BatchResult:
     q.apply_charges(s)
     q.write_topups(s, now)
     q.greedy_topups(s, now)
-    return BatchResult(taken, ended)
+    return BatchResult(taken, taken - deferred, ended)
 
 
 def process_due(rt) -> int:
     """Every boundary due at the server clock's now, batch after batch. Returns how many
-    instance-boundaries were processed."""
+    instance-boundaries were processed.
+
+    On PostgreSQL, when more than one batch is due, `billing_parallel` threads drain them side
+    by side, each batch in its own transaction on its own connection: one backend per core
+    instead of one core for the whole boundary. They cannot take the same instance (SKIP
+    LOCKED) or wait on each other's accounts (`lock_accounts` defers)."""
     now = rt.clock.now()
+    limit = rt.settings.billing_batch_size
+    workers = 1 if rt.db.is_sqlite else rt.settings.billing_parallel
+    if workers == 1 or not _more_than_one_batch(rt, now, limit):
+        return _drain(rt, now, limit)
+    with ThreadPoolExecutor(workers - 1, thread_name_prefix="billing") as pool:
+        others = [pool.submit(_drain, rt, now, limit) for _ in range(workers - 1)]
+        total = _drain(rt, now, limit)
+        return total + sum(f.result() for f in others)
+
+
+def _more_than_one_batch(rt, now: dt.datetime, limit: int) -> bool:
+    with rt.db.read() as s:
+        return s.execute(select(Instance.id).where(Instance.status == ACTIVE,
+                                                   Instance.billed_until <= now)
+                         .offset(limit).limit(1)).first() is not None
+
+
+def _run_batch(rt, now: dt.datetime, limit: int) -> BatchResult:
+    with rt.db.write() as s:
+        result = process_batch(s, now, limit)
+    if result.ended:
+        rt.invalidate("plans")  # capacity was released
+        log.info("billing ended %d instance(s) for lack of funds", result.ended)
+    return result
+
+
+def _drain(rt, now: dt.datetime, limit: int) -> int:
+    """Batches until none is due (or all that is due is held by others)."""
     total = 0
     while True:
-        with rt.db.write() as s:
-            result = process_batch(s, now, rt.settings.billing_batch_size)
-        if result.ended:
-            rt.invalidate("plans")  # capacity was released
-            log.info("billing ended %d instance(s) for lack of funds", result.ended)
-        if result.processed == 0:
+        result = _run_batch(rt, now, limit)
+        if result.taken == 0:
             return total
         total += result.processed
+        if result.processed == 0:
+            # Everything this batch took belongs to accounts held elsewhere for the moment
+            # (a parallel batch, a deposit): give the holder time to commit.
+            time.sleep(DEFER_PAUSE_SECONDS)
 
 
 def next_due(rt) -> dt.datetime | None:
@@ -87,8 +128,9 @@ def retry_batch(s: Session, now: dt.datetime, limit: int) -> tuple[int, int]:
     taken = q.fill_short(s, limit)
     if taken == 0:
         return 0, 0
+    if q.lock_accounts(s) == taken:
+        return taken, 0
     q.analyze(s)
-    q.lock_accounts(s)
     q.decide_topups(s)
     q.apply_topups(s)
     return taken, q.write_topups(s, now) + q.greedy_topups(s, now)
