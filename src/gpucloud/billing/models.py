@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gpucloud.db import Base, BigIntPK, Micro, UTCDateTime, UUIDStr
 
 DEPOSIT, RESERVE, CHARGE, TOPUP, REFUND = "deposit", "reserve", "charge", "topup", "refund"
+_CHARGES = text("period_start IS NOT NULL")
 
 
 class LedgerEntry(Base):
@@ -23,7 +24,9 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    # Not a foreign key: a per-row lookup on the hottest insert path (see migration 0002).
+    # Accounts are never deleted; `billing.audit` reports an entry whose account is missing.
+    account_id: Mapped[str] = mapped_column(UUIDStr)
     instance_id: Mapped[str | None] = mapped_column(UUIDStr, nullable=True)
     kind: Mapped[str] = mapped_column(String(16))
     amount: Mapped[int] = mapped_column(Micro)
@@ -33,6 +36,8 @@ class LedgerEntry(Base):
 
     __table_args__ = (
         # The database itself refuses a second charge for the same hour of the same instance.
-        UniqueConstraint("instance_id", "period_start", name="uq_charge_once_per_period"),
+        # Only charges have a period_start, so only they are indexed.
+        Index("uq_charge_once_per_period", "instance_id", "period_start", unique=True,
+              postgresql_where=_CHARGES, sqlite_where=_CHARGES),
         Index("ix_ledger_account", "account_id", "id"),
     )

@@ -134,5 +134,3 @@ class SimWorkload(Base):
     ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     generation: Mapped[int] = mapped_column(BigInteger, default=1)
     updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-    __table_args__ = (UniqueConstraint("instance_id", name="uq_sim_workload"),)
