@@ -85,6 +85,7 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(accounts.public)
     app.include_router(billing.router)
     app.include_router(accounts.admin)
+    app.include_router(billing.admin)
     app.include_router(catalog_admin.router)
     app.include_router(admin.router)
 

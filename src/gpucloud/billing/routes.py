@@ -1,4 +1,5 @@
-"""GET /gpu/account/transactions: an account's own ledger. Thin: auth, one service call."""
+"""GET /gpu/account/transactions (an account's own ledger) and GET /admin/audit (the books
+checked). Thin: auth, one service call."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from gpucloud.accounts.auth import Caller, current_account
-from gpucloud.billing import service
+from gpucloud.accounts.auth import Caller, current_account, require_admin
+from gpucloud.billing import audit, service
 from gpucloud.billing.models import LedgerEntry
 from gpucloud.common import MoneyOut
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.money import from_micro
 
 router = APIRouter(prefix="/gpu", tags=["account"])
+admin = APIRouter(prefix="/admin", tags=["admin: billing"], dependencies=[Depends(require_admin)])
 
 
 class TransactionOut(BaseModel):
@@ -53,3 +55,36 @@ def list_transactions(
     with rt.db.read() as s:
         page, next_cursor = service.transactions(s, caller.account_id, limit, cursor)
         return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
+
+
+class CheckOut(BaseModel):
+    name: str = Field(examples=["account_balances"])
+    description: str
+    ok: bool
+    failures: int = Field(description="How many accounts, instances or entries fail it.")
+    examples: list[str] = Field(description="The first few offending ids.")
+
+
+class AuditOut(BaseModel):
+    ok: bool = Field(description="Every check passed.")
+    deposits: MoneyOut
+    balances: MoneyOut
+    reserves: MoneyOut
+    charges: MoneyOut
+    entries: int = Field(description="Ledger entries checked.")
+    checks: list[CheckOut]
+
+
+@admin.get("/audit", response_model=AuditOut, operation_id="adminAudit")
+def get_audit(request: Request):
+    """Re-derive every balance, reserve and total from the ledger, on one snapshot, and report
+    what does not match (docs/billing.md, "Checking the books")."""
+    rt = request.app.state.rt
+    with rt.db.read() as s:
+        report = audit.audit(s)
+    return JSON({
+        "ok": report.ok, "deposits": from_micro(report.deposits),
+        "balances": from_micro(report.balances), "reserves": from_micro(report.reserves),
+        "charges": from_micro(report.charges), "entries": report.entries,
+        "checks": [{"name": c.name, "description": c.description, "ok": c.ok,
+                    "failures": c.failures, "examples": c.examples} for c in report.checks]})

@@ -14,7 +14,7 @@ import typer
 import yaml
 
 from gpucloud.cli.options import connected, parse_money
-from gpucloud.cli.output import fields, info, print_json, table
+from gpucloud.cli.output import fail, fields, info, print_json, table
 from gpucloud.client import Client, models
 
 app = typer.Typer(help="Operator commands (admin key required).", no_args_is_help=True)
@@ -317,6 +317,27 @@ def catalog_import(
         print_json(summary)
     else:
         fields(sorted((summary.model_extra or {}).items()))
+
+
+# -- the books -----------------------------------------------------------------------------------
+@app.command("audit")
+@connected
+def audit(as_json: bool = JSON_OPT, *, client: Client) -> None:
+    """Check the books: conservation, every balance and reserve re-derived from the ledger.
+    Exits 1 when a check fails (for cron and monitoring)."""
+    report = client.audit()
+    if as_json:
+        print_json(report)
+    else:
+        fields([("deposits", report.deposits), ("balances", report.balances),
+                ("reserves", report.reserves), ("charges", report.charges),
+                ("entries", report.entries)], title="books")
+        table(["check", "result", "failures", "examples"],
+              [(c.name, "ok" if c.ok else "FAILED", c.failures, ", ".join(c.examples))
+               for c in report.checks])
+    if not report.ok:
+        failed = ", ".join(c.name for c in report.checks if not c.ok)
+        raise fail(f"the books do not balance: {failed}")
 
 
 @clock.command("show")

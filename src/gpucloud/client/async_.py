@@ -156,6 +156,10 @@ class AsyncClient:
     async def import_catalog(self, document: Mapping[str, Any]) -> m.CatalogSummary:
         return await self.send(ep.import_catalog(document))
 
+    async def audit(self) -> m.Audit:
+        """The books checked: every balance and reserve re-derived from the ledger."""
+        return await self.send(ep.audit())
+
     async def clock(self) -> m.Clock:
         return await self.send(ep.clock())
 

@@ -214,6 +214,10 @@ def import_catalog(document: Mapping[str, Any]) -> Call[m.CatalogSummary]:
                 admin=True)
 
 
+def audit() -> Call[m.Audit]:
+    return Call("GET", "/admin/audit", _model(m.Audit), admin=True)
+
+
 def clock() -> Call[m.Clock]:
     return Call("GET", "/admin/clock", _model(m.Clock), admin=True)
 

@@ -327,3 +327,23 @@ class CatalogSummary(Response):
 
 class Clock(Response):
     now: dt.datetime
+
+
+class AuditCheck(Response):
+    name: str
+    description: str = ""
+    ok: bool
+    failures: int
+    examples: list[str] = []
+
+
+class Audit(Response):
+    """GET /admin/audit: the books re-derived from the ledger."""
+
+    ok: bool
+    deposits: Decimal
+    balances: Decimal
+    reserves: Decimal
+    charges: Decimal
+    entries: int
+    checks: list[AuditCheck]

@@ -153,6 +153,10 @@ class Client:
     def import_catalog(self, document: Mapping[str, Any]) -> m.CatalogSummary:
         return self.send(ep.import_catalog(document))
 
+    def audit(self) -> m.Audit:
+        """The books checked: every balance and reserve re-derived from the ledger."""
+        return self.send(ep.audit())
+
     def clock(self) -> m.Clock:
         return self.send(ep.clock())
 
