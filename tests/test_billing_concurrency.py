@@ -15,7 +15,8 @@ from sqlalchemy import func, select
 from gpucloud.accounts.models import Account
 from gpucloud.billing import boundaries
 from gpucloud.billing.models import CHARGE, LedgerEntry
-from gpucloud.instances.models import Instance
+from gpucloud.catalog.models import OfferZone
+from gpucloud.instances.models import ENDED, Instance
 from gpucloud.runtime import Runtime
 from tests.conftest import START, _backends, make_settings
 from tests.test_billing_support import (
@@ -96,6 +97,31 @@ def test_parallel_batches_charge_each_instance_once(rt, backend, monkeypatch):
     assert charge_counts(rt) == {START + k * H: len(ids) for k in range(4)}
     check_money(rt)
     check_topup_invariant(rt)
+
+
+def test_parallel_batches_end_exhausted_instances_across_shared_zones(rt, backend):
+    """Parallel batches that end instances in the same zones (capacity released in each):
+    every instance ends exactly once, every unit of capacity comes back, the books balance."""
+    zones = [seed_catalog(rt, price=price, capacity=50) for price in ("1.0", "1.1", "1.2")]
+    ids = []
+    for k in range(15):
+        # exactly the upfront three hours of each of its three instances (3 × 3.3): never a
+        # top-up, so each instance is charged twice at boundaries and ended at the third
+        acct = make_account(rt, "9.9", name=f"x{k}")
+        ids += [deploy_row(rt, acct, cat) for cat in zones]
+    check_money(rt)
+    rt.settings.billing_batch_size = 4
+    rt.settings.billing_parallel = 3
+    rt.clock.set(START + 3 * H + dt.timedelta(seconds=1))
+    assert boundaries.process_due(rt) == 3 * len(ids)  # two charged hours + the ending one
+    with rt.db.read() as s:
+        statuses = s.execute(select(Instance.status, func.count())
+                             .group_by(Instance.status)).all()
+        in_use = s.scalars(select(OfferZone.in_use)).all()
+    assert statuses == [(ENDED, len(ids))]
+    assert in_use == [0, 0, 0]
+    assert charge_counts(rt) == {START + k * H: len(ids) for k in range(3)}
+    check_money(rt)
 
 
 @pytest.mark.parametrize("backend", [b for b in _backends() if b == "postgres"], indirect=True)
