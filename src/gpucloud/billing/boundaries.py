@@ -102,7 +102,8 @@ def _run_batch(rt, now: dt.datetime, limit: int) -> BatchResult:
 
 
 def _drain(rt, now: dt.datetime, limit: int) -> int:
-    """Batches until none is due (or all that is due is held by others)."""
+    """Batches until none is due. A batch whose accounts were all held elsewhere is tried
+    again after a short pause: like a lock wait, but one that cannot deadlock."""
     total = 0
     while True:
         result = _run_batch(rt, now, limit)
