@@ -32,9 +32,11 @@ CHECKS: dict[str, tuple[str, str]] = {
             WHERE a.balance <> COALESCE(l.net, 0) OR a.balance < 0 ORDER BY a.id"""),
     "balance_after": (
         "Each account's latest entry records the balance the account holds.",
-        """SELECT a.id FROM accounts a JOIN ledger_entries e ON e.account_id = a.id
-           WHERE e.id = (SELECT MAX(id) FROM ledger_entries x WHERE x.account_id = a.id)
-             AND e.balance_after <> a.balance ORDER BY a.id"""),
+        """SELECT a.id FROM accounts a
+           JOIN (SELECT account_id, MAX(id) AS last_id FROM ledger_entries
+                 GROUP BY account_id) m ON m.account_id = a.id
+           JOIN ledger_entries e ON e.id = m.last_id
+           WHERE e.balance_after <> a.balance ORDER BY a.id"""),
     "instance_reserves": (
         "Every reserve equals what was reserved and topped up minus charges and refunds; "
         "`spent` equals the charges.",
