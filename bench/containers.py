@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,20 +26,15 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).parent))
+from servers import free_port, wait_ready  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "bench-admin-key"
 DEFAULT_SOCKET = os.environ.get("GPUCLOUD_PODMAN_SOCKET", "/run/gpucloud-podman/podman.sock")
 IMAGE = "localhost/gpucloud-busybox:latest"
 COMMAND = "sh -c 'mkdir -p /www && echo hi > /www/index.html && httpd -f -p 80 -h /www'"
 PORTS = (32600, 32699)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def start_server(tmp: Path, port: int, worker_interval: float | None) -> subprocess.Popen:
@@ -52,17 +46,12 @@ def start_server(tmp: Path, port: int, worker_interval: float | None) -> subproc
     proc = subprocess.Popen([str(ROOT / ".venv/bin/gpucloud"), "serve", "--port", str(port)],
                             env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/gpu/api-docs/openapi.json",
-                         timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("gpucloud serve did not come up")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/gpu/api-docs/openapi.json")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
 
 
 def setup(c: httpx.Client, engine_url: str) -> tuple[dict, str, str]:

@@ -53,6 +53,12 @@ def fresh_pg_database(name: str) -> str:
     return _pg_url(name)
 
 
+# For behaviour only PostgreSQL has (row locks other transactions can hold): the test runs on
+# the PostgreSQL backend alone.
+postgres_only = pytest.mark.parametrize(
+    "backend", [b for b in _backends() if b == "postgres"], indirect=True)
+
+
 @pytest.fixture(scope="session", params=_backends())
 def backend(request, tmp_path_factory) -> dict:
     if request.param == "sqlite":
@@ -136,15 +142,13 @@ class LiveServer:
     """The real app served by uvicorn on a free loopback port, in a thread of the test process."""
 
     def __init__(self, app):
-        import socket
         import threading
 
         import uvicorn
 
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
+        from tests.procs import free_port
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on")

@@ -9,7 +9,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from sqlalchemy import func, select
 
 from gpucloud.accounts.models import Account
@@ -18,7 +17,8 @@ from gpucloud.billing.models import CHARGE, LedgerEntry
 from gpucloud.catalog.models import OfferZone
 from gpucloud.instances.models import ENDED, Instance
 from gpucloud.runtime import Runtime
-from tests.conftest import START, _backends, make_settings
+from tests.conftest import START, make_settings, postgres_only
+from tests.procs import free_port
 from tests.test_billing_support import (
     check_money,
     check_topup_invariant,
@@ -124,7 +124,7 @@ def test_parallel_batches_end_exhausted_instances_across_shared_zones(rt, backen
     check_money(rt)
 
 
-@pytest.mark.parametrize("backend", [b for b in _backends() if b == "postgres"], indirect=True)
+@postgres_only
 def test_batch_defers_the_instances_of_an_account_held_elsewhere(rt, backend):
     """PostgreSQL: a batch never waits for an account another transaction holds; it leaves
     that account's instances due (locked until it commits) and charges the others."""
@@ -204,14 +204,6 @@ def test_kill_inside_a_batch_rolls_it_back(rt, backend):
     check_topup_invariant(rt)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_server_processes_drain_the_same_boundaries(api, backend):
     """Two real `gpucloud serve` processes on one database, both moving the manual clock to
     the same time at once: every (instance, hour) is charged exactly once."""
@@ -233,7 +225,7 @@ def test_two_server_processes_drain_the_same_boundaries(api, backend):
                GPUCLOUD_ADMIN_KEY=ADMIN_KEY, GPUCLOUD_DEMO="0", GPUCLOUD_LOCAL_PROVIDER="0",
                GPUCLOUD_DATA_DIR=str(backend["data_dir"]), GPUCLOUD_BILLING_BATCH_SIZE="3",
                GPUCLOUD_LOG_LEVEL="warning")
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = [subprocess.Popen([str(ROOT / ".venv/bin/gpucloud"), "serve", "--port", str(p)],
                               env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for p in ports]
