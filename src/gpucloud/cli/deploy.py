@@ -16,6 +16,10 @@ app = typer.Typer(help="Deploy an instance from a plan (see `gpucloud plans`).",
                   no_args_is_help=True)
 
 WAIT_HELP = "Wait until ACTIVE (or FAILED), then print how to connect"
+# Shared by every deploy command.
+WAIT_OPT = typer.Option(False, "--wait", help=WAIT_HELP)
+TIMEOUT_OPT = typer.Option(None, "--timeout", help="Give up waiting after this many seconds")
+JSON_OPT = typer.Option(False, "--json", help="JSON output")
 
 
 def registry_host(image: str) -> str:
@@ -107,10 +111,9 @@ def deploy_container(
                                                  help="Read the registry password from stdin"),
     registry_host_: Optional[str] = typer.Option(  # noqa: UP045
         None, "--registry-host", help="docker.io or ghcr.io (default: from the image)"),
-    wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
-    timeout: Optional[float] = typer.Option(None, "--timeout",  # noqa: UP045
-                                            help="Give up waiting after this many seconds"),
-    as_json: bool = typer.Option(False, "--json", help="JSON output"),
+    wait: bool = WAIT_OPT,
+    timeout: Optional[float] = TIMEOUT_OPT,  # noqa: UP045
+    as_json: bool = JSON_OPT,
     *,
     client: Client,
     cfg: ClientConfig,
@@ -140,10 +143,9 @@ def _deploy_machine(kind: str):
         name: str = typer.Option(..., "--name", help="Instance name"),
         ssh_key: str = typer.Option(..., "--ssh-key", help="Public key, or a file holding it"),
         os_image: str = typer.Option(..., "--os", help='e.g. "Ubuntu Server 22.04"'),
-        wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
-        timeout: Optional[float] = typer.Option(None, "--timeout",  # noqa: UP045
-                                                help="Give up waiting after this many seconds"),
-        as_json: bool = typer.Option(False, "--json", help="JSON output"),
+        wait: bool = WAIT_OPT,
+        timeout: Optional[float] = TIMEOUT_OPT,  # noqa: UP045
+        as_json: bool = JSON_OPT,
         *,
         client: Client,
         cfg: ClientConfig,
