@@ -123,7 +123,7 @@ def test_default_images(gc, demo):
     images = gc.default_images()
     assert images and all(isinstance(i, models.DefaultImage) for i in images)
     assert any(i.requires_ssh for i in images)
-    assert all(isinstance(p.port, int | str) for i in images for p in i.expose)
+    assert all(isinstance(p.port, str) and p.port.isdigit() for i in images for p in i.expose)
 
 
 # -- containers ----------------------------------------------------------------------------------
@@ -140,8 +140,11 @@ def test_container_lifecycle(gc, api, live_server, market, user):
     d = inst.details
     assert isinstance(d, models.ContainerDetails)
     assert d.billing.hourly_usage == Decimal("0.75")
-    assert {(str(p.port), p.protocol) for p in d.network.forwarded_ports} == {("22", "tcp"),
-                                                                            ("80", "http")}
+    assert {(p.port, p.protocol) for p in d.network.forwarded_ports} == {("22", "tcp"),
+                                                                       ("80", "http")}
+    assert all(isinstance(p.external_port, str) for p in d.network.forwarded_ports)
+    assert [(p.port, p.protocol) for p in d.container_info.expose] == [("22", "tcp"),
+                                                                       ("80", "http")]
     ssh = ssh_command(inst)
     assert ssh is not None and ssh.startswith("ssh -p ") and ssh.endswith(f"root@{d.domain}")
     assert gc.locate(created.instance_id).kind == "container"

@@ -86,7 +86,7 @@ def test_protocol_defaults_to_tcp(ctx):
     r = _post(ctx, expose=[{"port": "8080"}])
     assert r.status_code == 201
     d = api.instance(headers, r.json()["instance_id"])
-    assert d["container_info"]["expose"] == [{"port": 8080, "protocol": "tcp"}]
+    assert d["container_info"]["expose"] == [{"port": "8080", "protocol": "tcp"}]
 
 
 def test_expose_required_and_sized(ctx):

@@ -300,7 +300,7 @@ def test_default_images_shape(api, user, rt):
                               "startup_command", "requires_ssh"}
         assert image["expose"] and all(set(p) == {"port", "protocol"} for p in image["expose"])
     ssh = [i for i in images if i["requires_ssh"]]
-    assert ssh and {"port": 22, "protocol": "tcp"} in ssh[0]["expose"]
+    assert ssh and {"port": "22", "protocol": "tcp"} in ssh[0]["expose"]
     assert any("jupyter" in i["image"] for i in images)
     assert any("pytorch" in i["image"] for i in images)
     assert api.client.get("/gpu/default-images", headers=user).json() == images

@@ -33,9 +33,11 @@ def _default(obj: Any) -> Any:
 
 
 def isoformat_z(value: dt.datetime) -> str:
+    """ISO 8601 in UTC with `Z`; microseconds when the value has them (as the Fluence docs'
+    examples show: `2026-02-07T14:42:29.472381Z`), whole seconds otherwise."""
     if value.tzinfo is not None:
         value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
-    return value.isoformat(timespec="seconds") + "Z"
+    return value.isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
 
 
 def dumps(content: Any) -> bytes:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from gpucloud.catalog.models import DefaultImage, Offer, OfferZone, Provider
 from gpucloud.catalog.service import gpu_json, plan_name, plan_resources
+from gpucloud.common import port_out
 from gpucloud.money import from_micro, to_micro
 
 UPFRONT_HOURS = 3
@@ -127,7 +128,7 @@ def machine_plans(s: Session, workload: str, f: PlanFilters | None = None) -> di
         if not _zone_matches(offer, country, f):
             continue
         seen.add(offer.id)
-        key = (offer.gpu_vendor, offer.gpu_model, offer.gpu_vram, offer.gpu_interface)
+        key = (offer.gpu_vendor, offer.gpu_model, offer.gpu_vram, offer.gpu_interface.upper())
         groups[key][offer.gpu_count].append((offer, provider))
 
     data = []
@@ -148,7 +149,7 @@ def machine_plans(s: Session, workload: str, f: PlanFilters | None = None) -> di
                 "options": [_option(o, p, deployment_type) for o, p in options],
             })
         first = next(iter(by_count.values()))[0][0]
-        data.append({"gpu_model": gpu_json(first),
+        data.append({"gpu_model": gpu_json(first, lower_interface=True),
                      "minimum_price": min(a["minimum_price"] for a in availability),
                      "availability_by_number": availability})
     data.sort(key=lambda g: (g["minimum_price"], g["gpu_model"]["model"], g["gpu_model"]["vram"],
@@ -170,6 +171,7 @@ def _option(offer: Offer, provider: str, deployment_type: str) -> dict[str, Any]
 def default_images(s: Session) -> list[dict[str, Any]]:
     rows = s.scalars(select(DefaultImage).order_by(DefaultImage.position, DefaultImage.slug))
     return [{"slug": r.slug, "name": r.name, "description": r.description, "image": r.image,
-             "expose": list(r.expose or []), "environment": list(r.environment or []),
+             "expose": [port_out(p) for p in r.expose or []],
+             "environment": list(r.environment or []),
              "startup_command": r.startup_command, "requires_ssh": r.requires_ssh}
             for r in rows]

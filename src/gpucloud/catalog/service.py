@@ -25,9 +25,13 @@ def plan_name(offer: Offer) -> str:
             f"{offer.gpu_count}gpu-{offer.vcpu}cpu-{offer.memory_gib}gi-{offer.storage_gib}gi")
 
 
-def gpu_json(offer: Offer) -> dict[str, str]:
+def gpu_json(offer: Offer, lower_interface: bool = False) -> dict[str, str]:
+    """The GPU as plans show it. The interface is stored upper case (`SXM`, `PCIE`), which is
+    how container plans show it; VM/bare-metal plans and instances show it lower case, as the
+    Fluence docs do."""
+    interface = offer.gpu_interface.upper()
     return {"vendor": offer.gpu_vendor, "model": offer.gpu_model, "vram": offer.gpu_vram,
-            "interface": offer.gpu_interface}
+            "interface": interface.lower() if lower_interface else interface}
 
 
 def plan_resources(offer: Offer) -> dict[str, Any]:
@@ -197,7 +201,7 @@ def create_offer(s: Session, body: OfferCreate, now: dt.datetime) -> Offer:
 def add_offer(s: Session, provider_id: str, f: OfferFields, now: dt.datetime) -> Offer:
     """Insert a validated offer and one zone per country."""
     offer = Offer(provider_id=provider_id, workload=f.workload, gpu_vendor=f.gpu.vendor,
-                  gpu_model=f.gpu.model, gpu_vram=f.gpu.vram, gpu_interface=f.gpu.interface,
+                  gpu_model=f.gpu.model, gpu_vram=f.gpu.vram, gpu_interface=f.gpu.interface.upper(),
                   gpu_count=f.gpu_count, vcpu=f.vcpu, memory_gib=f.memory_gib,
                   storage_gib=f.storage_gib, price_hour=to_micro(f.price_hour),
                   location=f.location, nvlink=f.nvlink, os_options=list(f.os_options or []),

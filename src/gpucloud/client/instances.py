@@ -42,6 +42,6 @@ def ssh_command(inst: Instance) -> str | None:
     if not domain or not d.network:
         return None
     for fp in d.network.forwarded_ports:
-        if str(fp.port) == "22" and fp.protocol == "tcp" and fp.external_port:
+        if fp.port == "22" and fp.protocol == "tcp" and fp.external_port:
             return f"ssh -p {fp.external_port} root@{domain}"
     return None

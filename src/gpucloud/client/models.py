@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Response(BaseModel):
@@ -104,8 +104,17 @@ class PlanGroups(Response):
     data: list[PlanGroup] = Field(default_factory=list)
 
 
+def _port_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# Ports are strings on the wire, as the Fluence docs type them; an int given by the caller (or
+# sent by an older server) becomes one, so `port == "22"` always holds for port 22.
+PortText = Annotated[str, BeforeValidator(_port_text)]
+
+
 class Port(Response):
-    port: str | int
+    port: PortText
     protocol: str = "tcp"
 
 
@@ -186,8 +195,8 @@ class Billing(Response):
 
 
 class ForwardedPort(Response):
-    port: str | int
-    external_port: int | str | None = None
+    port: PortText
+    external_port: PortText | None = None
     protocol: str = "tcp"
 
 

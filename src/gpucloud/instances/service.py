@@ -304,6 +304,10 @@ def request_update(s: Session, rt, inst: Instance, body: ContainerUpdate, now: d
 
 
 def rename(inst: Instance, name: str, now: dt.datetime) -> None:
+    # History is history: an ended or failed instance keeps the name it had.
+    if inst.status not in (INITIALIZED, ACTIVE):
+        raise BadRequest(f"Instance is {inst.status}; only an INITIALIZED or ACTIVE instance "
+                         "can be renamed")
     inst.name = name
     inst.updated_at = now
 

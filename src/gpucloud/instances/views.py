@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpucloud.common import port_out
 from gpucloud.instances.models import ACTIVE
 from gpucloud.jsonresp import isoformat_z
 from gpucloud.money import from_micro
@@ -15,12 +16,20 @@ from gpucloud.money import from_micro
 ZERO = from_micro(0)
 
 
+def resources(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """An instance's resources as the Fluence docs show them: the GPU interface in lower case
+    (`"sxm"`), while container plans show it upper case (catalog.service.gpu_json)."""
+    gpu = snapshot["gpu_model"]
+    return {"supply": snapshot["supply"],
+            "gpu_model": {**gpu, "interface": str(gpu.get("interface") or "").lower()}}
+
+
 def _base(i: Any) -> dict[str, Any]:
     active = i.status == ACTIVE
     return {
         "id": i.id,
         "name": i.name,
-        "resources": i.resources,
+        "resources": resources(i.resources),
         "domain": i.domain if active else None,
         "location": i.location,
         "created_at": isoformat_z(i.created_at),
@@ -54,8 +63,7 @@ def container_info(config: dict[str, Any] | None) -> dict[str, Any]:
     config = config or {}
     return {
         "image": config.get("image"),
-        "expose": [{"port": p["port"], "protocol": p["protocol"]}
-                   for p in config.get("expose", [])],
+        "expose": [port_out(p) for p in config.get("expose", [])],
         "environment": [{"name": e["name"], "value": e["value"]}
                         for e in config.get("environment", [])],
         "startup_command": config.get("startup_command"),
@@ -68,7 +76,8 @@ def _network(i: Any, with_ports: bool) -> dict[str, Any] | None:
     net = i.network or {}
     return {
         "domain": i.domain,
-        "forwarded_ports": list(net.get("forwarded_ports", [])) if with_ports else [],
+        "forwarded_ports": [port_out(p) for p in net.get("forwarded_ports", [])]
+        if with_ports else [],
         "uri": net.get("uri") if with_ports else None,
     }
 
