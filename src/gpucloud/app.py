@@ -11,9 +11,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gpucloud import __version__
+from gpucloud import __version__, openapi
 from gpucloud.errors import APIError, FieldError
 from gpucloud.jsonresp import JSON
+from gpucloud.routing import add_slash_twins
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
 
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.state.rt = rt
     _install_error_handlers(app)
     _include_routers(app)
+    openapi.install(app)
+    # The Fluence docs also name this address for the document.
+    app.add_route("/gpu/openapi.json", lambda _: JSON(app.openapi()), include_in_schema=False)
     return app
 
 
@@ -78,16 +82,13 @@ def _include_routers(app: FastAPI) -> None:
     from gpucloud.catalog import routes as catalog
     from gpucloud.instances import container_routes, vm_routes
 
-    app.include_router(catalog.router)
-    # VM/bare-metal paths first: "/gpu/instances/vms" must not be taken for an instance id.
-    app.include_router(vm_routes.router)
-    app.include_router(container_routes.router)
-    app.include_router(accounts.public)
-    app.include_router(billing.router)
-    app.include_router(accounts.admin)
-    app.include_router(billing.admin)
-    app.include_router(catalog_admin.router)
-    app.include_router(admin.router)
+    # VM/bare-metal paths before containers: "/gpu/instances/vms" must not be taken for an
+    # instance id.
+    for router in (catalog.router, vm_routes.router, container_routes.router, accounts.public,
+                   billing.router, accounts.admin, billing.admin, catalog_admin.router,
+                   admin.router):
+        add_slash_twins(router)
+        app.include_router(router)
 
     from gpucloud.fastpath import promote
 

@@ -1,4 +1,7 @@
-"""Request authentication: X-API-KEY for /gpu, X-ADMIN-KEY for /admin."""
+"""Request authentication: X-API-KEY (or `Authorization: Bearer`) for /gpu, X-ADMIN-KEY for /admin.
+
+The OpenAPI document declares the schemes for every operation (gpucloud/openapi.py); these
+functions do the checking."""
 
 from __future__ import annotations
 
@@ -7,15 +10,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import APIKeyHeader
 
 from gpucloud.accounts import service
 from gpucloud.accounts.service import KeyCache, hash_key
 from gpucloud.errors import Forbidden
-
-# Declared as security schemes so Swagger UI offers an "Authorize" button.
-api_key_header = APIKeyHeader(name="X-API-KEY", auto_error=False)
-admin_key_header = APIKeyHeader(name="X-ADMIN-KEY", auto_error=False)
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,29 @@ def authenticate(rt, key: str | None) -> Caller:
     return Caller(account_id=account_id, key_id=key_id)
 
 
+def api_key_of(headers) -> str | None:
+    """The API key a request carries: `X-API-KEY`, or `Authorization: Bearer <key>` (newer
+    Fluence pages document Bearer). Other Authorization schemes are left alone (a proxy in
+    front may use Basic). Two different keys in one request are refused rather than guessed."""
+    key = headers.get("x-api-key")
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            token = token.strip()
+            if not token:
+                raise Forbidden("Missing API key")
+            if key and not hmac.compare_digest(key.encode(), token.encode()):
+                raise Forbidden("X-API-KEY and Authorization name different API keys")
+            return token
+    return key
+
+
 async def current_account(request: Request) -> Caller:
     """Async so a cached key costs no threadpool hop; a cache miss reads the database in the
     threadpool."""
     rt = request.app.state.rt
-    key = request.headers.get("x-api-key")
+    key = api_key_of(request.headers)
     caller = cached_caller(rt, key)
     if caller is None:
         caller = await run_in_threadpool(authenticate, rt, key)

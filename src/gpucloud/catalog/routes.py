@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gpucloud.accounts.auth import authenticate, cached_caller
+from gpucloud.accounts.auth import api_key_of, authenticate, cached_caller
 from gpucloud.catalog import plans
 from gpucloud.catalog.cache import plans_cache
 from gpucloud.catalog.schemas import ContainerPlan, DefaultImageOut, VmPlans
@@ -24,14 +24,6 @@ from gpucloud.fastpath import fast
 from gpucloud.jsonresp import dumps
 
 router = APIRouter(prefix="/gpu", tags=["plans"])
-
-_AUTH_PARAM = {"name": "X-API-KEY", "in": "header", "required": True,
-               "schema": {"type": "string"}, "description": "Your API key"}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"description": "Missing, unknown, revoked or expired API key",
-          "content": {"application/json": {"example": {"detail": "Invalid API key"}}}},
-}
-
 
 def _filter_params() -> list[dict[str, Any]]:
     schema = plans.PlanFilters.model_json_schema()["properties"]
@@ -46,8 +38,9 @@ def _filter_params() -> list[dict[str, Any]]:
     return params
 
 
-_PLAN_DOC = {"parameters": [_AUTH_PARAM, *_filter_params()]}
-_IMAGES_DOC = {"parameters": [_AUTH_PARAM]}
+# These take only `request`, so their query parameters are declared by hand; security and
+# error responses are added to every operation by gpucloud/openapi.py.
+_PLAN_DOC = {"parameters": _filter_params()}
 
 
 def _parse_filters(request: Request) -> plans.PlanFilters | None:
@@ -69,7 +62,7 @@ def _render(rt, build: Callable, filters) -> bytes:
 
 async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: bool) -> Response:
     rt = request.app.state.rt
-    key = request.headers.get("x-api-key")
+    key = api_key_of(request.headers)
     if cached_caller(rt, key) is None:
         await run_in_threadpool(authenticate, rt, key)
     # Keyed on the raw query string: a hit skips parsing, and only queries that validated
@@ -87,16 +80,14 @@ async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: b
 
 
 @router.get("/plans/", response_model=list[ContainerPlan], operation_id="listContainerPlans",
-            summary="Container plans available now", responses=_ERRORS, openapi_extra=_PLAN_DOC)
-@router.get("/plans", include_in_schema=False)
+            summary="Container plans available now", openapi_extra=_PLAN_DOC)
 @fast
 async def list_container_plans(request: Request):
     return await _serve(request, plans.container_plans, True)
 
 
 @router.get("/plans/vms", response_model=VmPlans, operation_id="listVmPlans",
-            summary="VM options available now, by GPU model and count", responses=_ERRORS,
-            openapi_extra=_PLAN_DOC)
+            summary="VM options available now, by GPU model and count", openapi_extra=_PLAN_DOC)
 @fast
 async def list_vm_plans(request: Request):
     return await _serve(request, _vm, True)
@@ -104,16 +95,14 @@ async def list_vm_plans(request: Request):
 
 @router.get("/plans/baremetal", response_model=VmPlans, operation_id="listBaremetalPlans",
             summary="Bare-metal options available now, by GPU model and count",
-            responses=_ERRORS, openapi_extra=_PLAN_DOC)
+            openapi_extra=_PLAN_DOC)
 @fast
 async def list_baremetal_plans(request: Request):
     return await _serve(request, _baremetal, True)
 
 
 @router.get("/default-images/", response_model=list[DefaultImageOut],
-            operation_id="listDefaultImages", summary="Ready-made container images",
-            responses=_ERRORS, openapi_extra=_IMAGES_DOC)
-@router.get("/default-images", include_in_schema=False)
+            operation_id="listDefaultImages", summary="Ready-made container images")
 @fast
 async def list_default_images(request: Request):
     return await _serve(request, _images, False)

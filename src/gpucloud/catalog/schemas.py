@@ -63,10 +63,12 @@ class GpuIn(BaseModel):
     model: Ident = Field(examples=["h100"])
     vram: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,4}Gi$")] = Field(
         examples=["80Gi"], description="Memory per GPU, `<n>Gi`")
-    interface: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                max_length=16,
+    interface: Annotated[str, StringConstraints(strip_whitespace=True, to_upper=True,
+                                                min_length=1, max_length=16,
                                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = Field(
-        examples=["SXM"], description="Shown as given (`SXM`, `pcie`, …)")
+        examples=["SXM"], description="`SXM`, `PCIE`, … in any case; stored upper case, shown "
+                                      "upper case in container plans and lower case in VM and "
+                                      "bare-metal plans and instances")
 
 
 class OfferFields(BaseModel):
@@ -258,7 +260,7 @@ class VmPlans(BaseModel):
 
 
 class PortOut(BaseModel):
-    port: int = Field(examples=[22])
+    port: str = Field(examples=["22"], description="1–65535, as a string")
     protocol: Literal["tcp", "udp", "http"] = "tcp"
 
 
@@ -272,7 +274,7 @@ class DefaultImageOut(BaseModel):
         "slug": "debian-ssh", "name": "Debian 11 with SSH (root)",
         "description": "Minimal Debian with an OpenSSH server; your key comes from SSH_PUBKEY.",
         "image": "docker.io/fluencelabs/debian-ssh-root:11",
-        "expose": [{"port": 22, "protocol": "tcp"}], "environment": [],
+        "expose": [{"port": "22", "protocol": "tcp"}], "environment": [],
         "startup_command": None, "requires_ssh": True}]})
     slug: str
     name: str

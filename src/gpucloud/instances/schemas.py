@@ -14,9 +14,17 @@ from typing import Annotated, Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from gpucloud.catalog.schemas import GpuOut as GpuModel  # the plan's GPU, one schema
+from gpucloud.catalog.schemas import PortOut, Supply
 from gpucloud.common import MoneyOut
 
 PORT_MESSAGE = "Port must be between 1 and 65535"
@@ -86,10 +94,18 @@ def check_ssh_key(value: str) -> str:
     return " ".join(parts)
 
 
+# Requests take a port as a string or an integer (the Fluence docs send strings); the
+# validator below makes it an int. The schema says exactly that and nothing else.
+PortIn = Annotated[int, WithJsonSchema({
+    "anyOf": [{"type": "string", "pattern": "^\\s*[0-9]{1,5}\\s*$"},
+              {"type": "integer", "minimum": 1, "maximum": 65535}],
+    "description": "1–65535, as a string (`\"22\"`) or an integer (`22`)",
+    "examples": ["22"]})]
+
+
 class ExposedPort(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"port": "22", "protocol": "tcp"}]})
-    port: int = Field(json_schema_extra={"anyOf": [{"type": "integer"}, {"type": "string"}]},
-                      description="1–65535, as a string or an integer")
+    port: PortIn
     protocol: Literal["tcp", "udp", "http"] = "tcp"
 
     @field_validator("port", mode="before")
@@ -243,22 +259,16 @@ class Created(BaseModel):
     instance_id: str = Field(examples=["6f1c2d7e-9a0b-4c3d-8e5f-1a2b3c4d5e6f"])
 
 
-class Supply(BaseModel):
-    vcpu: dict[str, int] = Field(examples=[{"count": 16}])
-    memory: dict[str, Any] = Field(examples=[{"count": 128, "units": "Gi"}])
-    storage: dict[str, Any] = Field(examples=[{"count": 120, "units": "Gi"}])
-    gpu_count: int = Field(examples=[1])
-
-
 class Resources(BaseModel):
     supply: Supply
     gpu_model: GpuModel
 
 
 class ForwardedPortOut(BaseModel):
-    port: int = Field(examples=[22])
-    external_port: int = Field(examples=[30022])
-    protocol: str = Field(examples=["tcp"])
+    port: str = Field(examples=["22"], description="The port inside the workload, a string")
+    external_port: str = Field(examples=["30022"],
+                               description="The port to connect to at `domain`, a string")
+    protocol: Literal["tcp", "udp", "http"] = Field(examples=["tcp"])
 
 
 class NetworkOut(BaseModel):
@@ -293,7 +303,7 @@ class ContainerItem(_ItemBase):
 
 class ContainerInfo(BaseModel):
     image: str
-    expose: list[ExposedPort]
+    expose: list[PortOut]
     environment: list[EnvVar]
     startup_command: str | None
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from gpucloud.accounts.auth import Caller, api_key_header, current_account
+from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.fastpath import fast
 from gpucloud.instances import service, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
-router = APIRouter(prefix="/gpu/instances", dependencies=[Depends(api_key_header)])
+router = APIRouter(prefix="/gpu/instances")
 
 KINDS = {"vms": "vm", "baremetal": "baremetal"}
 
@@ -77,8 +77,6 @@ def _routes(kind: str, workload: str) -> None:
     router.add_api_route(base, deploy, methods=["POST"], status_code=201, tags=tags,
                          response_model=Created, operation_id=f"deploy{title}",
                          summary=f"Deploy a {kind} instance")
-    router.add_api_route(base + "/", deploy, methods=["POST"], status_code=201,
-                         include_in_schema=False)
     router.add_api_route(base, list_vms, methods=["GET"], tags=tags, response_model=list[VmItem],
                          operation_id=f"list{title}s", summary=f"List {kind} instances")
     router.add_api_route(base + "/{instance_id}", get_vm, methods=["GET"], tags=tags,
