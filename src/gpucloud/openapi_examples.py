@@ -195,3 +195,64 @@ ADMIN_ACCOUNT: Any = {
     "reserved": 2.72,
     "spent": 1.36,
 }
+
+PROVIDER: Any = {
+    "id": "230eafbc-fe12-4db2-85c2-82d3cc3ca47e",
+    "name": "massed-compute",
+    "driver": "simulated",
+    "config": {"provision_seconds": 5},
+    "enabled": True,
+    "created_at": "2026-11-30T07:45:15Z",
+    "offers": 27,
+    "capacity": 432,
+    "in_use": 0,
+}
+
+OFFER: Any = {
+    "id": "0ab264f9-9f7d-407d-88e1-07663548f514",
+    "name": "b200-180gi-sxm-8gpu-192cpu-1536gi-4000gi",
+    "provider_id": "230eafbc-fe12-4db2-85c2-82d3cc3ca47e",
+    "provider": "massed-compute",
+    "workload": "baremetal",
+    "gpu": {"vendor": "nvidia", "model": "b200", "vram": "180Gi", "interface": "SXM"},
+    "gpu_count": 8,
+    "vcpu": 192,
+    "memory_gib": 1536,
+    "storage_gib": 4000,
+    "price_hour": 36.93,
+    "location": "us-central-3",
+    "countries": ["US"],
+    "nvlink": True,
+    "os_options": ["Ubuntu Server 22.04", "Ubuntu Server 24.04"],
+    "enabled": True,
+    "capacity": 8,
+    "in_use": 0,
+    "zones": [{"id": 39, "country": "US", "capacity": 8, "in_use": 0}],
+    "created_at": "2026-11-30T07:45:15Z",
+}
+
+AUDIT: Any = {
+    "ok": True,
+    "deposits": 100,
+    "balances": 95.92,
+    "reserves": 2.72,
+    "charges": 1.36,
+    "entries": 5,
+    "checks": [
+        {
+            "name": "conservation",
+            "description": "Deposits = account balances + instance reserves + charges.",
+            "ok": True,
+            "failures": 0,
+            "examples": [],
+        },
+        {
+            "name": "account_balances",
+            "description": "Every account balance equals its deposits and refunds minus its "
+            "reserves and top-ups.",
+            "ok": True,
+            "failures": 0,
+            "examples": [],
+        },
+    ],
+}
