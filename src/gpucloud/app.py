@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import inspect
 import logging
+import traceback
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpucloud import __version__, openapi
-from gpucloud.errors import APIError, FieldError
+from gpucloud.errors import APIError, FieldError, safe_error
 from gpucloud.jsonresp import JSON
 from gpucloud.routing import add_slash_twins
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
 
 log = logging.getLogger("gpucloud")
+MAX_ERRORS = 100  # 422 entries shown; the rest are the same mistakes again
 
 DESCRIPTION = """\
 A self-hostable GPU cloud marketplace. `/gpu` is the Fluence GPU Cloud API (header
@@ -102,21 +103,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(FieldError)
     async def _field_error(_: Request, exc: FieldError):
-        return JSON({"detail": jsonable_encoder(exc.errors)}, status_code=422)
+        return JSON({"detail": [safe_error(e) for e in exc.errors]}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        errors = []
-        for err in exc.errors():
-            err = dict(err)
-            err.pop("url", None)
-            if "ctx" in err:
-                # Exceptions in ctx are not JSON; the documented shape shows them as {}.
-                err["ctx"] = {k: (v if isinstance(v, (str, int, float, bool, type(None)))
-                                  else {} if isinstance(v, Exception) else str(v))
-                              for k, v in err["ctx"].items()}
-            errors.append(err)
-        return JSON({"detail": jsonable_encoder(errors)}, status_code=422)
+        # Bounded: a body of 800,000 bad keys must not become a 40 MB answer.
+        errors = exc.errors()
+        shown = [safe_error(e) for e in errors[:MAX_ERRORS]]
+        return JSON({"detail": shown}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):
@@ -124,6 +118,10 @@ def _install_error_handlers(app: FastAPI) -> None:
                     headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
-        log.exception("unhandled error", exc_info=exc)
+    async def _unexpected(request: Request, exc: Exception):
+        # The traceback says where; never the request body, and not the exceptions this one
+        # interrupted (a validation error's text holds the body it rejected).
+        trace = "".join(traceback.format_exception(exc, chain=False))
+        log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method,
+                  request.url.path, trace)
         return JSON({"detail": "Internal server error"}, status_code=500)

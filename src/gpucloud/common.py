@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, field_validator
 
 # Money in requests: exact decimals, at most 6 places, never floats.
 MoneyIn = Annotated[Decimal, Field(ge=0, decimal_places=6, max_digits=18),
@@ -25,3 +25,40 @@ def port_out(p: dict[str, Any]) -> dict[str, Any]:
         out["external_port"] = None if p["external_port"] is None else str(p["external_port"])
     out["protocol"] = p["protocol"]
     return out
+
+
+def _nul_at(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_nul_at(k) or _nul_at(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_nul_at(v) for v in value)
+    return False
+
+
+class RequestModel(BaseModel):
+    """Base of every request body and document: no text anywhere holds a NUL character.
+
+    PostgreSQL cannot store one (the INSERT would fail as a 500) and SQLite would keep a value
+    that breaks whatever reads it later (a container's environment, a shell command), so it
+    is a 422 at the field on both databases. Nested models check their own fields."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _nul_at(value):
+            raise ValueError("Text must not contain NUL characters")
+        return value
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return value
+
+
+# Strict numbers and flags in bodies: `{"enabled": 0}` or `{"capacity": true}` is a mistake to
+# report, not something to guess at.
+StrictCount = Annotated[int, Field(strict=True)]
+NumberIn = BeforeValidator(_no_bool)

@@ -12,13 +12,15 @@ perfectly valid request into a 500.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import BigInteger, DateTime, Integer, String, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -53,6 +55,13 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def plausible_id(value: str) -> bool:
+    """Whether `value` could name a row. Ids are UUIDs; anything else cannot match, and a NUL
+    makes PostgreSQL raise instead of finding nothing, so a lookup checks this first and
+    answers 404 exactly as for an unknown id."""
+    return len(value) <= 64 and "\x00" not in value
+
+
 UUIDStr = String(36)
 
 
@@ -60,10 +69,30 @@ class Base(DeclarativeBase):
     pass
 
 
+def private_sqlite_file(url: str) -> None:
+    """Create the SQLite file (and its directory) readable by its owner only: it holds SSH keys
+    and environment values (tokens). SQLite gives its -wal and -shm files the database file's
+    mode. An existing file is narrowed too; an existing directory is left as it is (it may be
+    the working directory)."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    file = Path(path)
+    if not file.parent.exists():
+        file.parent.mkdir(mode=0o700, parents=True)
+    os.close(os.open(file, os.O_CREAT | os.O_RDWR, 0o600))
+    for sibling in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
+        if sibling.exists() and sibling.stat().st_mode & 0o077:
+            sibling.chmod(0o600)
+
+
 def make_engine(url: str) -> Engine:
+    # hide_parameters: a failed statement's message (which reaches the log) must not carry the
+    # values it was given — environment values, SSH keys, names a client typed.
     if url.startswith("sqlite"):
+        private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=20, max_overflow=20)
+                               pool_size=20, max_overflow=20, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -82,7 +111,8 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True,
+                         hide_parameters=True)
 
 
 class Database:

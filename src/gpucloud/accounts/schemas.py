@@ -4,10 +4,10 @@ import datetime as dt
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpucloud.common import MoneyIn, MoneyOut, PositiveMoneyIn
+from gpucloud.common import MoneyIn, MoneyOut, PositiveMoneyIn, RequestModel
 
 
-class AccountCreate(BaseModel):
+class AccountCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100, examples=["acme-research"])
     balance: MoneyIn | None = None
@@ -28,12 +28,12 @@ class AccountOut(BaseModel):
     spent: MoneyOut
 
 
-class DepositIn(BaseModel):
+class DepositIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
     amount: PositiveMoneyIn
 
 
-class ApiKeyCreate(BaseModel):
+class ApiKeyCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
     expires_at: dt.datetime | None = None
 

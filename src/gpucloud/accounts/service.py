@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account, ApiKey, Meta
 from gpucloud.billing import ledger
+from gpucloud.db import plausible_id
 from gpucloud.errors import NotFound
 from gpucloud.instances.models import Instance
 
@@ -42,7 +43,7 @@ def create_account(s: Session, name: str, balance: int, now: dt.datetime) -> tup
 def create_api_key(
     s: Session, account_id: str, expires_at: dt.datetime | None, now: dt.datetime
 ) -> tuple[ApiKey, str]:
-    if s.get(Account, account_id) is None:
+    if not plausible_id(account_id) or s.get(Account, account_id) is None:
         raise NotFound("Account not found")
     key = new_key()
     row = ApiKey(
@@ -58,7 +59,7 @@ def create_api_key(
 
 
 def revoke_api_key(s: Session, key_id: str, now: dt.datetime) -> ApiKey:
-    row = s.get(ApiKey, key_id)
+    row = s.get(ApiKey, key_id) if plausible_id(key_id) else None
     if row is None:
         raise NotFound("API key not found")
     if row.revoked_at is None:
@@ -67,7 +68,7 @@ def revoke_api_key(s: Session, key_id: str, now: dt.datetime) -> ApiKey:
 
 
 def money_summary(s: Session, account_id: str) -> dict:
-    account = s.get(Account, account_id)
+    account = s.get(Account, account_id) if plausible_id(account_id) else None
     if account is None:
         raise NotFound("Account not found")
     reserved, spent = s.execute(

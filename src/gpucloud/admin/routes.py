@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gpucloud.accounts.auth import require_admin
+from gpucloud.common import NumberIn, RequestModel
 from gpucloud.errors import BadRequest
 from gpucloud.jsonresp import JSON, isoformat_z
 
 router = APIRouter(prefix="/admin", tags=["admin: clock"], dependencies=[Depends(require_admin)])
 
 
-class ClockMove(BaseModel):
+class ClockMove(RequestModel):
     model_config = ConfigDict(extra="forbid")
-    advance_seconds: float | None = Field(None, ge=0, le=10 * 365 * 86400, examples=[3600])
+    advance_seconds: Annotated[float, NumberIn] | None = Field(None, ge=0, le=10 * 365 * 86400,
+                                                              examples=[3600])
     now: dt.datetime | None = Field(None, examples=["2026-11-27T15:00:00Z"])
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from gpucloud.accounts.models import Account
 from gpucloud.billing.models import CHARGE, DEPOSIT, REFUND, RESERVE, TOPUP, LedgerEntry
 from gpucloud.clock import floor_hour
+from gpucloud.db import plausible_id
 from gpucloud.errors import INSUFFICIENT_BALANCE, BadRequest, NotFound
 from gpucloud.instances.models import ACTIVE, Instance
 
@@ -70,7 +71,7 @@ def deposit(s: Session, account_id: str, amount: int, now: dt.datetime) -> int:
     new_balance = s.execute(
         update(Account).where(Account.id == account_id)
         .values(balance=Account.balance + amount).returning(Account.balance)
-    ).scalar_one_or_none()
+    ).scalar_one_or_none() if plausible_id(account_id) else None
     if new_balance is None:
         raise NotFound("Account not found")
     _entry(s, at=now, account_id=account_id, kind=DEPOSIT, amount=amount,

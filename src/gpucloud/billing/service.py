@@ -25,7 +25,7 @@ def decode_cursor(cursor: str) -> int:
         if not raw.startswith(_CURSOR_PREFIX):
             raise ValueError(raw)
         value = int(raw[len(_CURSOR_PREFIX):])
-        if value < 1:
+        if not 1 <= value < 2**63:  # ids are BIGINT: a larger one cannot be a real cursor
             raise ValueError(raw)
         return value
     except (ValueError, binascii.Error, UnicodeDecodeError):

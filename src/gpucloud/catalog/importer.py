@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -29,21 +29,22 @@ from gpucloud.catalog.service import (
     offer_countries,
     offer_rule_errors,
 )
+from gpucloud.common import RequestModel, StrictCount
 from gpucloud.errors import FieldError
 from gpucloud.money import to_micro
 
 
-class ImagePort(PortOut):
+class ImagePort(PortOut, RequestModel):
     model_config = ConfigDict(extra="forbid")
-    port: int = Field(ge=1, le=65535, examples=[22])
+    port: StrictCount = Field(ge=1, le=65535, examples=[22])
 
 
-class ProviderDoc(BaseModel):
+class ProviderDoc(RequestModel):
     model_config = ConfigDict(extra="forbid")
     name: ProviderName
     driver: str = Field(min_length=1, max_length=32, examples=["simulated"])
     config: dict[str, Any] = Field(default_factory=dict)
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class OfferDoc(OfferFields):
@@ -51,7 +52,7 @@ class OfferDoc(OfferFields):
                                                "database")
 
 
-class ImageDoc(DefaultImageOut):
+class ImageDoc(DefaultImageOut, RequestModel):
     model_config = ConfigDict(extra="forbid")
     slug: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
     name: str = Field(min_length=1, max_length=128)
@@ -60,10 +61,10 @@ class ImageDoc(DefaultImageOut):
     expose: list[ImagePort] = Field(default_factory=list, max_length=10)
     environment: list[EnvOut] = Field(default_factory=list, max_length=64)
     startup_command: str | None = Field(None, max_length=2048)
-    requires_ssh: bool | None = None
+    requires_ssh: StrictBool | None = None
 
 
-class CatalogDoc(BaseModel):
+class CatalogDoc(RequestModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "providers": [{"name": "massed-compute", "driver": "simulated",
                        "config": {"provision_seconds": 5}}],

@@ -11,13 +11,13 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gpucloud.catalog.models import DefaultImage, Offer, OfferZone, Provider
 from gpucloud.catalog.service import gpu_json, plan_name, plan_resources
-from gpucloud.common import port_out
+from gpucloud.common import RequestModel, port_out
 from gpucloud.money import from_micro, to_micro
 
 UPFRONT_HOURS = 3
@@ -25,7 +25,7 @@ CURRENCY = "USDC"
 _VRAM = re.compile(r"^(\d+)")
 
 
-class PlanFilters(BaseModel):
+class PlanFilters(RequestModel):
     """Optional query parameters of the three plan endpoints (the public API has none)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, field_validator
 
-from gpucloud.common import MoneyOut, PositiveMoneyIn
+from gpucloud.common import MoneyOut, PositiveMoneyIn, RequestModel, StrictCount
 
 Country = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$"),
                     Field(examples=["US"], description="ISO 3166-1 alpha-2, uppercase")]
@@ -29,18 +29,18 @@ OsOption = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
 
 # --- admin: providers -------------------------------------------------------------------------
 
-class ProviderCreate(BaseModel):
+class ProviderCreate(RequestModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"name": "massed-compute", "driver": "simulated", "config": {"provision_seconds": 5}}]})
     name: ProviderName
     driver: str = Field(min_length=1, max_length=32, examples=["simulated"])
     config: dict[str, Any] = Field(default_factory=dict, examples=[{"provision_seconds": 5}])
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
-class ProviderPatch(BaseModel):
+class ProviderPatch(RequestModel):
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(examples=[False])
+    enabled: StrictBool = Field(examples=[False])
 
 
 class ProviderOut(BaseModel):
@@ -57,7 +57,7 @@ class ProviderOut(BaseModel):
 
 # --- admin: offers ----------------------------------------------------------------------------
 
-class GpuIn(BaseModel):
+class GpuIn(RequestModel):
     model_config = ConfigDict(extra="forbid")
     vendor: Ident = Field(examples=["nvidia"])
     model: Ident = Field(examples=["h100"])
@@ -71,16 +71,16 @@ class GpuIn(BaseModel):
                                       "bare-metal plans and instances")
 
 
-class OfferFields(BaseModel):
+class OfferFields(RequestModel):
     """What an offer is, shared by POST /admin/offers and the YAML catalog import."""
 
     model_config = ConfigDict(extra="forbid")
     workload: Workload = Field(examples=["container"])
     gpu: GpuIn
-    gpu_count: int = Field(ge=1, le=64, examples=[1])
-    vcpu: int = Field(ge=1, le=4096, examples=[16])
-    memory_gib: int = Field(ge=1, le=65536, examples=[128])
-    storage_gib: int = Field(ge=1, le=10_000_000, examples=[200])
+    gpu_count: StrictCount = Field(ge=1, le=64, examples=[1])
+    vcpu: StrictCount = Field(ge=1, le=4096, examples=[16])
+    memory_gib: StrictCount = Field(ge=1, le=65536, examples=[128])
+    storage_gib: StrictCount = Field(ge=1, le=10_000_000, examples=[200])
     price_hour: PositiveMoneyIn = Field(description="USDC per hour, ≤ 6 decimals", examples=[2.96])
     location: DataCenter | None = Field(
         None, description="Data-center id; required for vm/baremetal, optional for containers")
@@ -88,13 +88,13 @@ class OfferFields(BaseModel):
     countries: list[Country] | None = Field(
         None, min_length=1, max_length=64, description="Containers only: several countries",
         examples=[["US", "DE"]])
-    capacity: int = Field(ge=0, le=1_000_000_000, examples=[8],
+    capacity: StrictCount = Field(ge=0, le=1_000_000_000, examples=[8],
                           description="Instances that may run at once, per country")
-    nvlink: bool = False
+    nvlink: StrictBool = False
     os_options: list[OsOption] | None = Field(
         None, max_length=64, examples=[["Ubuntu Server 22.04", "Ubuntu Server 24.04"]],
         description="vm/baremetal only: OS images the user may pick")
-    enabled: bool = True
+    enabled: StrictBool = True
 
     @field_validator("countries", "os_options")
     @classmethod
@@ -114,11 +114,11 @@ class OfferCreate(OfferFields):
     provider_id: str = Field(min_length=1, max_length=64)
 
 
-class OfferPatch(BaseModel):
+class OfferPatch(RequestModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"capacity": 0}, {"price_hour": 2.49, "enabled": True}]})
-    enabled: bool | None = None
-    capacity: int | None = Field(None, ge=0, le=1_000_000_000,
+    enabled: StrictBool | None = None
+    capacity: StrictCount | None = Field(None, ge=0, le=1_000_000_000,
                                  description="New capacity of every zone of the offer")
     price_hour: PositiveMoneyIn | None = Field(
         None, description="Applies to new deploys; running instances keep their price")

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from gpucloud.catalog.models import Offer, OfferZone, Provider
 from gpucloud.catalog.schemas import OfferCreate, OfferFields, OfferPatch
+from gpucloud.db import plausible_id
 from gpucloud.errors import PLAN_UNAVAILABLE, BadRequest, FieldError, NotFound
 from gpucloud.money import from_micro, to_micro
 
@@ -77,11 +78,6 @@ def reject_nul(value: Any, loc: list[Any]) -> None:
     found = nul_path(value, loc)
     if found is not None:
         raise FieldError(found, "Text must not contain NUL characters", None)
-
-
-def _plausible_id(value: str) -> bool:
-    # Ids are UUIDs; anything else cannot match, and a NUL would make PostgreSQL raise.
-    return len(value) <= 64 and "\x00" not in value
 
 
 def offer_rule_errors(f: OfferFields, loc: list[Any]) -> list[tuple[list[Any], str, Any]]:
@@ -155,7 +151,7 @@ def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], 
 
 
 def get_provider(s: Session, provider_id: str) -> Provider:
-    provider = s.get(Provider, provider_id) if _plausible_id(provider_id) else None
+    provider = s.get(Provider, provider_id) if plausible_id(provider_id) else None
     if provider is None:
         raise NotFound("Provider not found")
     return provider
@@ -215,7 +211,7 @@ def add_offer(s: Session, provider_id: str, f: OfferFields, now: dt.datetime) ->
 
 
 def get_offer(s: Session, offer_id: str) -> Offer:
-    offer = s.get(Offer, offer_id) if _plausible_id(offer_id) else None
+    offer = s.get(Offer, offer_id) if plausible_id(offer_id) else None
     if offer is None:
         raise NotFound("Offer not found")
     return offer
@@ -261,11 +257,11 @@ def list_offers(s: Session, provider_id: str | None = None,
                 offer_id: str | None = None) -> list[dict[str, Any]]:
     q = select(Offer, Provider.name).join(Provider, Provider.id == Offer.provider_id)
     if provider_id is not None:
-        if not _plausible_id(provider_id):
+        if not plausible_id(provider_id):
             return []
         q = q.where(Offer.provider_id == provider_id)
     if offer_id is not None:
-        if not _plausible_id(offer_id):
+        if not plausible_id(offer_id):
             return []
         q = q.where(Offer.id == offer_id)
     rows = s.execute(q.order_by(Provider.name, Offer.workload, Offer.gpu_model, Offer.gpu_count,
@@ -351,7 +347,7 @@ def deployable(s: Session, plan_id: str, workload: str) -> tuple[Any, DeployTarg
     """The offer (a row with the offers columns) and its provider, if a deploy of `workload`
     may use it (no capacity check). Core, not ORM: this runs on every deploy."""
     row = s.connection().execute(_DEPLOYABLE, {"plan_id": plan_id}).one_or_none() \
-        if _plausible_id(plan_id) else None
+        if plausible_id(plan_id) else None
     if row is None or not row.enabled or row.workload != workload or not row.provider_enabled:
         raise BadRequest(PLAN_UNAVAILABLE)
     return row, DeployTarget(row.provider_id, row.provider_name)

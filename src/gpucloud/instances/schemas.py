@@ -25,7 +25,7 @@ from pydantic import (
 
 from gpucloud.catalog.schemas import GpuOut as GpuModel  # the plan's GPU, one schema
 from gpucloud.catalog.schemas import PortOut, Supply
-from gpucloud.common import MoneyOut
+from gpucloud.common import MoneyOut, RequestModel
 
 PORT_MESSAGE = "Port must be between 1 and 65535"
 
@@ -103,7 +103,7 @@ PortIn = Annotated[int, WithJsonSchema({
     "examples": ["22"]})]
 
 
-class ExposedPort(BaseModel):
+class ExposedPort(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"port": "22", "protocol": "tcp"}]})
     port: PortIn
     protocol: Literal["tcp", "udp", "http"] = "tcp"
@@ -127,14 +127,14 @@ class ExposedPort(BaseModel):
         return v
 
 
-class EnvVar(BaseModel):
+class EnvVar(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "MODEL_PATH",
                                                                 "value": "/models/llama"}]})
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Z][A-Z0-9_]*$")
     value: str = Field(max_length=32768)
 
 
-class RegistryCredentials(BaseModel):
+class RegistryCredentials(RequestModel):
     """Used only to pull the image; stored encrypted, never returned."""
 
     host: Literal["docker.io", "ghcr.io"]
@@ -155,7 +155,7 @@ def _unique_env(v: list[EnvVar] | None) -> list[EnvVar] | None:
     return v
 
 
-class ContainerSettingsBase(BaseModel):
+class ContainerSettingsBase(RequestModel):
     image: Image
     environment: list[EnvVar] | None = Field(None, max_length=64)
     startup_command: str | None = Field(None, max_length=2048,
@@ -191,14 +191,14 @@ class ContainerSettingsUpdate(ContainerSettingsBase):
     """`expose` cannot change after deploy: if sent, it is ignored (extra fields are)."""
 
 
-class Constraints(BaseModel):
+class Constraints(RequestModel):
     location: str | None = Field(None, pattern=r"^[A-Z]{2}$", examples=["US"])
 
 
 SshKey = Annotated[str, Field(max_length=16384, examples=[SSH_KEY_EXAMPLE])]
 
 
-class _WithSshKey(BaseModel):
+class _WithSshKey(RequestModel):
     ssh_key: SshKey | None = None
 
     @field_validator("ssh_key")
@@ -233,7 +233,7 @@ class ContainerUpdate(_WithSshKey):
     container_settings: ContainerSettingsUpdate
 
 
-class VmDeploy(BaseModel):
+class VmDeploy(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "plan_id": "0b6f2b5e-6a55-4c1b-9a53-5d3e0e8f6d7a", "name": "my-vm",
         "ssh_key": SSH_KEY_EXAMPLE, "os_image": "Ubuntu Server 22.04"}]})
@@ -248,7 +248,7 @@ class VmDeploy(BaseModel):
         return check_ssh_key(v)
 
 
-class VmRename(BaseModel):
+class VmRename(RequestModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "renamed-vm"}]})
     name: InstanceName
 

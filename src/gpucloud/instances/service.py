@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
 from gpucloud.catalog import service as catalog
-from gpucloud.db import new_id
+from gpucloud.db import new_id, plausible_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, FieldError, NotFound
 from gpucloud.instances import events
@@ -193,6 +193,8 @@ def get_owned(
     for_update: bool = False,
 ) -> Instance:
     """Another account's instance, or one of another type, is exactly as unknown as a typo."""
+    if not plausible_id(instance_id):
+        raise NotFound(INSTANCE_NOT_FOUND)
     q = select(Instance).where(
         Instance.id == instance_id,
         Instance.account_id == account_id,
@@ -264,7 +266,7 @@ def fetch_details(db, account_id: str, instance_id: str, workload: str) -> Simpl
     row = db.probe(
         _DETAILS_SQL_SQLITE if db.is_sqlite else _DETAILS_SQL_PG,
         (instance_id, account_id, workload),
-    )
+    ) if plausible_id(instance_id) else None
     if row is None:
         raise NotFound(INSTANCE_NOT_FOUND)
     return SimpleNamespace(**{k: _decode(k, v) for k, v in zip(_DETAIL_COLUMNS, row, strict=True)})
