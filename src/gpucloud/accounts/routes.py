@@ -6,6 +6,7 @@ import datetime as dt
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from gpucloud import idempotency
 from gpucloud.accounts import service
 from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.accounts.schemas import (
@@ -39,14 +40,18 @@ def get_account(request: Request, caller: Caller = Depends(current_account)):
 
 @admin.post("/accounts", status_code=201, response_model=AccountCreated,
             operation_id="adminCreateAccount")
-def create_account(body: AccountCreate, request: Request):
+def create_account(body: AccountCreate, request: Request,
+                   key: str | None = Depends(idempotency.key_header)):
     rt = request.app.state.rt
-    with rt.db.write() as s:
-        account, key = service.create_account(s, body.name, to_micro(body.balance or 0),
-                                              rt.clock.now())
-        out = {"id": account.id, "name": account.name, "balance": from_micro(account.balance),
-               "api_key": key}
-    return JSON(out, status_code=201)
+
+    def work(s) -> tuple[int, dict]:
+        account, api_key = service.create_account(s, body.name, to_micro(body.balance or 0),
+                                                  rt.clock.now())
+        return 201, {"id": account.id, "name": account.name,
+                     "balance": from_micro(account.balance), "api_key": api_key}
+
+    return idempotency.run(rt, "admin", key, idempotency.fingerprint("adminCreateAccount", body),
+                           work)
 
 
 @admin.get("/accounts/{account_id}", response_model=AccountOut, operation_id="adminGetAccount")
@@ -58,13 +63,17 @@ def get_account_admin(account_id: str, request: Request):
 
 @admin.post("/accounts/{account_id}/deposits", response_model=AccountOut,
             operation_id="adminDeposit")
-def deposit(account_id: str, body: DepositIn, request: Request):
+def deposit(account_id: str, body: DepositIn, request: Request,
+            key: str | None = Depends(idempotency.key_header)):
     rt = request.app.state.rt
-    with rt.db.write() as s:
+
+    def work(s) -> tuple[int, dict]:
         ledger.deposit(s, account_id, to_micro(body.amount), rt.clock.now())
         s.flush()
-        out = account_json(service.money_summary(s, account_id))
-    return JSON(out)
+        return 200, account_json(service.money_summary(s, account_id))
+
+    return idempotency.run(rt, "admin", key,
+                           idempotency.fingerprint(f"adminDeposit {account_id}", body), work)
 
 
 @admin.post("/accounts/{account_id}/api-keys", status_code=201, response_model=ApiKeyCreated,

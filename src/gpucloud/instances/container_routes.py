@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
@@ -50,14 +51,19 @@ def _now(rt):
 
 @router.post("/", status_code=201, response_model=Created, operation_id="deployContainer",
              summary="Deploy a container")
-def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(current_account)):
+def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(current_account),
+           key: str | None = Depends(idempotency.key_header)):
     rt = request.app.state.rt
-    with rt.db.write() as s:
+
+    def work(s) -> tuple[int, dict]:
         inst = service.deploy_container(s, rt, caller.account_id, body, _now(rt))
-        instance_id = inst.id
+        return 201, {"instance_id": inst.id}
+
+    response = idempotency.run(rt, caller.account_id, key,
+                               idempotency.fingerprint("deployContainer", body), work)
     rt.invalidate("plans")
     rt.wake.set()
-    return JSON({"instance_id": instance_id}, status_code=201)
+    return response
 
 
 @router.get("/", response_model=list[ContainerItem], operation_id="listContainers",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.fastpath import fast
 from gpucloud.instances import service, views
@@ -47,13 +48,18 @@ def _routes(kind: str, workload: str) -> None:
     title = "VM" if workload == "vm" else "Baremetal"
     tags = [f"instances: {kind}"]
 
-    def deploy(body: VmDeploy, request: Request, caller: Caller = Depends(current_account)):
+    def deploy(body: VmDeploy, request: Request, caller: Caller = Depends(current_account),
+               key: str | None = Depends(idempotency.key_header)):
         rt = request.app.state.rt
-        with rt.db.write() as s:
+
+        def work(s) -> tuple[int, dict]:
             inst = service.deploy_vm(s, rt, caller.account_id, workload, body, rt.clock.now())
-            instance_id = inst.id
+            return 201, {"instance_id": inst.id}
+
+        response = idempotency.run(rt, caller.account_id, key,
+                                   idempotency.fingerprint(f"deploy{title}", body), work)
         rt.invalidate("plans")
-        return JSON({"instance_id": instance_id}, status_code=201)
+        return response
 
     def rename(instance_id: str, body: VmRename, request: Request,
                caller: Caller = Depends(current_account)):
