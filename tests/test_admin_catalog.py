@@ -361,8 +361,8 @@ def test_nul_characters_are_422_or_404_never_500(api, rt):
     pid = api.provider("p")
     r = post_offer(api, pid, VM, os_options=["Ubuntu\u0000"])
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "os_options", 0]
-    r = post_offer(api, "bad\u0000id", CONTAINER)
-    assert r.status_code == 404
+    r = post_offer(api, "bad\u0000id", CONTAINER)  # refused at the field, before any lookup
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "provider_id"]
     assert api.client.get("/admin/offers/x%00y", headers=api.admin).status_code == 404
     assert api.client.patch("/admin/providers/x%00y", json={"enabled": True},
                             headers=api.admin).status_code == 404

@@ -170,7 +170,7 @@ def test_port_range_exhaustion_fails_and_refunds(api, rt):
     third = api.deploy(headers, offer, name="third")
     api.advance(10)
     ports = api.instance(headers, third)["network"]["forwarded_ports"]
-    assert sorted(p["external_port"] for p in ports) == [31000, 31001]
+    assert sorted(p["external_port"] for p in ports) == ["31000", "31001"]
 
 
 @pytest.mark.parametrize("config", [

@@ -28,10 +28,10 @@ def port_out(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _nul_at(value: Any) -> bool:
+    # Free-form objects (a provider's config) are not searched here: the catalog checks them
+    # where they are used and names the exact key (catalog.service.nul_path).
     if isinstance(value, str):
         return "\x00" in value
-    if isinstance(value, dict):
-        return any(_nul_at(k) or _nul_at(v) for k, v in value.items())
     if isinstance(value, (list, tuple)):
         return any(_nul_at(v) for v in value)
     return False
