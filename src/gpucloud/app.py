@@ -6,6 +6,7 @@ import inspect
 import logging
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +36,9 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Every blocking call of a request (sync routes, run_in_threadpool) takes a token of
+        # this limiter; anyio's default of 40 lets 40 threads fight over the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
         worker = None
         if settings.workers:
             from gpucloud.workers.runner import BackgroundWorker
@@ -88,10 +92,6 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(billing.admin)
     app.include_router(catalog_admin.router)
     app.include_router(admin.router)
-
-    from gpucloud.fastpath import promote
-
-    promote(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

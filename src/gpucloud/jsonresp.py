@@ -23,8 +23,6 @@ def _default(obj: Any) -> Any:
         if not obj.is_finite():
             raise TypeError("money is always finite")
         return orjson.Fragment(format(obj, "f"))  # plain digits, never an exponent
-    if isinstance(obj, dt.datetime):
-        return isoformat_z(obj)
     if isinstance(obj, BaseModel):
         return obj.model_dump(mode="python")
     if isinstance(obj, uuid.UUID):
@@ -32,15 +30,29 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
+_UTC = dt.timezone.utc
+
+
 def isoformat_z(value: dt.datetime) -> str:
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    tz = value.tzinfo
+    if tz is _UTC:  # what the database hands back: the common case, on every list row
+        return value.isoformat(timespec="seconds")[:-6] + "Z"
+    if tz is not None:
+        value = value.astimezone(_UTC).replace(tzinfo=None)
     return value.isoformat(timespec="seconds") + "Z"
 
 
+# Datetimes are written by orjson itself, in C, as `isoformat_z` would: whole seconds, UTC
+# as "Z", naive values taken as UTC. Formatting them in Python was most of the cost of an
+# instance list after the query. The database hands every timestamp back in UTC
+# (db.UTCDateTime); a value in another zone would keep its offset here, so code holding
+# one formats it with `isoformat_z` first.
+_OPTIONS = (orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS | orjson.OPT_NAIVE_UTC
+            | orjson.OPT_NON_STR_KEYS)
+
+
 def dumps(content: Any) -> bytes:
-    return orjson.dumps(content, default=_default,
-                        option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(content, default=_default, option=_OPTIONS)
 
 
 class JSON(Response):

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="On the embedded default, register a `local` Docker/Podman provider when a "
         "container engine socket is found on this machine.",
     )
+    threadpool_size: int = Field(
+        8, ge=1, le=200,
+        description="Threads that run blocking request work (database reads and writes, "
+        "driver calls of logs/events). Sized to the database pool and the cores rather than "
+        "to the number of clients: more threads only contend for the interpreter lock "
+        "(docs/api-speed.md).",
+    )
     log_level: str = Field("info", description="Log level of the server.")
     opentelemetry: bool = Field(
         False,

@@ -8,7 +8,7 @@ import hmac
 import secrets
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account, ApiKey, Meta
@@ -66,21 +66,33 @@ def revoke_api_key(s: Session, key_id: str, now: dt.datetime) -> ApiKey:
     return row
 
 
-def money_summary(s: Session, account_id: str) -> dict:
-    account = s.get(Account, account_id)
-    if account is None:
+def _instances_sum(column):
+    return (
+        select(func.coalesce(func.sum(column), 0))
+        .where(Instance.account_id == Account.id)
+        .scalar_subquery()
+    )
+
+
+# One statement, built once: GET /gpu/account is polled by consoles.
+_MONEY = select(
+    Account.id, Account.name, Account.balance,
+    _instances_sum(Instance.reserve).label("reserved"),
+    _instances_sum(Instance.spent).label("spent"),
+).where(Account.id == bindparam("account_id"))
+
+
+def money_summary(conn, account_id: str) -> dict:
+    """Balance, reserve and spend of an account (`conn`: a Session or a Connection)."""
+    row = conn.execute(_MONEY, {"account_id": account_id}).one_or_none()
+    if row is None:
         raise NotFound("Account not found")
-    reserved, spent = s.execute(
-        select(
-            func.coalesce(func.sum(Instance.reserve), 0), func.coalesce(func.sum(Instance.spent), 0)
-        ).where(Instance.account_id == account_id)
-    ).one()
     return {
-        "id": account.id,
-        "name": account.name,
-        "balance": account.balance,
-        "reserved": int(reserved),
-        "spent": int(spent),
+        "id": row.id,
+        "name": row.name,
+        "balance": row.balance,
+        "reserved": int(row.reserved),
+        "spent": int(row.spent),
     }
 
 

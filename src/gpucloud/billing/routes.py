@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field
 
 from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.billing import audit, service
-from gpucloud.billing.models import LedgerEntry
 from gpucloud.common import MoneyOut
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.money import from_micro
@@ -36,7 +35,7 @@ class TransactionPage(BaseModel):
         examples=["bGU6MTAwMQ"])
 
 
-def _item(e: LedgerEntry) -> dict:
+def _item(e) -> dict:
     return {"id": e.id, "at": isoformat_z(e.at), "kind": e.kind, "amount": from_micro(e.amount),
             "instance_id": e.instance_id, "balance_after": from_micro(e.balance_after)}
 
@@ -52,8 +51,8 @@ def list_transactions(
 ):
     """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
     rt = request.app.state.rt
-    with rt.db.read() as s:
-        page, next_cursor = service.transactions(s, caller.account_id, limit, cursor)
+    with rt.db.query() as conn:
+        page, next_cursor = service.transactions(conn, caller.account_id, limit, cursor)
         return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
 
 

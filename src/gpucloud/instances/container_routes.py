@@ -1,7 +1,7 @@
 """/gpu/instances — container instances (SPEC §3). Thin: auth, one service call, a JSON body.
 
-GET /gpu/instances/{instance_id} is a `fastpath` endpoint (plain Starlette route taking only
-the request): it is the hottest read, answered from one indexed SELECT without the ORM.
+GET /gpu/instances/{instance_id} is the hottest read: auth from memory on the event loop, one
+indexed SELECT in the threadpool.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from gpucloud.accounts.auth import (
     Caller,
@@ -18,7 +19,6 @@ from gpucloud.accounts.auth import (
 from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
-from gpucloud.fastpath import fast
 from gpucloud.instances import events as instance_events
 from gpucloud.instances import service, views
 from gpucloud.instances.schemas import (
@@ -31,7 +31,7 @@ from gpucloud.instances.schemas import (
 from gpucloud.jsonresp import JSON, isoformat_z
 
 # The header dependency only documents the X-API-KEY scheme on every operation (auth itself
-# is `current_account`, awaited directly on the fast routes).
+# is `current_account`, awaited directly by the details routes).
 router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"],
                    dependencies=[Depends(api_key_header)])
 
@@ -46,7 +46,9 @@ NOT_FOUND_DOC = {404: {
 # --- shared with vm_routes -------------------------------------------------------------------
 
 def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
-    return service.fetch_details(rt.db, account_id, instance_id, workload)
+    """Blocking: call through the threadpool."""
+    with rt.db.query() as conn:
+        return service.details_row(conn, account_id, instance_id, workload)
 
 
 def _now(rt):
@@ -74,8 +76,8 @@ router.add_api_route("", deploy, methods=["POST"], status_code=201, include_in_s
             summary="List containers, newest first")
 def list_containers(request: Request, caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    with rt.db.read() as s:
-        rows = service.list_owned(s, caller.account_id, "container")
+    with rt.db.query() as conn:
+        rows = service.list_owned(conn, caller.account_id, "container")
     return JSON([views.container_item(r) for r in rows])
 
 
@@ -85,11 +87,11 @@ router.add_api_route("", list_containers, methods=["GET"], include_in_schema=Fal
 @router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",
             summary="Container details",
             openapi_extra=PATH_ID, responses=NOT_FOUND_DOC)
-@fast
 async def get_container(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], "container")
+    row = await run_in_threadpool(fetch_row, rt, caller.account_id,
+                                  request.path_params["instance_id"], "container")
     return JSON(views.container_details(row))
 
 
