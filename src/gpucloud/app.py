@@ -7,16 +7,21 @@ import logging
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpucloud import __version__
+from gpucloud.accounts.auth import require_admin
 from gpucloud.errors import APIError, FieldError
 from gpucloud.jsonresp import JSON
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
+from gpucloud.web.context import request_id
+from gpucloud.web.logs import configure as configure_logging
+from gpucloud.web.metrics_route import metrics_endpoint
+from gpucloud.web.middleware import RequestMiddleware
 
 log = logging.getLogger("gpucloud")
 
@@ -71,7 +76,22 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.state.rt = rt
     _install_error_handlers(app)
     _include_routers(app)
+    # Operator-only, outside the public document like the rest of /admin's plumbing.
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False,
+                      dependencies=[Depends(require_admin)])
+    # The one stack every route passes (added through the public API; Starlette puts its
+    # error handling outside and the exception handlers inside it).
+    app.add_middleware(RequestMiddleware)
     return app
+
+
+def app_factory() -> FastAPI:
+    """What each process of `gpucloud serve --workers N` runs (uvicorn `--factory`): settings
+    from the environment that `serve` prepared, its own Runtime and background worker.
+    Migrations and bootstrap already ran once in `serve`."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    return create_app(settings, Runtime.build(settings, migrate=False))
 
 
 def _include_routers(app: FastAPI) -> None:
@@ -125,4 +145,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unhandled error", exc_info=exc)
-        return JSON({"detail": "Internal server error"}, status_code=500)
+        # Starlette answers this one outside the middleware stack: add the request id here.
+        rid = request_id()
+        return JSON({"detail": "Internal server error"}, status_code=500,
+                    headers={"X-Request-ID": rid} if rid else None)

@@ -102,6 +102,16 @@ class Settings(BaseSettings):
         "(docs/api-speed.md).",
     )
     log_level: str = Field("info", description="Log level of the server.")
+    log_format: Literal["auto", "text", "json"] = Field(
+        "auto",
+        description="`json`: one JSON object per log line (with the request id), for log "
+        "shippers. `text`: human-readable. `auto`: text on a terminal, JSON otherwise.",
+    )
+    access_log: bool = Field(
+        True,
+        description="One log line per request: method, route template, status, duration, "
+        "account id, request id (never bodies, keys or query strings).",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry tracing/metrics/logs (uses the globally "

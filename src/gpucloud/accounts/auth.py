@@ -12,6 +12,7 @@ from fastapi.security import APIKeyHeader
 from gpucloud.accounts import service
 from gpucloud.accounts.service import KeyCache, hash_key
 from gpucloud.errors import Forbidden
+from gpucloud.web.context import note_account
 
 # Declared as security schemes so Swagger UI offers an "Authorize" button.
 api_key_header = APIKeyHeader(name="X-API-KEY", auto_error=False)
@@ -47,6 +48,7 @@ def authenticate(rt, key: str | None) -> Caller:
     account_id, key_id, expires_at = hit
     if expires_at is not None and expires_at <= rt.clock.now():
         raise Forbidden("API key expired")
+    note_account(account_id)
     return Caller(account_id=account_id, key_id=key_id)
 
 
@@ -89,4 +91,5 @@ def cached_caller(rt, key: str | None) -> Caller | None:
     account_id, key_id, expires_at = hit
     if expires_at is not None and expires_at <= rt.clock.now():
         raise Forbidden("API key expired")
+    note_account(account_id)
     return Caller(account_id=account_id, key_id=key_id)

@@ -11,6 +11,7 @@ import time
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from gpucloud import metrics
 from gpucloud.accounts.models import Account, ApiKey, Meta
 from gpucloud.billing import ledger
 from gpucloud.errors import NotFound
@@ -109,7 +110,9 @@ class KeyCache:
     def get(self, key_hash: str):
         hit = self._entries.get(key_hash)
         if hit and hit[0] > time.monotonic():
+            metrics.API_KEY_HIT.inc()
             return hit[1:]
+        metrics.API_KEY_MISS.inc()
         return None
 
     def put(self, key_hash: str, account_id: str, key_id: str, expires_at) -> None:

@@ -9,6 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from gpucloud import metrics
 from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.billing import audit, service
 from gpucloud.common import MoneyOut
@@ -81,6 +82,9 @@ def get_audit(request: Request):
     rt = request.app.state.rt
     with rt.db.read() as s:
         report = audit.audit(s)
+    metrics.AUDIT_OK.set(1 if report.ok else 0)
+    for check in report.checks:
+        metrics.AUDIT_FAILURES.labels(check.name).set(check.failures)
     return JSON({
         "ok": report.ok, "deposits": from_micro(report.deposits),
         "balances": from_micro(report.balances), "reserves": from_micro(report.reserves),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
@@ -244,6 +244,23 @@ def details_row(conn, account_id: str, instance_id: str, workload: str) -> Any:
 
 def list_owned(conn, account_id: str, workload: str) -> list[Any]:
     return conn.execute(_LIST, {"account_id": account_id, "workload": workload}).all()
+
+
+_BY_STATE = select(Instance.status, Instance.workload, func.count()).group_by(
+    Instance.status, Instance.workload)
+_OLDEST_DUE = select(func.min(Instance.next_check_at)).where(
+    Instance.op.is_not(None), Instance.next_check_at <= bindparam("now"))
+
+
+def count_by_state(conn) -> dict[tuple[str, str], int]:
+    """(status, workload) → instances, for the operator's metrics."""
+    return {(status, workload): n for status, workload, n in conn.execute(_BY_STATE)}
+
+
+def queue_lag_seconds(conn, now: dt.datetime) -> float:
+    """How long the oldest due background step has been waiting (server clock); 0 if none."""
+    oldest = conn.execute(_OLDEST_DUE, {"now": now}).scalar()
+    return max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
 
 
 # --- changes --------------------------------------------------------------------------------
