@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     workers: bool = Field(
         True, description="Run the background lifecycle and billing workers in this process."
     )
+    processes: int = Field(
+        1, ge=1, le=64,
+        description="Server processes (`gpucloud serve --workers N`), each with its own "
+        "background workers, coordinated through the database's leased rows. PostgreSQL "
+        "only for more than 1.",
+    )
     worker_interval_seconds: float = Field(
         0.5, description="How often the background worker looks for due work (wall clock)."
     )
