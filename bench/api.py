@@ -161,7 +161,7 @@ def run_backend(name: str, db_url: str | None, args) -> list[tuple]:
                 server.wait()
             todo = [("bare Starlette (plans bytes)", bare_port, loadgen.Request("GET", "/bare", {}))]
             todo += [(label, port, req) for label, req in cases(ctx)
-                     if not args.only or args.only in label]
+                     if not args.only or any(o in label for o in args.only.split(","))]
             for label, p, req in todo:
                 res = {c: loadgen.measure(HOST, p, req, seconds=args.seconds, connections=c)
                        for c in (32, 1)}
@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=1, help="server processes (PostgreSQL only)")
     ap.add_argument("--hold", action="store_true",
                     help="set up, print the address and key, and keep serving (for a profiler)")
-    ap.add_argument("--only", default="", help="only endpoints whose label contains this")
+    ap.add_argument("--only", default="", help="only endpoints whose label contains one of these (comma-separated)")
     ap.add_argument("--pg-url", default=os.environ.get(
         "GPUCLOUD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/gpucloud_bench"))
     args = ap.parse_args()
