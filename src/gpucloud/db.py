@@ -98,8 +98,10 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True,
-                         json_deserializer=orjson.loads)
+    # No pool_pre_ping: it costs a round trip on every checkout, i.e. on every request. A
+    # connection broken by a database restart fails one statement; SQLAlchemy then sees the
+    # disconnect and replaces every connection of the pool opened before it.
+    return create_engine(url, pool_size=20, max_overflow=20, json_deserializer=orjson.loads)
 
 
 class Database:

@@ -16,7 +16,6 @@ from gpucloud.accounts.auth import (
     api_key_header,
     current_account,
 )
-from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
 from gpucloud.instances import events as instance_events
@@ -120,12 +119,11 @@ def terminate_container(instance_id: str, request: Request,
     return Response(status_code=204)
 
 
-def _with_driver(rt, account_id: str, instance_id: str):
-    with rt.db.read() as s:
-        inst = service.get_owned(s, account_id, instance_id, CONTAINER)
-        provider = s.get(Provider, inst.provider_id)
-        ours = instance_events.for_instance(s, instance_id)
-    driver = rt.driver_for(provider.id, provider.driver, provider.config or {})
+def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = False):
+    with rt.db.query() as conn:
+        inst = service.driver_target(conn, account_id, instance_id, "container")
+        ours = instance_events.for_instance(conn, instance_id) if with_events else []
+    driver = rt.driver_for(inst.provider_id, inst.driver, inst.config or {})
     return inst, driver, ours
 
 
@@ -151,7 +149,7 @@ def container_logs(instance_id: str, request: Request, last: int | None = LAST,
 def container_events(instance_id: str, request: Request, last: int | None = LAST,
                      caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id)
+    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id, with_events=True)
     try:
         theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
     except DriverError:

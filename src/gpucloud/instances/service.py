@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
 from gpucloud.catalog import service as catalog
+from gpucloud.catalog.models import Provider
 from gpucloud.db import new_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, FieldError, NotFound
@@ -244,6 +245,26 @@ def details_row(conn, account_id: str, instance_id: str, workload: str) -> Any:
 
 def list_owned(conn, account_id: str, workload: str) -> list[Any]:
     return conn.execute(_LIST, {"account_id": account_id, "workload": workload}).all()
+
+
+_DRIVER_TARGET = (
+    select(Instance.id, Instance.driver_state, Provider.id.label("provider_id"),
+           Provider.driver, Provider.config)
+    .join(Provider, Provider.id == Instance.provider_id)
+    .where(Instance.id == bindparam("instance_id"),
+           Instance.account_id == bindparam("account_id"),
+           Instance.workload == bindparam("workload"))
+)
+
+
+def driver_target(conn, account_id: str, instance_id: str, workload: str) -> Any:
+    """What a logs/events read needs to ask the provider: the instance's id and driver state,
+    its provider's id, driver and config (one statement)."""
+    row = conn.execute(_DRIVER_TARGET, {"instance_id": instance_id, "account_id": account_id,
+                                        "workload": workload}).one_or_none()
+    if row is None:
+        raise NotFound(INSTANCE_NOT_FOUND)
+    return row
 
 
 _BY_STATE = select(Instance.status, Instance.workload, func.count()).group_by(
