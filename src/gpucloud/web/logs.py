@@ -7,9 +7,9 @@ handler (`serve` passes `log_config=None`).
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import sys
+import time
 
 import orjson
 
@@ -28,9 +28,10 @@ class RequestIdFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        created = record.created
         out = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            + f".{int(created % 1 * 1000):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -65,6 +66,13 @@ def use_json(fmt: str, stream=None) -> bool:
 
 def configure(level: str = "info", fmt: str = "auto", access_log: bool = True) -> None:
     """Install one stderr handler on the root logger (again: replaces the previous one)."""
+    # Every request logs a line: skip what no formatter here shows (the caller's file and
+    # line, found by walking the stack; thread and process names). The logging docs list
+    # these switches for exactly this.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:

@@ -5,8 +5,8 @@ useful here): it wraps `send` to learn the status and add the header, and costs 
 microseconds per request.
 
 - `X-Request-ID`: taken from the request when it is a plausible id (1–128 characters of
-  `A-Za-z0-9._:-`), otherwise generated; sent back on every response and set in a contextvar
-  that the logging filter adds to every log line of the request.
+  `A-Za-z0-9._:-`), otherwise generated (32 hex digits); sent back on every response and set
+  in a contextvar that the logging filter adds to every log line of the request.
 - Access log: one line per request on the `gpucloud.access` logger — method, route template
   (never the raw path, which holds ids), status, duration, account id, request id. Never
   bodies, query strings, keys or other headers.
@@ -16,9 +16,9 @@ microseconds per request.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
 from gpucloud import metrics
 from gpucloud.web.context import RequestInfo, current
@@ -44,7 +44,7 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope["headers"]) or uuid.uuid4().hex
+        rid = _incoming_id(scope["headers"]) or os.urandom(16).hex()
         info = RequestInfo(rid)
         # Not reset afterwards: each request runs in its own task (so its own context), and
         # the app's 500 handler, which runs outside this middleware, still reads it.
