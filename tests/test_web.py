@@ -145,6 +145,8 @@ def test_metrics_are_operator_only_and_describe_requests_instances_money(client,
     assert client.get("/admin/audit", headers=api.admin).json()["ok"] is True
     text = client.get("/metrics", headers=api.admin).text
     assert _metric(text, "gpucloud_instances", state="ACTIVE", workload="container") == 1
+    # A state that emptied reads 0 (not its last count).
+    assert _metric(text, "gpucloud_instances", state="INITIALIZED", workload="container") == 0
     assert _metric(text, "gpucloud_http_requests_total", **route) == gets + 2
     assert _metric(text, "gpucloud_http_request_duration_seconds_count", **route) == gets + 2
     assert _metric(text, "gpucloud_api_key_cache_total", result="hit") >= hits + 1

@@ -3,7 +3,9 @@
 A leaf module: domains, drivers and workers record into these without importing anything above
 them. With several server processes (`gpucloud serve --workers N`) prometheus-client's
 multiprocess mode aggregates them (PROMETHEUS_MULTIPROC_DIR, set by `serve`); the gauges
-computed from the database at scrape time are the same in every process, hence "max".
+computed from the database at scrape time report the value of the latest scrape, whichever
+live process answered it ("livemostrecent": an older, higher count of another process must
+not win).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ REQUEST_SECONDS = Histogram("gpucloud_http_request_duration_seconds",
                             ["method", "route", "status"], buckets=_LATENCY_BUCKETS)
 
 INSTANCES = Gauge("gpucloud_instances", "Instances by public status and workload (at scrape)",
-                  ["state", "workload"], multiprocess_mode="max")
+                  ["state", "workload"], multiprocess_mode="livemostrecent")
 QUEUE_LAG = Gauge("gpucloud_worker_queue_lag_seconds",
                   "How far behind the server clock the oldest due background step is "
-                  "(0 when nothing is due; at scrape)", multiprocess_mode="max")
+                  "(0 when nothing is due; at scrape)", multiprocess_mode="livemostrecent")
 
 DRIVER_SECONDS = Histogram("gpucloud_driver_call_duration_seconds",
                            "Driver calls (create, status, update, delete, logs, events, …)",

@@ -22,14 +22,18 @@ from starlette.responses import Response
 from gpucloud import metrics
 from gpucloud.instances import service as instances
 
+# Every (state, workload) ever reported: one that has no instances any more is set to 0
+# rather than dropped (a multiprocess file keeps the last value of a dropped label).
+_seen: set[tuple[str, str]] = set()
+
 
 def _refresh_gauges(rt) -> None:
     with rt.db.query() as conn:
         counts = instances.count_by_state(conn)
         lag = instances.queue_lag_seconds(conn, rt.clock.now())
-    metrics.INSTANCES.clear()
-    for (state, workload), n in counts.items():
-        metrics.INSTANCES.labels(state, workload).set(n)
+    _seen.update(counts)
+    for labels in sorted(_seen):
+        metrics.INSTANCES.labels(*labels).set(counts.get(labels, 0))
     metrics.QUEUE_LAG.set(lag)
 
 
