@@ -1,12 +1,18 @@
-"""API throughput: gpucloud on SQLite with the demo catalog vs a bare Starlette app.
+"""API throughput: every authenticated GET under /gpu, and deploy, against a bare Starlette app.
 
-    .venv/bin/python bench/api.py [--seconds 5] [--connections 32]
+    .venv/bin/python bench/api.py [--db sqlite,postgres] [--seconds 2] [--procs 1]
+                                  [--only instances] [--pg-url postgresql://…/gpucloud_bench]
 
-Starts `gpucloud serve` (SQLite in a temp dir, demo catalog, background workers off so they
-don't compete for the two cores) and a bare Starlette app returning the same bytes as
-GET /gpu/plans/, drives each with the same load generator, and prints requests/s, p50/p99
-latency and the ratio to the baseline. Deploys go to a high-capacity offer on an account with
-a large balance so they measure the API, not running out of either.
+For each database: starts `gpucloud serve` (demo catalog, background workers off so they do
+not compete for the cores, manual clock; metrics, request ids and the access log on as in
+production, the log going to /dev/null), fills one account with 100 containers, 100 VMs and
+100 bare-metal servers (so each instance list holds 100), activates them by moving the clock,
+and starts a bare Starlette app returning the same bytes as GET /gpu/plans/. Each endpoint is
+driven at 32 connections and at 1 connection (wrk when installed, else bench/loadgen.py's
+asyncio client). The table shows req/s, p50/p99 and the ratio to the bare app at 32
+connections, measured in the same run.
+
+Figures are noisy on a shared 2-core machine: compare the ratios within one run.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 import loadgen  # noqa: E402
@@ -27,91 +34,180 @@ from servers import free_port, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "bench-admin-key"
+HOST = "127.0.0.1"
+N = 100
+SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl "
+           "bench@gpucloud")
 
 
-def start_gpucloud(tmp: Path, port: int) -> subprocess.Popen:
+def start_gpucloud(tmp: Path, port: int, db_url: str | None, procs: int) -> subprocess.Popen:
     env = dict(os.environ, GPUCLOUD_DATA_DIR=str(tmp), GPUCLOUD_ADMIN_KEY=ADMIN,
-               GPUCLOUD_WORKERS="0", GPUCLOUD_LOCAL_PROVIDER="0", GPUCLOUD_LOG_LEVEL="warning")
+               GPUCLOUD_WORKERS="0", GPUCLOUD_LOCAL_PROVIDER="0", GPUCLOUD_LOG_LEVEL="info",
+               GPUCLOUD_CLOCK="manual", GPUCLOUD_DEMO="1", GPUCLOUD_LOG_FORMAT="json",
+               GPUCLOUD_SECRET_KEY="x2yqkR1o2D2m3Gm0bnxkV8cJmJb8G0r5Q0c2yD3rW7s=")
     env.pop("GPUCLOUD_DATABASE_URL", None)
-    proc = subprocess.Popen([str(ROOT / ".venv/bin/gpucloud"), "serve", "--port", str(port)],
-                            env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+    if db_url:
+        env["GPUCLOUD_DATABASE_URL"] = db_url
+    cmd = [str(ROOT / ".venv/bin/gpucloud"), "serve", "--port", str(port)]
+    if procs > 1:
+        cmd += ["--workers", str(procs)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_ready(f"http://127.0.0.1:{port}/gpu/api-docs/openapi.json")
+    wait_ready(f"http://{HOST}:{port}/gpu/api-docs/openapi.json")
     return proc
 
 
-def setup(base: str) -> tuple[str, str, str]:
-    admin = {"X-ADMIN-KEY": ADMIN}
-    with httpx.Client(base_url=base, timeout=30) as c:
-        acct = c.post("/admin/accounts", json={"name": "bench", "balance": "1000000000"},
-                      headers=admin).json()
-        prov = c.post("/admin/providers", json={"name": "bench-sim", "driver": "simulated",
-                                                "config": {}}, headers=admin).json()
-        offer = c.post("/admin/offers", headers=admin, json={
-            "provider_id": prov["id"], "workload": "container",
+def fresh_pg(url: str) -> str:
+    base, name = url.rsplit("/", 1)
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url
+
+
+def _offer(c: httpx.Client, provider_id: str, workload: str) -> str:
+    body = {"provider_id": provider_id, "workload": workload,
             "gpu": {"vendor": "nvidia", "model": "h100", "vram": "80Gi", "interface": "SXM"},
             "gpu_count": 1, "vcpu": 16, "memory_gib": 128, "storage_gib": 200,
-            "price_hour": "0.5", "countries": ["US"], "capacity": 100_000_000}).json()
-        key = acct["api_key"]
-        r = c.post("/gpu/instances/", headers={"X-API-KEY": key},
-                   json=deploy_body(offer["id"]))
-        r.raise_for_status()
-        return key, offer["id"], r.json()["instance_id"]
+            "price_hour": "0.5", "capacity": 100_000_000}
+    if workload == "container":
+        body["countries"] = ["US"]
+    else:
+        body |= {"location": "us-bench-1", "country": "US",
+                 "os_options": ["Ubuntu Server 22.04"]}
+    r = c.post("/admin/offers", headers={"X-ADMIN-KEY": ADMIN}, json=body)
+    r.raise_for_status()
+    return r.json()["id"]
 
 
 def deploy_body(plan_id: str) -> dict:
     return {"plan_id": plan_id, "name": "bench",
             "container_settings": {"image": "docker.io/library/ubuntu:22.04",
-                                   "expose": [{"port": "22", "protocol": "tcp"}]}}
+                                   "expose": [{"port": 22, "protocol": "tcp"}]}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--connections", type=int, default=32)
-    args = ap.parse_args()
+def setup(base: str) -> dict:
+    admin = {"X-ADMIN-KEY": ADMIN}
+    with httpx.Client(base_url=base, timeout=60) as c:
+        acct = c.post("/admin/accounts", json={"name": "bench", "balance": "1000000000"},
+                      headers=admin).json()
+        prov = c.post("/admin/providers", json={"name": "bench-sim", "driver": "simulated",
+                                                "config": {}}, headers=admin).json()
+        key = {"X-API-KEY": acct["api_key"]}
+        plans = {w: _offer(c, prov["id"], w) for w in ("container", "vm", "baremetal")}
+        ids: dict[str, str] = {}
+        for _ in range(N):
+            r = c.post("/gpu/instances/", headers=key, json=deploy_body(plans["container"]))
+            r.raise_for_status()
+            ids["container"] = r.json()["instance_id"]
+            for kind, workload in (("vms", "vm"), ("baremetal", "baremetal")):
+                r = c.post(f"/gpu/instances/{kind}", headers=key, json={
+                    "plan_id": plans[workload], "name": "bench", "os_image": "Ubuntu Server 22.04",
+                    "ssh_key": SSH_KEY})
+                r.raise_for_status()
+                ids[workload] = r.json()["instance_id"]
+        # Provisioning of the simulated driver takes seconds of server clock: move it.
+        c.post("/admin/clock", headers=admin, json={"advance_seconds": 120}).raise_for_status()
+        details = c.get(f"/gpu/instances/{ids['container']}", headers=key).json()
+        assert details["instance_status"] == "ACTIVE", details
+        return {"key": acct["api_key"], "plan": plans["container"], **ids}
 
+
+def cases(ctx: dict) -> list[tuple[str, loadgen.Request]]:
+    hdr = {"X-API-KEY": ctx["key"]}
+    cid, vid = ctx["container"], ctx["vm"]
+    gets = [
+        ("GET /gpu/plans/", "/gpu/plans/"),
+        ("GET /gpu/plans/vms", "/gpu/plans/vms"),
+        ("GET /gpu/plans/baremetal", "/gpu/plans/baremetal"),
+        ("GET /gpu/default-images/", "/gpu/default-images/"),
+        ("GET /gpu/instances/ (100)", "/gpu/instances/"),
+        ("GET /gpu/instances/vms (100)", "/gpu/instances/vms"),
+        ("GET /gpu/instances/baremetal (100)", "/gpu/instances/baremetal"),
+        ("GET /gpu/instances/{id}", f"/gpu/instances/{cid}"),
+        ("GET /gpu/instances/vms/{id}", f"/gpu/instances/vms/{vid}"),
+        ("GET /gpu/instances/{id}/logs?last=20", f"/gpu/instances/{cid}/logs?last=20"),
+        ("GET /gpu/instances/{id}/events", f"/gpu/instances/{cid}/events"),
+        ("GET /gpu/account", "/gpu/account"),
+        ("GET /gpu/account/transactions", "/gpu/account/transactions"),
+    ]
+    out = [(label, loadgen.Request("GET", path, hdr)) for label, path in gets]
+    out.append(("POST /gpu/instances/ (deploy)", loadgen.Request(
+        "POST", "/gpu/instances/", hdr, json.dumps(deploy_body(ctx["plan"])).encode())))
+    return out
+
+
+def run_backend(name: str, db_url: str | None, args) -> list[tuple]:
+    rows = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         port, bare_port = free_port(), free_port()
-        server = start_gpucloud(tmp, port)
+        server = start_gpucloud(tmp, port, db_url, args.procs)
         bare = None
         try:
-            base = f"http://127.0.0.1:{port}"
-            key, plan_id, instance_id = setup(base)
-            plans_body = httpx.get(base + "/gpu/plans/", headers={"X-API-KEY": key}).content
-            (tmp / "body.json").write_bytes(plans_body)
+            base = f"http://{HOST}:{port}"
+            ctx = setup(base)
+            body = httpx.get(base + "/gpu/plans/", headers={"X-API-KEY": ctx["key"]}).content
+            (tmp / "body.json").write_bytes(body)
             bare = subprocess.Popen([sys.executable, str(ROOT / "bench/bare_app.py"),
                                      str(bare_port), str(tmp / "body.json")])
-            wait_ready(f"http://127.0.0.1:{bare_port}/bare")
-
-            hdr = {"X-API-KEY": key}
-            host = "127.0.0.1"
-            cases = [
-                ("bare Starlette (same bytes as /gpu/plans/)", bare_port, "GET", "/bare", {}, None),
-                ("GET /gpu/plans/", port, "GET", "/gpu/plans/", hdr, None),
-                ("GET /gpu/plans/vms", port, "GET", "/gpu/plans/vms", hdr, None),
-                ("GET /gpu/instances/{id}", port, "GET", f"/gpu/instances/{instance_id}", hdr,
-                 None),
-                ("POST /gpu/instances/", port, "POST", "/gpu/instances/", hdr,
-                 json.dumps(deploy_body(plan_id)).encode()),
-            ]
-            print(f"plans body: {len(plans_body)} bytes; {args.connections} connections, "
-                  f"{args.seconds:.0f} s per endpoint; SQLite; {os.cpu_count()} cores\n")
-            print(f"{'endpoint':45} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}  status")
-            baseline = None
-            for label, p, method, path, headers, body in cases:
-                req = loadgen.build_request(method, path, f"{host}:{p}", headers, body)
-                res = loadgen.measure(host, p, req, seconds=args.seconds,
-                                      connections=args.connections)
-                baseline = baseline or res.rps
-                print(f"{label:45} {res.rps:9.0f} {res.pct(50):8.2f} {res.pct(99):8.2f} "
-                      f"{res.rps / baseline:7.2f}x  {res.statuses}")
+            wait_ready(f"http://{HOST}:{bare_port}/bare")
+            if args.hold:
+                print(f"serving on {base} (pid {server.pid}), X-API-KEY {ctx['key']}, "
+                      f"container {ctx['container']}; Ctrl-C to stop", flush=True)
+                server.wait()
+            todo = [("bare Starlette (plans bytes)", bare_port, loadgen.Request("GET", "/bare", {}))]
+            todo += [(label, port, req) for label, req in cases(ctx)
+                     if not args.only or any(o in label for o in args.only.split(","))]
+            for label, p, req in todo:
+                res = {c: loadgen.measure(HOST, p, req, seconds=args.seconds, connections=c)
+                       for c in (32, 1)}
+                rows.append((name, label, res))
+                _print_row(rows[0][2][32].rps, label, res)
         finally:
             for proc in (server, bare):
                 if proc is not None:
                     proc.terminate()
-                    proc.wait(10)
+                    proc.wait(20)
+    return rows
+
+
+def _statuses(res) -> str:
+    return ",".join(f"{s}" if len(res.statuses) == 1 else f"{s}:{n}"
+                    for s, n in sorted(res.statuses.items()))
+
+
+def _print_row(bare_rps: float, label: str, res: dict) -> None:
+    c32, c1 = res[32], res[1]
+    print(f"{label:40} {c32.rps:8.0f} {c32.pct(50):7.2f} {c32.pct(99):7.2f} "
+          f"{c1.rps:7.0f} {c1.pct(50):6.2f} {c1.pct(99):6.2f} "
+          f"{c32.rps / bare_rps:6.2f}x {c32.rps / c1.rps if c1.rps else 0:6.2f}  "
+          f"{_statuses(c32)}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", default="sqlite,postgres")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--procs", type=int, default=1, help="server processes (PostgreSQL only)")
+    ap.add_argument("--hold", action="store_true",
+                    help="set up, print the address and key, and keep serving (for a profiler)")
+    ap.add_argument("--only", default="", help="only endpoints whose label contains one of these (comma-separated)")
+    ap.add_argument("--pg-url", default=os.environ.get(
+        "GPUCLOUD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/gpucloud_bench"))
+    args = ap.parse_args()
+    print(f"load generator: {loadgen.engine()}; {args.seconds:.0f} s per run; "
+          f"{os.cpu_count()} cores (shared: figures are noisy, compare ratios within a run)")
+    for name in args.db.split(","):
+        url = None if name == "sqlite" else fresh_pg(args.pg_url)
+        procs = f", {args.procs} processes" if args.procs > 1 else ""
+        print(f"\n{name}{procs}")
+        print(f"{'endpoint':40} {'c32 r/s':>8} {'p50':>7} {'p99':>7} {'c1 r/s':>7} {'p50':>6} "
+              f"{'p99':>6} {'vs bare':>7} {'c32/c1':>6}  status")
+        run_backend(name, url, args)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,22 @@ import logging
 import traceback
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpucloud import __version__, openapi
+from gpucloud.accounts.auth import require_admin
 from gpucloud.errors import APIError, FieldError, safe_error
 from gpucloud.jsonresp import JSON
 from gpucloud.routing import add_slash_twins
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
+from gpucloud.web.context import request_id
+from gpucloud.web.logs import configure as configure_logging
+from gpucloud.web.metrics_route import metrics_endpoint
+from gpucloud.web.middleware import RequestMiddleware
 
 log = logging.getLogger("gpucloud")
 MAX_ERRORS = 100  # 422 entries shown; the rest are the same mistakes again
@@ -37,6 +43,9 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Every blocking call of a request (sync routes, run_in_threadpool) takes a token of
+        # this limiter; anyio's default of 40 lets 40 threads fight over the GIL.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
         worker = None
         if settings.workers:
             from gpucloud.workers.runner import BackgroundWorker
@@ -72,7 +81,22 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     openapi.install(app)
     # The Fluence docs also name this address for the document.
     app.add_route("/gpu/openapi.json", lambda _: JSON(app.openapi()), include_in_schema=False)
+    # Operator-only, outside the public document like the rest of /admin's plumbing.
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False,
+                      dependencies=[Depends(require_admin)])
+    # The one stack every route passes (added through the public API; Starlette puts its
+    # error handling outside and the exception handlers inside it).
+    app.add_middleware(RequestMiddleware)
     return app
+
+
+def app_factory() -> FastAPI:
+    """What each process of `gpucloud serve --workers N` runs (uvicorn `--factory`): settings
+    from the environment that `serve` prepared, its own Runtime and background worker.
+    Migrations and bootstrap already ran once in `serve`."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    return create_app(settings, Runtime.build(settings, migrate=False))
 
 
 def _include_routers(app: FastAPI) -> None:
@@ -90,10 +114,6 @@ def _include_routers(app: FastAPI) -> None:
                    admin.router):
         add_slash_twins(router)
         app.include_router(router)
-
-    from gpucloud.fastpath import promote
-
-    promote(app)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -124,4 +144,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         trace = "".join(traceback.format_exception(exc, chain=False))
         log.error("unhandled %s on %s %s\n%s", type(exc).__name__, request.method,
                   request.url.path, trace)
-        return JSON({"detail": "Internal server error"}, status_code=500)
+        # Starlette answers this one outside the middleware stack: add the request id here.
+        rid = request_id()
+        return JSON({"detail": "Internal server error"}, status_code=500,
+                    headers={"X-Request-ID": rid} if rid else None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from gpucloud.clock import Clock, ManualClock, SystemClock
 from gpucloud.db import Database
+from gpucloud.drivers.instrumented import Instrumented
 from gpucloud.secrets import SecretBox, load_or_create_key
 from gpucloud.settings import Settings
 
@@ -52,7 +53,8 @@ class Runtime:
         with self._drivers_lock:
             drv = self._drivers.get(key)
             if drv is None:
-                drv = driver_class(driver_name)(provider_id, config, self)
+                drv = Instrumented(driver_class(driver_name)(provider_id, config, self),
+                                   driver_name)
                 self._drivers[key] = drv
             return drv
 

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     workers: bool = Field(
         True, description="Run the background lifecycle and billing workers in this process."
     )
+    processes: int = Field(
+        1, ge=1, le=64,
+        description="Server processes (`gpucloud serve --workers N`), each with its own "
+        "background workers, coordinated through the database's leased rows. PostgreSQL "
+        "only for more than 1.",
+    )
     worker_interval_seconds: float = Field(
         0.5, description="How often the background worker looks for due work (wall clock)."
     )
@@ -94,7 +100,24 @@ class Settings(BaseSettings):
         description="On the embedded default, register a `local` Docker/Podman provider when a "
         "container engine socket is found on this machine.",
     )
+    threadpool_size: int = Field(
+        8, ge=1, le=200,
+        description="Threads that run blocking request work (database reads and writes, "
+        "driver calls of logs/events). Sized to the database pool and the cores rather than "
+        "to the number of clients: more threads only contend for the interpreter lock "
+        "(docs/api-speed.md).",
+    )
     log_level: str = Field("info", description="Log level of the server.")
+    log_format: Literal["auto", "text", "json"] = Field(
+        "auto",
+        description="`json`: one JSON object per log line (with the request id), for log "
+        "shippers. `text`: human-readable. `auto`: text on a terminal, JSON otherwise.",
+    )
+    access_log: bool = Field(
+        True,
+        description="One log line per request: method, route template, status, duration, "
+        "account id, request id (never bodies, keys or query strings).",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry tracing/metrics/logs (uses the globally "

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from gpucloud.accounts import service
 from gpucloud.accounts.service import KeyCache, hash_key
 from gpucloud.errors import Forbidden
+from gpucloud.web.context import note_account
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ def authenticate(rt, key: str | None) -> Caller:
     account_id, key_id, expires_at = hit
     if expires_at is not None and expires_at <= rt.clock.now():
         raise Forbidden("API key expired")
+    note_account(account_id)
     return Caller(account_id=account_id, key_id=key_id)
 
 
@@ -105,4 +107,5 @@ def cached_caller(rt, key: str | None) -> Caller | None:
     account_id, key_id, expires_at = hit
     if expires_at is not None and expires_at <= rt.clock.now():
         raise Forbidden("API key expired")
+    note_account(account_id)
     return Caller(account_id=account_id, key_id=key_id)

@@ -34,8 +34,8 @@ def account_json(summary: dict) -> dict:
 @public.get("/account", response_model=AccountOut, operation_id="getAccount")
 def get_account(request: Request, caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    with rt.db.read() as s:
-        return JSON(account_json(service.money_summary(s, caller.account_id)))
+    with rt.db.query() as conn:
+        return JSON(account_json(service.money_summary(conn, caller.account_id)))
 
 
 @admin.post("/accounts", status_code=201, response_model=AccountCreated,

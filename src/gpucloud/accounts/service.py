@@ -8,9 +8,10 @@ import hmac
 import secrets
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from gpucloud import metrics
 from gpucloud.accounts.models import Account, ApiKey, Meta
 from gpucloud.billing import ledger
 from gpucloud.db import plausible_id
@@ -67,21 +68,34 @@ def revoke_api_key(s: Session, key_id: str, now: dt.datetime) -> ApiKey:
     return row
 
 
-def money_summary(s: Session, account_id: str) -> dict:
-    account = s.get(Account, account_id) if plausible_id(account_id) else None
-    if account is None:
+def _instances_sum(column):
+    return (
+        select(func.coalesce(func.sum(column), 0))
+        .where(Instance.account_id == Account.id)
+        .scalar_subquery()
+    )
+
+
+# One statement, built once: GET /gpu/account is polled by consoles.
+_MONEY = select(
+    Account.id, Account.name, Account.balance,
+    _instances_sum(Instance.reserve).label("reserved"),
+    _instances_sum(Instance.spent).label("spent"),
+).where(Account.id == bindparam("account_id"))
+
+
+def money_summary(conn, account_id: str) -> dict:
+    """Balance, reserve and spend of an account (`conn`: a Session or a Connection)."""
+    row = conn.execute(_MONEY, {"account_id": account_id}).one_or_none() \
+        if plausible_id(account_id) else None
+    if row is None:
         raise NotFound("Account not found")
-    reserved, spent = s.execute(
-        select(
-            func.coalesce(func.sum(Instance.reserve), 0), func.coalesce(func.sum(Instance.spent), 0)
-        ).where(Instance.account_id == account_id)
-    ).one()
     return {
-        "id": account.id,
-        "name": account.name,
-        "balance": account.balance,
-        "reserved": int(reserved),
-        "spent": int(spent),
+        "id": row.id,
+        "name": row.name,
+        "balance": row.balance,
+        "reserved": int(row.reserved),
+        "spent": int(row.spent),
     }
 
 
@@ -98,7 +112,9 @@ class KeyCache:
     def get(self, key_hash: str):
         hit = self._entries.get(key_hash)
         if hit and hit[0] > time.monotonic():
+            metrics.API_KEY_HIT.inc()
             return hit[1:]
+        metrics.API_KEY_MISS.inc()
         return None
 
     def put(self, key_hash: str, account_id: str, key_id: str, expires_at) -> None:

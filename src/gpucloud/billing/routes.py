@@ -9,9 +9,9 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from gpucloud import metrics
 from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.billing import audit, service
-from gpucloud.billing.models import LedgerEntry
 from gpucloud.common import MoneyOut
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.money import from_micro
@@ -36,7 +36,7 @@ class TransactionPage(BaseModel):
         examples=["bGU6MTAwMQ"])
 
 
-def _item(e: LedgerEntry) -> dict:
+def _item(e) -> dict:
     return {"id": e.id, "at": isoformat_z(e.at), "kind": e.kind, "amount": from_micro(e.amount),
             "instance_id": e.instance_id, "balance_after": from_micro(e.balance_after)}
 
@@ -52,8 +52,8 @@ def list_transactions(
 ):
     """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
     rt = request.app.state.rt
-    with rt.db.read() as s:
-        page, next_cursor = service.transactions(s, caller.account_id, limit, cursor)
+    with rt.db.query() as conn:
+        page, next_cursor = service.transactions(conn, caller.account_id, limit, cursor)
         return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
 
 
@@ -82,6 +82,9 @@ def get_audit(request: Request):
     rt = request.app.state.rt
     with rt.db.read() as s:
         report = audit.audit(s)
+    metrics.AUDIT_OK.set(1 if report.ok else 0)
+    for check in report.checks:
+        metrics.AUDIT_FAILURES.labels(check.name).set(check.failures)
     return JSON({
         "ok": report.ok, "deposits": from_micro(report.deposits),
         "balances": from_micro(report.balances), "reserves": from_micro(report.reserves),

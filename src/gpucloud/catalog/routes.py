@@ -1,8 +1,8 @@
 """GET /gpu/plans/, /gpu/plans/vms, /gpu/plans/baremetal, /gpu/default-images/.
 
-The hottest read endpoints of the API. Each takes only `request` (so `fastpath` can serve it as
-a bare Starlette route), authenticates from memory when it can, and returns bytes rendered once
-and cached (catalog/cache.py). Database work runs in the threadpool, never on the event loop.
+The hottest read endpoints of the API. Each authenticates from memory when it can and returns
+bytes rendered once and cached (catalog/cache.py). Database work runs in the threadpool, never
+on the event loop.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from gpucloud.accounts.auth import api_key_of, authenticate, cached_caller
 from gpucloud.catalog import plans
 from gpucloud.catalog.cache import plans_cache
 from gpucloud.catalog.schemas import ContainerPlan, DefaultImageOut, VmPlans
-from gpucloud.fastpath import fast
 from gpucloud.jsonresp import dumps
 
 router = APIRouter(prefix="/gpu", tags=["plans"])
@@ -81,14 +80,12 @@ async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: b
 
 @router.get("/plans/", response_model=list[ContainerPlan], operation_id="listContainerPlans",
             summary="Container plans available now", openapi_extra=_PLAN_DOC)
-@fast
 async def list_container_plans(request: Request):
     return await _serve(request, plans.container_plans, True)
 
 
 @router.get("/plans/vms", response_model=VmPlans, operation_id="listVmPlans",
             summary="VM options available now, by GPU model and count", openapi_extra=_PLAN_DOC)
-@fast
 async def list_vm_plans(request: Request):
     return await _serve(request, _vm, True)
 
@@ -96,14 +93,12 @@ async def list_vm_plans(request: Request):
 @router.get("/plans/baremetal", response_model=VmPlans, operation_id="listBaremetalPlans",
             summary="Bare-metal options available now, by GPU model and count",
             openapi_extra=_PLAN_DOC)
-@fast
 async def list_baremetal_plans(request: Request):
     return await _serve(request, _baremetal, True)
 
 
 @router.get("/default-images/", response_model=list[DefaultImageOut],
             operation_id="listDefaultImages", summary="Ready-made container images")
-@fast
 async def list_default_images(request: Request):
     return await _serve(request, _images, False)
 

@@ -16,11 +16,20 @@ def serve(
     demo: bool = typer.Option(
         None, "--demo/--no-demo", help="Seed the demo catalog [GPUCLOUD_DEMO]"
     ),
-    workers: bool = typer.Option(
-        None, "--workers/--no-workers", help="Run background workers [GPUCLOUD_WORKERS]"
+    background: bool = typer.Option(
+        None, "--background/--no-background",
+        help="Run the background lifecycle and billing workers [GPUCLOUD_WORKERS]",
+    ),
+    processes: int = typer.Option(
+        None, "--workers", min=1,
+        help="Server processes, each with its background workers (PostgreSQL only for more "
+        "than 1) [GPUCLOUD_PROCESSES, default 1]",
     ),
 ) -> None:
     """Start the API server (and its background workers)."""
+    import os
+    import tempfile
+
     import uvicorn
     from rich.console import Console
 
@@ -28,6 +37,7 @@ def serve(
     from gpucloud.bootstrap import bootstrap
     from gpucloud.runtime import Runtime
     from gpucloud.settings import Settings
+    from gpucloud.web.logs import configure as configure_logging
 
     flags = {
         "host": host,
@@ -36,10 +46,19 @@ def serve(
         "data_dir": data_dir,
         "clock": clock,
         "demo": demo,
-        "workers": workers,
+        "workers": background,
+        "processes": processes,
     }
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     console = Console(stderr=True, soft_wrap=True)
+    if settings.processes > 1 and not settings.effective_database_url.startswith("postgresql"):
+        console.print(
+            f"[red]--workers {settings.processes} needs PostgreSQL[/]: SQLite has one writer "
+            "at a time and its file cannot be shared safely by several server processes. "
+            "Set GPUCLOUD_DATABASE_URL=postgresql://… or run one process."
+        )
+        raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     rt = Runtime.build(settings)
     result = bootstrap(rt)
     db_label = "SQLite" if rt.db.is_sqlite else "PostgreSQL"
@@ -60,7 +79,20 @@ def serve(
     for note in result.notes:
         console.print(note)
     console.print(f"API docs: http://{settings.host}:{settings.port}/gpu/api-docs")
-    app = create_app(rt=rt)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
-    )
+    # log_config=None: uvicorn's loggers go through our handler (JSON lines when asked for);
+    # our own middleware writes the access log.
+    common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
+                  access_log=False, log_config=None)
+    if settings.processes == 1:
+        uvicorn.run(create_app(rt=rt), **common)
+        return
+    # N processes, each with its own Runtime and background worker, all coordinated through
+    # the database's leased rows. They read their settings from the environment: pass on what
+    # the flags set, and the secrets generated at bootstrap (the secret key file is shared
+    # through the data dir; the admin key is stored hashed in the database).
+    rt.close()
+    for name, value in flags.items():
+        if value is not None:
+            os.environ["GPUCLOUD_" + name.upper()] = str(value)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="gpucloud-metrics-"))
+    uvicorn.run("gpucloud.app:app_factory", factory=True, workers=settings.processes, **common)

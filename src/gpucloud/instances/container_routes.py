@@ -1,7 +1,7 @@
 """/gpu/instances — container instances (SPEC §3). Thin: auth, one service call, a JSON body.
 
-GET /gpu/instances/{instance_id} is a `fastpath` endpoint (plain Starlette route taking only
-the request): it is the hottest read, answered from one indexed SELECT without the ORM.
+GET /gpu/instances/{instance_id} is the hottest read: auth from memory on the event loop, one
+indexed SELECT in the threadpool.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
-from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
-from gpucloud.fastpath import fast
 from gpucloud.instances import events as instance_events
 from gpucloud.instances import service, views
 from gpucloud.instances.schemas import (
@@ -40,7 +39,9 @@ NOT_FOUND_DOC = {404: {
 # --- shared with vm_routes -------------------------------------------------------------------
 
 def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
-    return service.fetch_details(rt.db, account_id, instance_id, workload)
+    """Blocking: call through the threadpool."""
+    with rt.db.query() as conn:
+        return service.details_row(conn, account_id, instance_id, workload)
 
 
 def _now(rt):
@@ -70,19 +71,19 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
             summary="List containers, newest first")
 def list_containers(request: Request, caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    with rt.db.read() as s:
-        rows = service.list_owned(s, caller.account_id, "container")
+    with rt.db.query() as conn:
+        rows = service.list_owned(conn, caller.account_id, "container")
     return JSON([views.container_item(r) for r in rows])
 
 
 @router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",
             summary="Container details",
             openapi_extra=PATH_ID, responses=NOT_FOUND_DOC)
-@fast
 async def get_container(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], "container")
+    row = await run_in_threadpool(fetch_row, rt, caller.account_id,
+                                  request.path_params["instance_id"], "container")
     return JSON(views.container_details(row))
 
 
@@ -111,12 +112,11 @@ def terminate_container(instance_id: str, request: Request,
     return Response(status_code=204)
 
 
-def _with_driver(rt, account_id: str, instance_id: str):
-    with rt.db.read() as s:
-        inst = service.get_owned(s, account_id, instance_id, CONTAINER)
-        provider = s.get(Provider, inst.provider_id)
-        ours = instance_events.for_instance(s, instance_id)
-    driver = rt.driver_for(provider.id, provider.driver, provider.config or {})
+def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = False):
+    with rt.db.query() as conn:
+        inst = service.driver_target(conn, account_id, instance_id, "container")
+        ours = instance_events.for_instance(conn, instance_id) if with_events else []
+    driver = rt.driver_for(inst.provider_id, inst.driver, inst.config or {})
     return inst, driver, ours
 
 
@@ -142,7 +142,7 @@ def container_logs(instance_id: str, request: Request, last: int | None = LAST,
 def container_events(instance_id: str, request: Request, last: int | None = LAST,
                      caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id)
+    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id, with_events=True)
     try:
         theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
     except DriverError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from gpucloud.instances.models import InstanceEvent
@@ -20,9 +20,13 @@ def record(s: Session, instance_id: str, at: dt.datetime, message: str) -> None:
     s.execute(_INSERT, {"instance_id": instance_id, "at": at, "message": message})
 
 
-def for_instance(s: Session, instance_id: str) -> list[tuple[dt.datetime, str]]:
-    rows = s.execute(
-        select(InstanceEvent.at, InstanceEvent.message)
-        .where(InstanceEvent.instance_id == instance_id).order_by(InstanceEvent.id)
-    ).all()
+_FOR_INSTANCE = (
+    select(InstanceEvent.at, InstanceEvent.message)
+    .where(InstanceEvent.instance_id == bindparam("instance_id")).order_by(InstanceEvent.id)
+)
+
+
+def for_instance(conn, instance_id: str) -> list[tuple[dt.datetime, str]]:
+    """`conn`: a Session or a Connection."""
+    rows = conn.execute(_FOR_INSTANCE, {"instance_id": instance_id}).all()
     return [(r.at, r.message) for r in rows]

@@ -7,15 +7,14 @@ transaction, so a deploy that fails half-way (no capacity, no balance) leaves no
 from __future__ import annotations
 
 import datetime as dt
-from types import SimpleNamespace
 from typing import Any
 
-import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
 from gpucloud.catalog import service as catalog
+from gpucloud.catalog.models import Provider
 from gpucloud.db import new_id, plausible_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, FieldError, NotFound
@@ -208,76 +207,84 @@ def get_owned(
     return inst
 
 
-_DETAIL_COLUMNS = (
-    "id",
-    "name",
-    "status",
-    "workload",
-    "resources",
-    "domain",
-    "location",
-    "created_at",
+# What the public shapes show (instances/views.py): lists and details select these columns
+# only. The full row carries three more JSON documents (driver state, pending update,
+# credentials) and five more timestamps, and decoding those was most of the cost of a list.
+_LIST_COLUMNS = [Instance.__table__.c[name] for name in (
+    "id", "name", "status", "workload", "resources", "domain", "location", "created_at",
     "updated_at",
-    "container_started",
-    "container",
-    "price_hour",
-    "spent",
-    "reserve",
-    "billed_until",
-    "network",
-    "os_image",
-    "ssh_key",
+)]
+_DETAIL_COLUMNS = _LIST_COLUMNS + [Instance.__table__.c[name] for name in (
+    "container_started", "container", "price_hour", "spent", "reserve", "billed_until",
+    "network", "os_image", "ssh_key",
+)]
+
+
+# Built once: constructing a statement and its cache key costs more than running it.
+_DETAILS = select(*_DETAIL_COLUMNS).where(
+    Instance.id == bindparam("instance_id"),
+    Instance.account_id == bindparam("account_id"),
+    Instance.workload == bindparam("workload"),
 )
-_JSON_COLUMNS = frozenset({"resources", "container", "network"})
-_TIME_COLUMNS = frozenset({"created_at", "updated_at", "billed_until"})
-
-
-def _decode(name: str, value: Any) -> Any:
-    """What SQLAlchemy's column types would do, for the few types the details use."""
-    if value is None:
-        return None
-    if name in _JSON_COLUMNS:
-        return orjson.loads(value) if isinstance(value, (str, bytes)) else value
-    if name in _TIME_COLUMNS:
-        if isinstance(value, str):
-            value = dt.datetime.fromisoformat(value)
-        return value.replace(tzinfo=dt.timezone.utc)
-    if name == "container_started":
-        return bool(value)
-    return value
-
-
-_DETAILS_SQL = (
-    f"SELECT {', '.join(_DETAIL_COLUMNS)} FROM instances "
-    "WHERE id = {m} AND account_id = {m} AND workload = {m}"
+_LIST = (
+    select(*_LIST_COLUMNS)
+    .where(Instance.account_id == bindparam("account_id"),
+           Instance.workload == bindparam("workload"))
+    .order_by(Instance.created_at.desc(), Instance.id.desc())
 )
-_DETAILS_SQL_SQLITE = _DETAILS_SQL.format(m="?")
-_DETAILS_SQL_PG = _DETAILS_SQL.format(m="%s")
 
 
-def fetch_details(db, account_id: str, instance_id: str, workload: str) -> SimpleNamespace:
-    """The instance for GET …/{id}: one primary-key probe on the thread's own connection
-    (`Database.probe`).
-
-    This is the hottest read; SQLAlchemy's per-statement machinery (and the BEGIN/ROLLBACK
-    around it) cost ten times the query itself. A single SELECT is a consistent snapshot on
-    its own, so no explicit transaction is needed. Other accounts' and other types' ids
-    are exactly as unknown as a typo."""
-    row = db.probe(
-        _DETAILS_SQL_SQLITE if db.is_sqlite else _DETAILS_SQL_PG,
-        (instance_id, account_id, workload),
-    ) if plausible_id(instance_id) else None
+def details_row(conn, account_id: str, instance_id: str, workload: str) -> Any:
+    """The instance for GET …/{id}, as a row with the columns the details show (`conn`: a
+    Session or a Connection). Other accounts' and other types' ids are exactly as unknown as
+    a typo."""
+    row = conn.execute(_DETAILS, {"instance_id": instance_id, "account_id": account_id,
+                                  "workload": workload}).one_or_none() \
+        if plausible_id(instance_id) else None
     if row is None:
         raise NotFound(INSTANCE_NOT_FOUND)
-    return SimpleNamespace(**{k: _decode(k, v) for k, v in zip(_DETAIL_COLUMNS, row, strict=True)})
+    return row
 
 
-def list_owned(s: Session, account_id: str, workload: str) -> list[Any]:
-    return s.execute(
-        select(Instance.__table__)
-        .where(Instance.account_id == account_id, Instance.workload == workload)
-        .order_by(Instance.created_at.desc(), Instance.id.desc())
-    ).all()
+def list_owned(conn, account_id: str, workload: str) -> list[Any]:
+    return conn.execute(_LIST, {"account_id": account_id, "workload": workload}).all()
+
+
+_DRIVER_TARGET = (
+    select(Instance.id, Instance.driver_state, Provider.id.label("provider_id"),
+           Provider.driver, Provider.config)
+    .join(Provider, Provider.id == Instance.provider_id)
+    .where(Instance.id == bindparam("instance_id"),
+           Instance.account_id == bindparam("account_id"),
+           Instance.workload == bindparam("workload"))
+)
+
+
+def driver_target(conn, account_id: str, instance_id: str, workload: str) -> Any:
+    """What a logs/events read needs to ask the provider: the instance's id and driver state,
+    its provider's id, driver and config (one statement)."""
+    row = conn.execute(_DRIVER_TARGET, {"instance_id": instance_id, "account_id": account_id,
+                                        "workload": workload}).one_or_none()
+    if row is None:
+        raise NotFound(INSTANCE_NOT_FOUND)
+    return row
+
+
+_BY_STATE = select(Instance.status, Instance.workload, func.count()).group_by(
+    Instance.status, Instance.workload)
+_OLDEST_DUE = select(func.min(Instance.next_check_at)).where(
+    Instance.op.is_not(None), Instance.next_check_at <= bindparam("now"))
+
+
+def count_by_state(conn) -> dict[tuple[str, str], int]:
+    """(status, workload) → instances, for the operator's metrics."""
+    return {(status, workload): n for status, workload, n in conn.execute(_BY_STATE)}
+
+
+def queue_lag_seconds(conn, now: dt.datetime) -> float:
+    """How long the oldest due background step has been waiting (server clock); 0 if none."""
+    oldest = conn.execute(_OLDEST_DUE, {"now": now}).scalar()
+    return max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
 
 
 # --- changes --------------------------------------------------------------------------------

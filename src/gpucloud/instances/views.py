@@ -1,7 +1,8 @@
 """Instance rows → the public JSON shapes (SPEC §3, §4).
 
 Works on anything with the Instance attributes (an ORM object or a Core row), so the hot
-details route can build its answer from one plain SELECT without loading ORM objects.
+routes build their answers from one plain SELECT without loading ORM objects. Timestamps stay
+datetimes: `jsonresp.dumps` writes them (UTC, whole seconds, "Z") in C.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from typing import Any
 
 from gpucloud.common import port_out
 from gpucloud.instances.models import ACTIVE
-from gpucloud.jsonresp import isoformat_z
 from gpucloud.money import from_micro
 
 ZERO = from_micro(0)
@@ -32,8 +32,8 @@ def _base(i: Any) -> dict[str, Any]:
         "resources": resources(i.resources),
         "domain": i.domain if active else None,
         "location": i.location,
-        "created_at": isoformat_z(i.created_at),
-        "updated_at": isoformat_z(i.updated_at),
+        "created_at": i.created_at,
+        "updated_at": i.updated_at,
     }
 
 
@@ -55,7 +55,7 @@ def billing(i: Any) -> dict[str, Any]:
         "hourly_usage": from_micro(i.price_hour) if active else ZERO,
         "total_spendings": from_micro(i.spent),
         "reserved_amount": from_micro(i.reserve),
-        "next_billing_period": isoformat_z(i.billed_until) if active and i.billed_until else None,
+        "next_billing_period": i.billed_until if active and i.billed_until else None,
     }
 
 

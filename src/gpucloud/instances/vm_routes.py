@@ -1,17 +1,16 @@
 """/gpu/instances/vms and /gpu/instances/baremetal (SPEC §4): the same routes for both kinds.
 
-An instance is only reachable under its own kind's path. The list and details GETs are
-`fastpath` endpoints; that also keeps GET /gpu/instances/vms from being taken for a container
-id by the (fast) GET /gpu/instances/{instance_id}, since these are promoted first.
+An instance is only reachable under its own kind's path. These routes are included before the
+container routes, so GET /gpu/instances/vms is never taken for a container id.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
-from gpucloud.fastpath import fast
 from gpucloud.instances import service, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
@@ -27,20 +26,23 @@ def _workload(request: Request) -> str:
     return KINDS[request.url.path.split("/")[3]]
 
 
-@fast
+def _list(rt, account_id: str, workload: str) -> list:
+    with rt.db.query() as conn:
+        return service.list_owned(conn, account_id, workload)
+
+
 async def list_vms(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    with rt.db.read() as s:
-        rows = service.list_owned(s, caller.account_id, _workload(request))
+    rows = await run_in_threadpool(_list, rt, caller.account_id, _workload(request))
     return JSON([views.vm_item(r) for r in rows])
 
 
-@fast
 async def get_vm(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = fetch_row(rt, caller.account_id, request.path_params["instance_id"], _workload(request))
+    row = await run_in_threadpool(fetch_row, rt, caller.account_id,
+                                  request.path_params["instance_id"], _workload(request))
     return JSON(views.vm_details(row))
 
 

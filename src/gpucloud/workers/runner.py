@@ -18,6 +18,8 @@ import logging
 import threading
 import time
 
+from gpucloud import metrics
+
 log = logging.getLogger("gpucloud.worker")
 
 
@@ -26,7 +28,12 @@ def run_once(rt) -> int:
     from gpucloud.instances import lifecycle
 
     done = lifecycle.process_due(rt)
-    done += boundaries.process_due(rt)
+    started = time.perf_counter()
+    charged = boundaries.process_due(rt)
+    if charged:
+        metrics.BOUNDARY_SECONDS.observe(time.perf_counter() - started)
+        metrics.INSTANCES_CHARGED.inc(charged)
+    done += charged
     done += boundaries.retry_topups_due(rt)
     return done
 

@@ -1,0 +1,40 @@
+"""Every driver call timed and its errors counted, by driver and call, for /metrics.
+
+`Runtime.driver_for` hands out drivers wrapped in this; callers see the same contract
+(drivers/base.py), so the lifecycle worker, the reconciler and the logs/events routes are
+measured without each of them timing its own calls.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gpucloud import metrics
+
+CALLS = frozenset({"create", "status", "update", "delete", "logs", "events", "list_owned"})
+
+
+class Instrumented:
+    def __init__(self, driver: Any, name: str):
+        self._driver = driver
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._driver, attr)
+        if attr not in CALLS:
+            return value
+        seconds = metrics.DRIVER_SECONDS.labels(self._name, attr)
+        errors = metrics.DRIVER_ERRORS.labels(self._name, attr)
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            except Exception:
+                errors.inc()
+                raise
+            finally:
+                seconds.observe(time.perf_counter() - started)
+
+        return timed

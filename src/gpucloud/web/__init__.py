@@ -1,0 +1,2 @@
+"""What every request passes: request ids, the access log, metrics (pure ASGI), logging setup
+and the operator's /metrics endpoint."""

@@ -1,0 +1,158 @@
+"""The one middleware stack: every route passes it, request ids, the access log, /metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from gpucloud.accounts import routes as accounts
+from gpucloud.admin import routes as admin
+from gpucloud.app import create_app
+from gpucloud.billing import routes as billing
+from gpucloud.catalog import admin_routes as catalog_admin
+from gpucloud.catalog import routes as catalog
+from gpucloud.instances import container_routes, vm_routes
+from gpucloud.web.logs import JsonFormatter, RequestIdFilter
+from tests.conftest import ADMIN_KEY
+
+ROUTERS = (catalog.router, vm_routes.router, container_routes.router, accounts.public,
+           billing.router, accounts.admin, billing.admin, catalog_admin.router, admin.router)
+ANY_ID = "00000000-0000-4000-8000-000000000000"
+
+
+class Probe:
+    """A middleware added through the public API: records what it saw."""
+
+    seen: list[tuple[str, str]] = []
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            Probe.seen.append((scope["method"], scope["path"]))
+        await self.app(scope, receive, send)
+
+
+def test_every_route_passes_a_middleware_added_through_the_public_api(rt):
+    app = create_app(rt=rt)
+    app.add_middleware(Probe)
+    Probe.seen = []
+    calls = []
+    for router in ROUTERS:
+        for route in router.routes:
+            assert isinstance(route, APIRoute)
+            path = re.sub(r"\{[^}]+\}", ANY_ID, route.path)
+            calls += [(method, path) for method in route.methods]
+    calls += [("GET", "/metrics"), ("GET", "/gpu/api-docs/openapi.json"), ("GET", "/nowhere")]
+    headers = {"X-API-KEY": "gpc_unknown", "X-ADMIN-KEY": ADMIN_KEY}
+    with TestClient(app) as client:
+        for method, path in calls:
+            r = client.request(method, path, headers=headers, json={})
+            assert r.status_code < 500 or path == "/admin/clock", (method, path, r.text)
+            assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]), (method, path)
+    assert Probe.seen == calls
+    assert len(calls) > 40  # the whole API, not a few routes
+
+
+def test_request_id_is_taken_when_valid_replaced_when_not_and_on_errors(client, api):
+    r = client.get("/gpu/plans/", headers={"X-Request-ID": "abc-123.x:y"})
+    assert r.status_code == 403 and r.headers["x-request-id"] == "abc-123.x:y"
+    for bad in ("has space", "x" * 129, "naïve"):
+        r = client.get("/gpu/account", headers={"X-Request-ID": bad.encode("utf-8")})
+        assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]), bad
+    _, key = api.account()
+    r = client.get("/gpu/instances/nope", headers=key)
+    assert r.status_code == 404 and r.headers["x-request-id"]
+    r = client.get("/gpu/account/transactions?limit=0", headers=key)
+    assert r.status_code == 422 and r.headers["x-request-id"]
+    assert client.get("/gpu/account", headers=key).headers["x-request-id"] != \
+        client.get("/gpu/account", headers=key).headers["x-request-id"]
+
+
+def test_a_500_carries_the_request_id_in_its_response_and_its_log_line(rt, caplog):
+    app = create_app(rt=rt)
+
+    def boom():
+        raise RuntimeError("boom")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client, \
+            caplog.at_level(logging.INFO):
+        caplog.handler.addFilter(RequestIdFilter())
+        r = client.get("/boom", headers={"X-Request-ID": "req-500"})
+    assert r.status_code == 500 and r.json() == {"detail": "Internal server error"}
+    assert r.headers["x-request-id"] == "req-500"
+    errors = [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
+    assert errors and errors[0].request_id == "req-500"
+    access = [rec for rec in caplog.records if rec.name == "gpucloud.access"]
+    assert access[-1].access["status"] == 500 and access[-1].request_id == "req-500"
+
+
+def test_access_log_is_one_json_line_per_request_without_secrets(client, api, caplog):
+    acct, key = api.account()
+    pid = api.provider()
+    iid = api.deploy(key, api.offer(pid))
+    caplog.handler.addFilter(RequestIdFilter())
+    with caplog.at_level(logging.INFO, logger="gpucloud.access"):
+        r = client.get(f"/gpu/instances/{iid}?secret=1", headers=key)
+    lines = [JsonFormatter().format(rec) for rec in caplog.records
+             if rec.name == "gpucloud.access"]
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["method"] == "GET" and entry["status"] == 200
+    assert entry["route"] == "/gpu/instances/{instance_id}"
+    assert entry["account_id"] == acct
+    assert entry["request_id"] == r.headers["x-request-id"]
+    assert entry["duration_ms"] > 0 and entry["level"] == "info"
+    assert key["X-API-KEY"] not in lines[0] and iid not in lines[0] and "secret" not in lines[0]
+
+
+def _metric(text: str, name: str, default: float | None = None, **labels) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+            if all(found.get(k) == v for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    if default is not None:
+        return default
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+def test_metrics_are_operator_only_and_describe_requests_instances_money(client, api):
+    assert client.get("/metrics").status_code == 403
+    assert client.get("/metrics", headers={"X-ADMIN-KEY": "wrong"}).status_code == 403
+    _, key = api.account(balance=100)
+    pid = api.provider()
+    iid = api.deploy(key, api.offer(pid))
+    before = client.get("/metrics", headers=api.admin).text
+    # Counters belong to the process, which runs other tests too: compare with before.
+    hits = _metric(before, "gpucloud_api_key_cache_total", result="hit")
+    route = {"method": "GET", "route": "/gpu/instances/{instance_id}", "status": "200"}
+    gets = _metric(before, "gpucloud_http_requests_total", default=0, **route)
+    charged = _metric(before, "gpucloud_billing_instances_charged_total", default=0)
+    assert _metric(before, "gpucloud_worker_queue_lag_seconds") == 0
+    api.advance(1)  # provisioning (a few seconds) is due but not yet run: lag 0, INITIALIZED
+    text = client.get("/metrics", headers=api.admin).text
+    assert _metric(text, "gpucloud_instances", state="INITIALIZED", workload="container") == 1
+    api.advance(3600)  # active, then an hour boundary charges it
+    client.get(f"/gpu/instances/{iid}", headers=key)
+    client.get(f"/gpu/instances/{iid}", headers=key)
+    assert client.get("/admin/audit", headers=api.admin).json()["ok"] is True
+    text = client.get("/metrics", headers=api.admin).text
+    assert _metric(text, "gpucloud_instances", state="ACTIVE", workload="container") == 1
+    # A state that emptied reads 0 (not its last count).
+    assert _metric(text, "gpucloud_instances", state="INITIALIZED", workload="container") == 0
+    assert _metric(text, "gpucloud_http_requests_total", **route) == gets + 2
+    assert _metric(text, "gpucloud_http_request_duration_seconds_count", **route) == gets + 2
+    assert _metric(text, "gpucloud_api_key_cache_total", result="hit") >= hits + 1
+    assert _metric(text, "gpucloud_driver_call_duration_seconds_count", driver="simulated",
+                   call="create") >= 1
+    assert _metric(text, "gpucloud_billing_instances_charged_total") >= charged + 1
+    assert _metric(text, "gpucloud_billing_boundary_duration_seconds_count") >= 1
+    assert _metric(text, "gpucloud_ledger_audit_ok") == 1
+    assert _metric(text, "gpucloud_ledger_audit_failures", check="account_balances") == 0
