@@ -44,6 +44,8 @@ def start_gpucloud(tmp: Path, port: int, db_url: str | None, procs: int) -> subp
     env = dict(os.environ, GPUCLOUD_DATA_DIR=str(tmp), GPUCLOUD_ADMIN_KEY=ADMIN,
                GPUCLOUD_WORKERS="0", GPUCLOUD_LOCAL_PROVIDER="0", GPUCLOUD_LOG_LEVEL="info",
                GPUCLOUD_CLOCK="manual", GPUCLOUD_DEMO="1", GPUCLOUD_LOG_FORMAT="json",
+               # one key at thousands of requests a second: the limits would be the figure
+               GPUCLOUD_RATE_LIMITS="0",
                GPUCLOUD_SECRET_KEY="x2yqkR1o2D2m3Gm0bnxkV8cJmJb8G0r5Q0c2yD3rW7s=")
     env.pop("GPUCLOUD_DATABASE_URL", None)
     if db_url:

@@ -39,7 +39,8 @@ PORTS = (32600, 32699)
 
 def start_server(tmp: Path, port: int, worker_interval: float | None) -> subprocess.Popen:
     env = dict(os.environ, GPUCLOUD_DATA_DIR=str(tmp), GPUCLOUD_ADMIN_KEY=ADMIN,
-               GPUCLOUD_LOCAL_PROVIDER="0", GPUCLOUD_DEMO="0", GPUCLOUD_LOG_LEVEL="warning")
+               GPUCLOUD_LOCAL_PROVIDER="0", GPUCLOUD_DEMO="0", GPUCLOUD_LOG_LEVEL="warning",
+               GPUCLOUD_RATE_LIMITS="0")
     env.pop("GPUCLOUD_DATABASE_URL", None)
     if worker_interval is not None:
         env["GPUCLOUD_WORKER_INTERVAL_SECONDS"] = str(worker_interval)

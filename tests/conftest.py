@@ -75,9 +75,10 @@ def backend(request, tmp_path_factory) -> dict:
 
 
 def make_settings(url: str, data_dir: Path, **overrides) -> Settings:
+    # Rate limits off: tests send requests as fast as they can; test_limits.py turns them on.
     values = dict(database_url=url, data_dir=data_dir, admin_key=ADMIN_KEY, clock="manual",
                   demo=False, workers=False, secret_key=None, local_provider=False,
-                  plans_cache_seconds=0.0)
+                  plans_cache_seconds=0.0, rate_limits=False)
     values.update(overrides)
     return Settings(**values)
 

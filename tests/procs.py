@@ -33,6 +33,7 @@ class ServerProcess:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GPUCLOUD_")}
         self.env.update(env or {})
         self.env.setdefault("GPUCLOUD_LOCAL_PROVIDER", "0")
+        self.env.setdefault("GPUCLOUD_RATE_LIMITS", "0")  # polling loops; test_limits.py has them on
         self.proc: subprocess.Popen | None = None
         self.log = cwd / f"server-{self.port}.log"
 

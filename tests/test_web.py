@@ -87,7 +87,7 @@ def test_a_500_carries_the_request_id_in_its_response_and_its_log_line(rt, caplo
         r = client.get("/boom", headers={"X-Request-ID": "req-500"})
     assert r.status_code == 500 and r.json() == {"detail": "Internal server error"}
     assert r.headers["x-request-id"] == "req-500"
-    errors = [rec for rec in caplog.records if rec.getMessage() == "unhandled error"]
+    errors = [rec for rec in caplog.records if rec.getMessage().startswith("unhandled RuntimeError")]
     assert errors and errors[0].request_id == "req-500"
     access = [rec for rec in caplog.records if rec.name == "gpucloud.access"]
     assert access[-1].access["status"] == 500 and access[-1].request_id == "req-500"

@@ -19,7 +19,9 @@ from gpucloud.jsonresp import JSON
 from gpucloud.routing import add_slash_twins
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
+from gpucloud.web import server
 from gpucloud.web.context import request_id
+from gpucloud.web.guard import GuardMiddleware
 from gpucloud.web.logs import configure as configure_logging
 from gpucloud.web.metrics_route import metrics_endpoint
 from gpucloud.web.middleware import RequestMiddleware
@@ -85,7 +87,9 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False,
                       dependencies=[Depends(require_admin)])
     # The one stack every route passes (added through the public API; Starlette puts its
-    # error handling outside and the exception handlers inside it).
+    # error handling outside and the exception handlers inside it). The last added is the
+    # outermost: limits run inside the request id and access log, so their 413/429 have both.
+    app.add_middleware(GuardMiddleware, settings=settings)
     app.add_middleware(RequestMiddleware)
     return app
 
@@ -96,6 +100,7 @@ def app_factory() -> FastAPI:
     Migrations and bootstrap already ran once in `serve`."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
+    server.configure(settings)
     return create_app(settings, Runtime.build(settings, migrate=False))
 
 

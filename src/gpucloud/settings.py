@@ -123,6 +123,44 @@ class Settings(BaseSettings):
         description="FastAPI's native OpenTelemetry tracing/metrics/logs (uses the globally "
         "configured providers). Off by default: it costs a provider lookup per request.",
     )
+    # --- limits (web/guard.py, web/server.py) -----------------------------------------------
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024,
+        description="Largest request body accepted; a larger one is answered 413 without being "
+        "read whole. gpucloud's own bodies are a few KiB; a catalog document is the largest.",
+    )
+    rate_limits: bool = Field(
+        True, description="Token-bucket rate limits per API key, per admin key and per client "
+        "address (429 with Retry-After). Kept per process: with N processes a client may get "
+        "up to N times the rate.",
+    )
+    rate_limit_key: float = Field(50.0, gt=0, description="Requests per second per API key.")
+    rate_limit_key_burst: int = Field(200, ge=1, description="Burst per API key.")
+    rate_limit_admin: float = Field(100.0, gt=0,
+                                    description="Requests per second with the admin key.")
+    rate_limit_admin_burst: int = Field(400, ge=1, description="Burst with the admin key.")
+    rate_limit_anonymous: float = Field(
+        5.0, gt=0, description="Requests per second per client address without a valid key "
+        "(missing or wrong API or admin key).",
+    )
+    rate_limit_anonymous_burst: int = Field(20, ge=1,
+                                            description="Burst per address without a valid key.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For names the client "
+        "(e.g. `[\"127.0.0.1\"]` behind a local Caddy/nginx). Empty: the peer address is the "
+        "client, whatever headers say.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection that has not sent complete request headers this "
+        "long after connecting (or after starting a request) is closed.",
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, description="Idle keep-alive connections are closed after this many seconds.")
+    max_connections: int = Field(
+        0, ge=0, description="Concurrent connections before new ones get 503. 0: derived from "
+        "the process's open-file limit, leaving room for database connections and files.",
+    )
 
     @property
     def effective_database_url(self) -> str:

@@ -68,22 +68,21 @@ def api_key_of(headers) -> str | None:
     return key
 
 
-async def current_account(request: Request) -> Caller:
-    """Async so a cached key costs no threadpool hop; a cache miss reads the database in the
-    threadpool."""
-    rt = request.app.state.rt
-    key = api_key_of(request.headers)
+async def caller_of(rt, headers) -> Caller:
+    """The account a request's key names, or Forbidden. Async so a cached key costs no
+    threadpool hop; a cache miss reads the database in the threadpool."""
+    key = api_key_of(headers)
     caller = cached_caller(rt, key)
     if caller is None:
         caller = await run_in_threadpool(authenticate, rt, key)
     return caller
 
 
-def require_admin(request: Request) -> None:
-    rt = request.app.state.rt
-    key = request.headers.get("x-admin-key")
-    if not key:
-        raise Forbidden("Missing admin key")
+async def current_account(request: Request) -> Caller:
+    return await caller_of(request.app.state.rt, request.headers)
+
+
+def _admin_key_hash(rt) -> str:
     expected = rt.caches.get("admin_key_hash")
     if expected is None:
         if rt.settings.admin_key:
@@ -92,8 +91,26 @@ def require_admin(request: Request) -> None:
             with rt.db.read() as s:
                 expected = service.admin_key_hash(s) or ""
         rt.caches["admin_key_hash"] = expected
+    return expected
+
+
+def check_admin(rt, key: str | None) -> None:
+    if not key:
+        raise Forbidden("Missing admin key")
+    expected = _admin_key_hash(rt)
     if not expected or not hmac.compare_digest(hash_key(key), expected):
         raise Forbidden("Invalid admin key")
+
+
+async def check_admin_async(rt, key: str | None) -> None:
+    """`check_admin` without blocking the event loop on the first (uncached) lookup."""
+    if rt.caches.get("admin_key_hash") is None and key:
+        await run_in_threadpool(_admin_key_hash, rt)
+    check_admin(rt, key)
+
+
+def require_admin(request: Request) -> None:
+    check_admin(request.app.state.rt, request.headers.get("x-admin-key"))
 
 
 def cached_caller(rt, key: str | None) -> Caller | None:

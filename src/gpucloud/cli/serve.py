@@ -38,6 +38,7 @@ def serve(
     from gpucloud.runtime import Runtime
     from gpucloud.settings import Settings
     from gpucloud.web.logs import configure as configure_logging
+    from gpucloud.web.server import uvicorn_options
 
     flags = {
         "host": host,
@@ -82,7 +83,7 @@ def serve(
     # log_config=None: uvicorn's loggers go through our handler (JSON lines when asked for);
     # our own middleware writes the access log.
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
-                  access_log=False, log_config=None)
+                  access_log=False, log_config=None, **uvicorn_options(settings))
     if settings.processes == 1:
         uvicorn.run(create_app(rt=rt), **common)
         return

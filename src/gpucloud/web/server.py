@@ -1,0 +1,94 @@
+"""How `gpucloud serve` runs uvicorn: connection limits that hold against idle and half-sent
+connections (issue 14).
+
+- A connection must finish its request headers within `header_timeout_seconds` of
+  connecting (or of starting its next request); uvicorn alone waits forever, so 2,000 idle
+  sockets or 200 half-sent requests used to stay open until the process ran out of files.
+- Idle keep-alive connections close after `keep_alive_seconds`.
+- Past `max_connections` concurrent connections new ones get 503 instead of failing for lack
+  of file descriptors; by default the cap leaves room under the open-file limit.
+- X-Forwarded-For is believed only from `trusted_proxies`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gpucloud.settings import Settings
+
+# Files the process needs besides client sockets: database pools, logs, the engine socket.
+_RESERVED_FILES = 200
+
+
+def max_connections(settings: Settings) -> int:
+    if settings.max_connections:
+        return settings.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 10_000
+    return max(64, soft - _RESERVED_FILES)
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on request headers. A class at module
+    level (not a closure) so `--workers N` can hand it to its child processes; each child sets
+    `deadline_seconds` from its settings (`configure`)."""
+
+    deadline_seconds = 10.0
+    _deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self.deadline_seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # Between requests the keep-alive timeout applies instead.
+        self._disarm()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def configure(settings: Settings) -> None:
+    HeaderDeadlineProtocol.deadline_seconds = settings.header_timeout_seconds
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    configure(settings)
+    trusted = settings.trusted_proxies
+    return dict(
+        http=HeaderDeadlineProtocol,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        limit_concurrency=max_connections(settings),
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=",".join(trusted) if trusted else None,
+        server_header=False,
+    )
