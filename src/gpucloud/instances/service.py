@@ -264,7 +264,8 @@ def driver_target(conn, account_id: str, instance_id: str, workload: str) -> Any
     """What a logs/events read needs to ask the provider: the instance's id and driver state,
     its provider's id, driver and config (one statement)."""
     row = conn.execute(_DRIVER_TARGET, {"instance_id": instance_id, "account_id": account_id,
-                                        "workload": workload}).one_or_none()
+                                        "workload": workload}).one_or_none() \
+        if plausible_id(instance_id) else None
     if row is None:
         raise NotFound(INSTANCE_NOT_FOUND)
     return row
