@@ -133,3 +133,67 @@ def test_static_files_are_the_vendored_ones(api):
     assert r.status_code == 200 and "javascript" in r.headers["content-type"]
     assert api.client.get("/console/static/../app.py").status_code == 404
     assert api.client.get("/console/static/nope.js").status_code == 404
+
+
+def test_the_ledger_pages_back_through_older_entries(api):
+    client = api.client
+    account_id, headers = api.account(balance="1", name="pager")
+    for n in range(24):
+        api.deposit(account_id, n + 1)
+    sign_in(client, headers["X-API-KEY"])
+    first = client.get("/console/account").text
+    assert first.count('class="kind-deposit"') == 20
+    assert ">24.00 USDC<" in first  # newest first
+    older = re.search(r'href="(/console/account\?cursor=[^"]+)"', first).group(1)
+    rest = client.get(older).text
+    assert rest.count('class="kind-deposit"') == 5 and ">1.00 USDC<" in rest
+    assert "Older entries" not in rest and 'href="/console/account"' in rest
+    # a cursor that is not one of ours is the first page, not an error
+    assert client.get("/console/account?cursor=%%%").status_code == 200
+
+
+def test_a_container_updated_through_the_console_is_redeployed(demo):
+    client = demo.client
+    _, headers = demo.account(balance="100")
+    iid = demo.deploy(headers, demo.offer(demo.provider()), ssh_key=SSH_ED25519)
+    demo.advance(10)
+    sign_in(client, headers["X-API-KEY"])
+    token = _csrf(client.get(f"/console/instances/{iid}").text)
+    form = {"csrf": token, "name": "box-2", "image": "docker.io/library/ubuntu:24.04",
+            "env": "MODE=fast", "startup_command": "", "ssh_key": SSH_ED25519}
+    bad = client.post(f"/console/instances/{iid}/update", data={**form, "env": "lower=x"})
+    assert bad.status_code == 400 and "String should match pattern" in bad.text
+    r = client.post(f"/console/instances/{iid}/update", data=form, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].endswith("?done=update")
+    again = client.post(f"/console/instances/{iid}/update", data=form)
+    assert "An update of this instance is still being applied" in again.text
+    demo.advance(30)
+    details = demo.instance(headers, iid)
+    assert details["name"] == "box-2"
+    assert details["container_info"]["image"] == "docker.io/library/ubuntu:24.04"
+    assert {"name": "MODE", "value": "fast"} in details["container_info"]["environment"]
+
+
+def test_operator_changes_an_offer_and_revokes_a_key(demo):
+    client = demo.client
+    account_id, headers = demo.account(balance="10")
+    offer = demo.offer(demo.provider(name="solo"), price="2")
+    sign_in(client, ADMIN_KEY, admin=True)
+    token = _csrf(client.get("/console/admin/offers").text)
+    bad = client.post(f"/console/admin/offers/{offer}",
+                      data={"csrf": token, "enabled": "true", "capacity": "-1"})
+    assert bad.status_code == 400 and "greater than or equal to 0" in bad.text
+    r = client.post(f"/console/admin/offers/{offer}",
+                    data={"csrf": token, "capacity": "3", "price_hour": "2.5"},
+                    follow_redirects=False)  # the checkbox unticked: disabled
+    assert r.status_code == 303
+    out = client.get(f"/admin/offers/{offer}", headers=demo.admin).json()
+    assert (out["enabled"], out["capacity"], out["price_hour"]) == (False, 3, 2.5)
+    assert offer not in client.get("/gpu/plans/", headers=headers).text
+
+    page = client.get(f"/console/admin/accounts/{account_id}").text
+    key_id = re.search(r'action="/console/admin/keys/([^/]+)/revoke"', page).group(1)
+    assert client.post(f"/console/admin/keys/{key_id}/revoke", data={"csrf": token},
+                       follow_redirects=False).status_code == 303
+    assert client.get("/gpu/account", headers=headers).status_code == 403
+    assert "revoked" in client.get(f"/console/admin/accounts/{account_id}").text

@@ -66,13 +66,15 @@ def plans_page(request: Request, who: Who = Depends(customer)):
     with rt.db.read() as s:
         if kind == "containers":
             everything = plans.container_plans(s)
-            rows = plans.container_plans(s, filters) if not errors else []
+            rows = [] if errors else everything if filters is None \
+                else plans.container_plans(s, filters)
             models = sorted({p["plan"]["gpu_model"]["model"] for p in everything})
             locations = sorted({c for p in everything for c in p["attributes"]["location"]})
         else:
             workload = "vm" if kind == "vms" else "baremetal"
             everything = machine_rows(plans.machine_plans(s, workload))
-            rows = machine_rows(plans.machine_plans(s, workload, filters)) if not errors else []
+            rows = [] if errors else everything if filters is None \
+                else machine_rows(plans.machine_plans(s, workload, filters))
             models = sorted({r["gpu_model"]["model"] for r in everything})
             locations = sorted({r["location"] for r in everything})
     return render(request, "plans.html", who, kind=kind, kinds=KINDS, rows=rows, raw=raw,
