@@ -14,7 +14,11 @@ import shutil
 from pathlib import Path
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
@@ -107,10 +111,28 @@ class Page:
         return self.b.find_elements(By.CSS_SELECTOR, selector)
 
     def text(self, selector: str = "body") -> str:
-        return self.css(selector).text
+        return self.fresh(lambda: self.css(selector).text)
+
+    def attr(self, selector: str, name: str) -> str | None:
+        return self.fresh(lambda: self.css(selector).get_attribute(name))
+
+    @staticmethod
+    def fresh(read, tries: int = 5):
+        """Polled sections are swapped every 2 s: an element found just before a swap is
+        stale just after it, so a read is retried on the new one."""
+        for attempt in range(tries):
+            try:
+                return read()
+            except StaleElementReferenceException:
+                if attempt == tries - 1:
+                    raise
+        return None
 
     def labelled(self, label: str):
         """The control whose <label> reads `label` (the way a person finds it)."""
+        return self.fresh(lambda: self._labelled(label))
+
+    def _labelled(self, label: str):
         for el in self.b.find_elements(By.TAG_NAME, "label"):
             if el.text.strip().startswith(label):
                 target = el.get_attribute("for")
@@ -156,18 +178,20 @@ class Page:
         raise AssertionError(f"no button {button_text!r} on {self.b.current_url}")
 
     def wait_for(self, condition, message: str = "", timeout: float = WAIT):
-        return WebDriverWait(self.b, timeout, poll_frequency=0.2).until(
+        return WebDriverWait(self.b, timeout, poll_frequency=0.2,
+                             ignored_exceptions=(StaleElementReferenceException,
+                                                 NoSuchElementException)).until(
             lambda _: condition(), message)
 
     def wait_text(self, selector: str, text: str, timeout: float = WAIT) -> None:
         def has() -> bool:
             found = self.all(selector)
-            return bool(found) and text in found[0].text
+            return bool(found) and text in found[0].text  # stale: retried by wait_for
 
         self.wait_for(has, f"{text!r} in {selector}", timeout)
 
     def field_error(self, field: str) -> str:
-        return self.css(f'small.error[data-field="{field}"]').text
+        return self.text(f'small.error[data-field="{field}"]')
 
     @property
     def path(self) -> str:

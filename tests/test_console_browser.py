@@ -8,6 +8,7 @@ checked for API keys in its HTML and for controls without labels (tests/browser.
 from __future__ import annotations
 
 import pytest
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
 from tests.browser import PHONE, Page, start_browser
@@ -55,6 +56,17 @@ def test_sign_in_with_a_bad_key_then_a_good_one_then_sign_out(page, demo):
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert headers["X-API-KEY"] not in cookie["value"]
 
+    # keyboard only: Tab walks the navigation in order, Enter follows a link
+    focused = "return document.activeElement.textContent.trim();"
+    chain = ActionChains(page.b)
+    chain.send_keys(Keys.TAB).perform()
+    assert page.b.execute_script(focused) == "gpucloud"
+    chain.send_keys(Keys.TAB).perform()
+    assert page.b.execute_script(focused) == "Plans"
+    chain.send_keys(Keys.ENTER).perform()
+    page.wait_for(lambda: page.path == "/console/plans", "plans by keyboard")
+    page.visited("plans-by-keyboard")
+
     page.press("Sign out", "signed-out")
     assert page.path == "/console/login"
     page.go("/console/account", "account-after-sign-out")
@@ -90,31 +102,31 @@ def test_deploy_a_container_watch_it_go_active_then_terminate(page, demo):
     page.press("Deploy", "deployed")
     assert page.path.startswith("/console/instances/")
     instance_id = page.path.rsplit("/", 1)[1]
-    assert page.css("#status").get_attribute("data-status") == "INITIALIZED"
+    assert page.attr("#status", "data-status") == "INITIALIZED"
 
     # time moves on the server; the page notices by itself (htmx polling), no reload
     marker = page.b.execute_script("window.__no_reload = 1; return window.__no_reload;")
     demo.advance(30)
-    page.wait_for(lambda: page.css("#status").get_attribute("data-status") == "ACTIVE",
+    page.wait_for(lambda: page.attr("#status", "data-status") == "ACTIVE",
                   "ACTIVE without a reload")
     assert page.b.execute_script("return window.__no_reload;") == marker
     page.wait_text("#logs pre", "")  # the logs panel loaded
     page.wait_for(lambda: "(nothing yet)" not in page.text("#logs pre"), "log lines")
     page.wait_text("#events pre", "Instance scheduled on provider")
     assert page.text("#ssh-command").startswith("ssh -p ")
-    assert page.css("#uri").get_attribute("href").startswith("http://")
+    assert page.attr("#uri", "href").startswith("http://")
     assert "Reserve:" in page.text("#billing")
     page.visited("instance-active")
 
     page.go("/console/instances", "instances")
-    row = page.css(f'tr[data-instance="{instance_id}"]')
-    assert "trainer-1" in row.text and "ACTIVE" in row.text
+    row = page.text(f'tr[data-instance="{instance_id}"]')
+    assert "trainer-1" in row and "ACTIVE" in row
 
     page.go(f"/console/instances/{instance_id}", "instance")
     page.click("#terminate-link", "terminate-confirm")
     assert "Terminate trainer-1?" in page.text("h1")
     page.press("Terminate", "terminated")
-    page.wait_for(lambda: page.css("#status").get_attribute("data-status") == "ENDED", "ENDED")
+    page.wait_for(lambda: page.attr("#status", "data-status") == "ENDED", "ENDED")
     assert "Terminated" in page.text(".done")
 
     page.go("/console/account", "account")
@@ -143,7 +155,7 @@ def test_deploy_a_vm_with_an_os_image_and_rename_it(page, demo):
     assert "Rocky Linux 9" in page.text(".review")
     page.press("Deploy", "vm-deployed")
     demo.advance(30)
-    page.wait_for(lambda: page.css("#status").get_attribute("data-status") == "ACTIVE", "ACTIVE")
+    page.wait_for(lambda: page.attr("#status", "data-status") == "ACTIVE", "ACTIVE")
     assert page.text("#ssh-command").startswith("ssh ")
     page.visited("vm-active")
 
