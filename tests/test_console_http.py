@@ -197,3 +197,24 @@ def test_operator_changes_an_offer_and_revokes_a_key(demo):
                        follow_redirects=False).status_code == 303
     assert client.get("/gpu/account", headers=headers).status_code == 403
     assert "revoked" in client.get(f"/console/admin/accounts/{account_id}").text
+
+
+def test_another_accounts_instance_is_not_found_in_the_console(demo):
+    client = demo.client
+    _, a = demo.account(name="a")
+    _, b = demo.account(name="b")
+    iid = demo.deploy(a, demo.offer(demo.provider()))
+    demo.advance(10)
+    sign_in(client, b["X-API-KEY"])
+    token = _csrf(client.get("/console/").text)
+    for path in [f"/console/instances/{iid}", f"/console/instances/{iid}/live",
+                 f"/console/instances/{iid}/feed/logs", f"/console/instances/{iid}/terminate"]:
+        r = client.get(path)
+        assert r.status_code == 404 and "Instance not found" in r.text, path
+    for action in ["terminate", "rename", "update"]:
+        r = client.post(f"/console/instances/{iid}/{action}",
+                        data={"csrf": token, "name": "stolen", "image": "evil/image:1"})
+        assert r.status_code == 404, action
+    assert iid not in client.get("/console/instances").text
+    assert demo.instance(a, iid)["instance_status"] == "ACTIVE"
+    assert demo.instance(a, iid)["name"] == "box"
