@@ -52,7 +52,9 @@ def test_sign_in_sets_an_opaque_strict_cookie_and_no_page_holds_the_key(demo):
         csp = page.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert "<script>" not in page.text  # only <script src=…> files
-    assert "alice" in client.get("/console/").text
+    home = client.get("/console/").text
+    assert "alice" in home and re.search(r">ACTIVE</span> 1\b", home)
+    assert re.search(r">FAILED</span> 0\b", home)
 
 
 def test_a_bad_key_is_refused_with_a_clear_message(api):
@@ -121,6 +123,8 @@ def test_operator_pages_need_the_admin_key(demo):
         == "/console/admin/login"
     assert sign_in(client, "wrong", admin=True).status_code == 400
     assert sign_in(client, ADMIN_KEY, admin=True).status_code == 303
+    assert re.search(r"<th scope=\"row\">Containers</th><td>0</td><td>0</td>",
+                     client.get("/console/admin/").text)
     for path in ["/console/admin/", "/console/admin/providers", "/console/admin/offers",
                  "/console/admin/accounts", "/console/admin/audit"]:
         page = client.get(path)
@@ -218,3 +222,21 @@ def test_another_accounts_instance_is_not_found_in_the_console(demo):
     assert iid not in client.get("/console/instances").text
     assert demo.instance(a, iid)["instance_status"] == "ACTIVE"
     assert demo.instance(a, iid)["name"] == "box"
+
+
+def test_a_plan_that_is_gone_says_so_in_the_apis_words(demo):
+    client = demo.client
+    _, headers = demo.account()
+    offer = demo.offer(demo.provider(), capacity=1)
+    sign_in(client, headers["X-API-KEY"])
+    page = client.get(f"/console/deploy?plan={offer}")
+    assert page.status_code == 200 and 'name="ports"' in page.text
+    token = _csrf(page.text)
+    demo.deploy(headers, offer)  # the last unit goes elsewhere meanwhile
+    for path in [f"/console/deploy?plan={offer}", "/console/deploy?plan=nope"]:
+        r = client.get(path)
+        assert r.status_code == 400 and "Plan no longer available" in r.text, path
+    r = client.post("/console/deploy", data={"csrf": token, "plan": offer, "name": "late",
+                                             "image": "docker.io/library/ubuntu:22.04",
+                                             "ports": "22"})
+    assert r.status_code == 400 and "Plan no longer available" in r.text

@@ -11,7 +11,6 @@ import datetime as dt
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
-from sqlalchemy import func, select
 
 from gpucloud.accounts import service as accounts
 from gpucloud.accounts.schemas import AccountCreate, DepositIn
@@ -21,7 +20,7 @@ from gpucloud.catalog.schemas import OfferPatch
 from gpucloud.console.sessions import Who
 from gpucloud.console.web import ConsoleRoute, Posted, by_operator, operator, redirect, render
 from gpucloud.errors import APIError
-from gpucloud.instances.models import Instance
+from gpucloud.instances import service as instances
 from gpucloud.money import to_micro
 
 router = APIRouter(prefix="/admin", route_class=ConsoleRoute)
@@ -36,13 +35,12 @@ def _errors(exc: ValidationError) -> dict[str, str]:
 def admin_home(request: Request, who: Who = Depends(operator)):
     rt = request.app.state.rt
     with rt.db.read() as s:
-        by_status = s.execute(select(Instance.workload, Instance.status, func.count())
-                              .group_by(Instance.workload, Instance.status)).all()
+        by_status = instances.status_counts(s)
         providers = catalog.list_providers(s)
         account_list = accounts.list_accounts(s)
     counts: dict[str, dict[str, int]] = {}
-    for workload, status, n in by_status:
-        counts.setdefault(workload, {})[status] = int(n)
+    for (workload, status), n in by_status.items():
+        counts.setdefault(workload, {})[status] = n
     return render(request, "admin/home.html", who, counts=counts, providers=providers,
                   accounts=len(account_list),
                   balances=sum(a.balance for a in account_list),

@@ -14,16 +14,18 @@ from pydantic import ValidationError
 
 from gpucloud.accounts import service as accounts
 from gpucloud.catalog import plans
+from gpucloud.catalog import service as catalog
 from gpucloud.console import forms
 from gpucloud.console.pages import machine_rows
 from gpucloud.console.sessions import Who
 from gpucloud.console.web import ConsoleRoute, Posted, by_customer, customer, redirect, render
-from gpucloud.errors import PLAN_UNAVAILABLE, APIError, FieldError
+from gpucloud.errors import PLAN_UNAVAILABLE, APIError, FieldError, NotFound
 from gpucloud.instances import service
 from gpucloud.instances.schemas import ContainerDeploy, VmDeploy
 from gpucloud.money import to_micro
 
 router = APIRouter(route_class=ConsoleRoute)
+MACHINES = {"vm": "VM", "baremetal": "Bare metal"}
 
 
 class _DryRun(Exception):
@@ -31,8 +33,13 @@ class _DryRun(Exception):
 
 
 def find_plan(s, plan_id: str) -> dict[str, Any] | None:
-    """The plan as the plans page shows it, with what the form needs; None if not deployable."""
-    for p in plans.container_plans(s):
+    """The plan as the plans page shows it, with what the form needs; None if not deployable.
+    The offer's own row says which of the three catalogs to render."""
+    try:
+        workload = catalog.get_offer(s, plan_id).workload
+    except NotFound:
+        return None
+    for p in plans.container_plans(s) if workload == "container" else []:
         if p["plan"]["id"] == plan_id:
             plan = p["plan"]
             return {"id": plan_id, "workload": "container", "kind": "Container",
@@ -40,7 +47,8 @@ def find_plan(s, plan_id: str) -> dict[str, Any] | None:
                     "supply": plan["supply"], "hour": plan["pricing"]["hour"],
                     "countries": p["attributes"]["location"], "location": None,
                     "os_options": []}
-    for workload, kind in (("vm", "VM"), ("baremetal", "Bare metal")):
+    if workload in MACHINES:
+        kind = MACHINES[workload]
         for o in machine_rows(plans.machine_plans(s, workload)):
             if o["id"] == plan_id:
                 return {"id": plan_id, "workload": workload, "kind": kind,

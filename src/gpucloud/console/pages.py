@@ -29,9 +29,8 @@ def home(request: Request, who: Who = Depends(customer)):
     with rt.db.read() as s:
         money = accounts.money_summary(s, who.account_id)
         counts: dict[str, int] = {}
-        for workload in ("container", "vm", "baremetal"):
-            for row in instances.list_owned(s, who.account_id, workload):
-                counts[row.status] = counts.get(row.status, 0) + 1
+        for (_, status), n in instances.status_counts(s, who.account_id).items():
+            counts[status] = counts.get(status, 0) + n
     return render(request, "home.html", who, money=money, counts=counts)
 
 

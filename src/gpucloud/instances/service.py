@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
@@ -393,3 +393,12 @@ def apply_pending_update(inst: Instance, now: dt.datetime) -> None:
     inst.pending_update = None
     inst.pending_credentials_enc = None
     inst.updated_at = now
+
+
+def status_counts(s: Session, account_id: str | None = None) -> dict[tuple[str, str], int]:
+    """(workload, status) → how many instances; one account's, or everyone's (operators)."""
+    q = select(Instance.workload, Instance.status, func.count()).group_by(Instance.workload,
+                                                                          Instance.status)
+    if account_id is not None:
+        q = q.where(Instance.account_id == account_id)
+    return {(w, st): int(n) for w, st, n in s.execute(q)}
