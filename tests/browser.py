@@ -56,6 +56,7 @@ def start_browser() -> webdriver.Chrome:
                 f"--window-size={DESKTOP[0]},{DESKTOP[1]}", "--hide-scrollbars",
                 "--force-device-scale-factor=1"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP reports
     browser = webdriver.Chrome(service=Service(driver), options=options)
     browser.set_page_load_timeout(30)
     return browser
@@ -99,6 +100,10 @@ class Page:
         for secret in self.secrets:
             assert secret not in html, f"page {self.b.current_url} contains a key"
         assert self.b.execute_script(UNLABELLED) == [], self.b.current_url
+        # Nothing on the page (htmx, Pico, our script) may need what the CSP forbids.
+        refused = [e["message"] for e in self.b.get_log("browser")
+                   if "Content Security Policy" in e["message"]]
+        assert refused == [], refused
 
     def secret(self, key: str) -> None:
         self.secrets.append(key)
