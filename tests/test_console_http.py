@@ -240,3 +240,14 @@ def test_a_plan_that_is_gone_says_so_in_the_apis_words(demo):
                                              "image": "docker.io/library/ubuntu:22.04",
                                              "ports": "22"})
     assert r.status_code == 400 and "Plan no longer available" in r.text
+
+
+def test_the_session_cookie_is_secure_over_https(api):
+    _, headers = api.account()
+    api.client.base_url = "https://testserver"
+    r = sign_in(api.client, headers["X-API-KEY"])
+    assert r.status_code == 303
+    assert "; secure" in r.headers["set-cookie"].lower()
+    api.client.base_url = "http://testserver"
+    assert "; secure" not in sign_in(api.client, headers["X-API-KEY"]).headers[
+        "set-cookie"].lower()
