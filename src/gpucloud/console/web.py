@@ -24,7 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from gpucloud.console import sessions
 from gpucloud.console.sessions import Who
-from gpucloud.errors import NotFound
+from gpucloud.errors import APIError, NotFound
 from gpucloud.jsonresp import isoformat_z
 from gpucloud.money import from_micro
 
@@ -105,9 +105,10 @@ class ConsoleRoute(APIRoute):
                 response = _to_sign_in(request, exc.admin)
             except FormRefused:
                 response = render(request, "refused.html", status_code=403)
-            except NotFound as exc:
-                response = render(request, "not_found.html", status_code=404,
-                                  message=exc.detail)
+            except APIError as exc:  # a rule a page did not expect to meet: its words, as a page
+                response = render(request, "error.html", status_code=exc.status_code,
+                                  message=exc.detail,
+                                  heading="Not found" if exc.status_code == 404 else "Refused")
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             response.headers.setdefault("Cache-Control", "no-store")
