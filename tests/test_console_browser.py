@@ -239,3 +239,11 @@ def test_pages_fit_a_phone(page, demo):
         page.go(path, "phone-" + path.strip("/").replace("/", "-"))
         assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
     assert page.all("nav a[href='/console/account']")[0].is_displayed()
+    page.press("Sign out", "phone-signed-out")
+    page.go("/console/admin/login", "phone-admin-sign-in")
+    page.fill("Admin key", ADMIN_KEY)
+    page.press("Sign in", "phone-admin-home")
+    for path in ["/console/admin/", "/console/admin/providers", "/console/admin/offers",
+                 "/console/admin/accounts", "/console/admin/audit"]:
+        page.go(path, "phone-" + path.strip("/").replace("/", "-"))
+        assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
