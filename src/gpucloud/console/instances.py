@@ -42,9 +42,7 @@ DONE = {"update": "Update requested: the container is redeployed with the new se
 
 def _rows(rt, account_id: str) -> list[Any]:
     with rt.db.read() as s:
-        rows = [r for w in WORKLOADS for r in service.list_owned(s, account_id, w)]
-    rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-    return rows
+        return service.list_summaries(s, account_id)
 
 
 @router.get("/instances")
