@@ -58,7 +58,7 @@ def start_browser() -> webdriver.Chrome:
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see CSP reports
     browser = webdriver.Chrome(service=Service(driver), options=options)
-    browser.set_page_load_timeout(30)
+    browser.set_page_load_timeout(120)  # the machine may be busy: slow, not broken
     return browser
 
 
