@@ -110,13 +110,14 @@ def _include_routers(app: FastAPI) -> None:
     from gpucloud.billing import routes as billing
     from gpucloud.catalog import admin_routes as catalog_admin
     from gpucloud.catalog import routes as catalog
+    from gpucloud.console import routes as console
     from gpucloud.instances import container_routes, vm_routes
 
     # VM/bare-metal paths before containers: "/gpu/instances/vms" must not be taken for an
     # instance id.
     for router in (catalog.router, vm_routes.router, container_routes.router, accounts.public,
                    billing.router, accounts.admin, billing.admin, catalog_admin.router,
-                   admin.router):
+                   admin.router, console.router):
         add_slash_twins(router)
         app.include_router(router)
 

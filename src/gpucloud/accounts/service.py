@@ -99,6 +99,17 @@ def money_summary(conn, account_id: str) -> dict:
     }
 
 
+def list_accounts(s: Session) -> list[Account]:
+    """Every account, newest first (the operator console's list)."""
+    return list(s.scalars(select(Account).order_by(Account.created_at.desc(), Account.id)))
+
+
+def list_api_keys(s: Session, account_id: str) -> list[ApiKey]:
+    """An account's keys with their prefixes and dates; the keys themselves are not stored."""
+    return list(s.scalars(select(ApiKey).where(ApiKey.account_id == account_id)
+                          .order_by(ApiKey.created_at.desc(), ApiKey.id)))
+
+
 class KeyCache:
     """Verified keys → (account id, key id, expiry), trusted for a few seconds.
 

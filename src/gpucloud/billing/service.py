@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.orm import Session
 
 from gpucloud.billing.models import LedgerEntry
 from gpucloud.errors import FieldError
@@ -53,3 +55,19 @@ def transactions(conn, account_id: str, limit: int, cursor: str | None) -> tuple
     page = list(rows[:limit])
     next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
     return page, next_cursor
+
+
+def spend_per_day(s: Session, account_id: str, since: dt.datetime) -> dict[str, int]:
+    """Charges per UTC day ('YYYY-MM-DD' → micro-USDC) from `since` on, summed by the
+    database: an account with many instances has tens of thousands of charges a month."""
+    if s.bind.dialect.name == "sqlite":
+        day = func.substr(LedgerEntry.at, 1, 10)  # stored as 'YYYY-MM-DD HH:MM:SS…'
+    else:
+        day = func.to_char(LedgerEntry.at, "YYYY-MM-DD")
+    rows = s.execute(
+        select(day.label("day"), func.sum(LedgerEntry.amount))
+        .where(LedgerEntry.account_id == account_id, LedgerEntry.kind == "charge",
+               LedgerEntry.at >= since)
+        .group_by(day)
+    ).all()
+    return {d: int(total) for d, total in rows}

@@ -13,10 +13,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
-from gpucloud.drivers.base import DriverError
-from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
-from gpucloud.instances import events as instance_events
-from gpucloud.instances import service, views
+from gpucloud.errors import INSTANCE_NOT_FOUND
+from gpucloud.instances import feed, service, views
 from gpucloud.instances.schemas import (
     ContainerDeploy,
     ContainerDetails,
@@ -24,7 +22,7 @@ from gpucloud.instances.schemas import (
     ContainerUpdate,
     Created,
 )
-from gpucloud.jsonresp import JSON, isoformat_z
+from gpucloud.jsonresp import JSON
 
 router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"])
 
@@ -112,14 +110,6 @@ def terminate_container(instance_id: str, request: Request,
     return Response(status_code=204)
 
 
-def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = False):
-    with rt.db.query() as conn:
-        inst = service.driver_target(conn, account_id, instance_id, "container")
-        ours = instance_events.for_instance(conn, instance_id) if with_events else []
-    driver = rt.driver_for(inst.provider_id, inst.driver, inst.config or {})
-    return inst, driver, ours
-
-
 LAST = Query(None, ge=1, description="Keep only the last N lines")
 
 
@@ -127,13 +117,7 @@ LAST = Query(None, ge=1, description="Keep only the last N lines")
             summary="Container stdout/stderr lines, oldest first", responses=NOT_FOUND_DOC)
 def container_logs(instance_id: str, request: Request, last: int | None = LAST,
                    caller: Caller = Depends(current_account)):
-    rt = request.app.state.rt
-    inst, driver, _ = _with_driver(rt, caller.account_id, instance_id)
-    try:
-        lines = driver.logs(inst.id, inst.driver_state, last)
-    except DriverError:
-        raise BadRequest("Logs are temporarily unavailable from the provider") from None
-    return JSON(lines[-last:] if last else lines)
+    return JSON(feed.logs(request.app.state.rt, caller.account_id, instance_id, last))
 
 
 @router.get("/{instance_id}/events", response_model=list[str],
@@ -141,12 +125,4 @@ def container_logs(instance_id: str, request: Request, last: int | None = LAST,
             summary="Lifecycle events (gpucloud's and the provider's), oldest first")
 def container_events(instance_id: str, request: Request, last: int | None = LAST,
                      caller: Caller = Depends(current_account)):
-    rt = request.app.state.rt
-    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id, with_events=True)
-    try:
-        theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
-    except DriverError:
-        theirs = []  # the provider is unreachable; our own record still tells the story
-    merged = sorted(ours + theirs, key=lambda e: e[0])  # stable: ours first on ties
-    lines = [f"{isoformat_z(at)} {message}" for at, message in merged]
-    return JSON(lines[-last:] if last else lines)
+    return JSON(feed.events(request.app.state.rt, caller.account_id, instance_id, last))

@@ -407,3 +407,25 @@ def apply_pending_update(inst: Instance, now: dt.datetime) -> None:
     inst.pending_update = None
     inst.pending_credentials_enc = None
     inst.updated_at = now
+
+
+def status_counts(s: Session, account_id: str | None = None) -> dict[tuple[str, str], int]:
+    """(workload, status) → how many instances; one account's, or everyone's (operators)."""
+    q = select(Instance.workload, Instance.status, func.count()).group_by(Instance.workload,
+                                                                          Instance.status)
+    if account_id is not None:
+        q = q.where(Instance.account_id == account_id)
+    return {(w, st): int(n) for w, st, n in s.execute(q)}
+
+
+_SUMMARY = (Instance.id, Instance.name, Instance.workload, Instance.status, Instance.resources,
+            Instance.location, Instance.domain, Instance.created_at)
+
+
+def list_summaries(s: Session, account_id: str) -> list[Any]:
+    """All of an account's instances, every type, newest first, with only what a list shows
+    (the console's instances page: one query instead of three full-row ones)."""
+    return s.execute(
+        select(*_SUMMARY).where(Instance.account_id == account_id)
+        .order_by(Instance.created_at.desc(), Instance.id.desc())
+    ).all()
