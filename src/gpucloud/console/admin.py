@@ -78,6 +78,17 @@ def offers_page(request: Request, who: Who = Depends(operator)):
     return _offers_page(request, who)
 
 
+def _whole_number(text: str | None) -> int | str | None:
+    """A form field is text; the API takes counts only as JSON integers (strict), so a form's
+    digits become one here and anything else is left for validation to name."""
+    if not text:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
 @router.post("/offers/{offer_id}")
 def offer_change(offer_id: str, request: Request, posted: Posted = Depends(by_operator)):
     rt = request.app.state.rt
@@ -85,7 +96,7 @@ def offer_change(offer_id: str, request: Request, posted: Posted = Depends(by_op
     try:
         patch = OfferPatch.model_validate({
             "enabled": form.get("enabled") == "true",
-            "capacity": form.get("capacity") or None,
+            "capacity": _whole_number(form.get("capacity")),
             "price_hour": form.get("price_hour") or None})
     except ValidationError as exc:
         return _offers_page(request, posted.who, _errors(exc), failed=offer_id)
