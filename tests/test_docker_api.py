@@ -172,7 +172,7 @@ def test_create_after_a_crash_reuses_the_container_and_strays_are_reconciled(api
 
 
 def test_local_provider_registers_once_and_runs_a_plan(api, engine):
-    from gpucloud.drivers.local import register_local_provider
+    from gpucloud.catalog.local_provider import register_local_provider
 
     api.rt.settings.local_provider = True
     note = register_local_provider(api.rt)

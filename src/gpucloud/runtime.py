@@ -6,6 +6,7 @@ as their argument. Tests build their own with other settings.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from gpucloud.clock import Clock, ManualClock, SystemClock
 from gpucloud.db import Database
 from gpucloud.drivers.base import DriverContext
+from gpucloud.drivers.registry import driver_class
+from gpucloud.migrations.run import upgrade
 from gpucloud.secrets import SecretBox, load_or_create_key
 from gpucloud.settings import Settings
 
@@ -34,8 +37,6 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, migrate: bool = True) -> Runtime:
-        from gpucloud.migrations.run import upgrade
-
         db = Database(settings)
         if migrate:
             upgrade(db)
@@ -45,10 +46,6 @@ class Runtime:
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
         """One driver object per provider (and config version), reused across calls."""
-        import json
-
-        from gpucloud.drivers.registry import driver_class
-
         key = (provider_id, json.dumps(config, sort_keys=True, default=str))
         with self._drivers_lock:
             drv = self._drivers.get(key)

@@ -18,13 +18,13 @@ import logging
 import threading
 import time
 
+from gpucloud.billing import boundaries
+from gpucloud.instances import lifecycle, reconcile
+
 log = logging.getLogger("gpucloud.worker")
 
 
 def run_once(rt) -> int:
-    from gpucloud.billing import boundaries
-    from gpucloud.instances import lifecycle
-
     done = lifecycle.process_due(rt)
     done += boundaries.process_due(rt)
     done += boundaries.retry_topups_due(rt)
@@ -32,9 +32,6 @@ def run_once(rt) -> int:
 
 
 def next_due(rt) -> dt.datetime | None:
-    from gpucloud.billing import boundaries
-    from gpucloud.instances import lifecycle
-
     candidates = [t for t in (lifecycle.next_due(rt), boundaries.next_due(rt)) if t is not None]
     return min(candidates) if candidates else None
 
@@ -89,8 +86,6 @@ class BackgroundWorker:
                     self.rt.clock.refresh()
                     busy = run_once(self.rt)
                     if time.monotonic() - self._last_reconcile > 60:
-                        from gpucloud.instances import reconcile
-
                         reconcile.run(self.rt)
                         self._last_reconcile = time.monotonic()
             except Exception:  # keep the worker alive; the step is retried next tick

@@ -28,7 +28,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from gpucloud.drivers import simulated_text
 from gpucloud.drivers.base import (
     Driver,
     DriverContext,
@@ -37,7 +36,8 @@ from gpucloud.drivers.base import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from gpucloud.instances.models import SimWorkload
+from gpucloud.drivers.simulated import text as simulated_text
+from gpucloud.drivers.simulated.models import SimWorkload
 from gpucloud.jsonresp import isoformat_z
 
 DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
