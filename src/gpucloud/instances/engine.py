@@ -18,7 +18,7 @@ import logging
 import threading
 from functools import partial
 
-from sqlalchemy import update
+from sqlalchemy import and_, select, update
 
 from gpucloud.clock import utcnow
 from gpucloud.instances import lifecycle
@@ -109,9 +109,15 @@ class Dispatcher:
         expires = utcnow() + dt.timedelta(seconds=self.rt.settings.lease_seconds)
         with self.rt.db.write() as s:
             for token, ids in by_token.items():
-                s.execute(update(Instance)
-                          .where(Instance.id.in_(ids), Instance.lock_token == token)
-                          .values(lock_expires_at=expires)
+                mine = and_(Instance.id.in_(ids), Instance.lock_token == token)
+                if not self.rt.db.is_sqlite:
+                    # Never wait on a row: one that is locked is having its result applied
+                    # right now (its lease is cleared at that commit), and waiting on it while
+                    # holding the others could deadlock with the money paths' lock order.
+                    mine = Instance.id.in_(select(Instance.id).where(mine)
+                                           .with_for_update(skip_locked=True)
+                                           .scalar_subquery())
+                s.execute(update(Instance).where(mine).values(lock_expires_at=expires)
                           .execution_options(synchronize_session=False))
         return sum(len(ids) for ids in by_token.values())
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from gpucloud.billing import ledger
 from gpucloud.catalog.models import Provider
@@ -50,6 +51,8 @@ from gpucloud.instances.models import (
 log = logging.getLogger("gpucloud.lifecycle")
 
 BATCH = 100
+RETRY_APPLY = 4
+RETRYABLE = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 PENDING_RECHECK = dt.timedelta(seconds=2)  # when a driver gives no estimate
 FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
 Apply = Callable[[Any, Instance], bool]  # (session, row) → did it change capacity?
@@ -121,7 +124,23 @@ def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = Non
 
 
 def _apply(rt, claim: Claim, fn: Apply) -> bool:
-    """Run `fn` on the row if we still hold it; returns False when the result was dropped."""
+    """Run `fn` on the row if we still hold it; returns False when the result was dropped.
+
+    Results are applied side by side now (one per pool thread), and PostgreSQL may pick one
+    of two activations of the same account as a deadlock victim: that transaction is simply
+    run again, a couple of times, instead of waiting for the next retry of the whole step."""
+    for attempt in range(RETRY_APPLY):
+        try:
+            return _apply_once(rt, claim, fn)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE or attempt == RETRY_APPLY - 1:
+                raise
+            log.info("instance %s: applying %s again after %s", claim.inst.id, claim.op,
+                     type(exc.orig).__name__)
+    return False
+
+
+def _apply_once(rt, claim: Claim, fn: Apply) -> bool:
     with rt.db.write() as s:
         q = select(Instance).where(Instance.id == claim.inst.id, Instance.lock_token == claim.token)
         if not rt.db.is_sqlite:
