@@ -49,5 +49,4 @@ def bootstrap(rt) -> BootstrapResult:
         note = register_local_provider(rt)
         if note:
             result.notes.append(note)
-    rt.invalidate("plans")
     return result

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpucloud.clock import Clock, ManualClock, SystemClock
-from gpucloud.db import Database
+from gpucloud.db import NEW_WORK, PLANS_CHANGED, Database
 from gpucloud.drivers.base import DriverContext
 from gpucloud.drivers.pool import CallPool
 from gpucloud.drivers.registry import driver_class
@@ -46,6 +46,9 @@ class Runtime:
         # A freed slot is new room for work: the idle lifecycle loop looks again at once.
         self.calls.changed = self.wake
         self.dispatcher = Dispatcher(self)
+        # What committed changes mean for this process (registered where they are made).
+        self.db.on_effect(PLANS_CHANGED, lambda: self.invalidate("plans"))
+        self.db.on_effect(NEW_WORK, self.wake.set)
 
     @classmethod
     def build(cls, settings: Settings, migrate: bool = True) -> Runtime:

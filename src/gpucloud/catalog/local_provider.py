@@ -49,7 +49,6 @@ def register_local_provider(rt) -> str | None:
     gpus = host_gpus()
     with rt.db.write() as s:
         note = _ensure(s, rt, url, kind, gpus)
-    rt.invalidate("plans")
     return note
 
 

@@ -20,7 +20,7 @@ from gpucloud.drivers.base import DriverError
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest
 from gpucloud.fastpath import fast
 from gpucloud.instances import events as instance_events
-from gpucloud.instances import service, views
+from gpucloud.instances import service, transitions, views
 from gpucloud.instances.schemas import (
     ContainerDeploy,
     ContainerDetails,
@@ -62,8 +62,6 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
     with rt.db.write() as s:
         inst = service.deploy_container(s, rt, caller.account_id, body, _now(rt))
         instance_id = inst.id
-    rt.invalidate("plans")
-    rt.wake.set()
     return JSON({"instance_id": instance_id}, status_code=201)
 
 
@@ -101,7 +99,6 @@ def update_container(instance_id: str, body: ContainerUpdate, request: Request,
     with rt.db.write() as s:
         inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
         service.request_update(s, rt, inst, body, _now(rt))
-    rt.wake.set()
     return Response(status_code=204)
 
 
@@ -112,9 +109,7 @@ def terminate_container(instance_id: str, request: Request,
     rt = request.app.state.rt
     with rt.db.write() as s:
         inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
-        service.terminate(s, inst, _now(rt))
-    rt.invalidate("plans")
-    rt.wake.set()
+        transitions.terminate(s, inst, _now(rt))
     return Response(status_code=204)
 
 

@@ -32,12 +32,11 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 
-from gpucloud.billing import ledger
 from gpucloud.catalog.models import Provider
 from gpucloud.clock import utcnow
 from gpucloud.drivers.base import DriverError, DriverTransientError, WorkloadStatus
 from gpucloud.drivers.pool import CallPool, CallTimeout, Slot
-from gpucloud.instances import allocations, events, service
+from gpucloud.instances import allocations, events, service, transitions
 from gpucloud.instances.models import (
     ACTIVE,
     INITIALIZED,
@@ -55,7 +54,7 @@ RETRY_APPLY = 4
 RETRYABLE = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 PENDING_RECHECK = dt.timedelta(seconds=2)  # when a driver gives no estimate
 FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
-Apply = Callable[[Any, Instance], bool]  # (session, row) → did it change capacity?
+Apply = Callable[[Any, Instance], bool]  # (session, row) → did the transition happen?
 
 
 @dataclass
@@ -151,9 +150,7 @@ def _apply_once(rt, claim: Claim, fn: Apply) -> bool:
             return False
         inst.lock_token = None
         inst.lock_expires_at = None
-        capacity_changed = fn(s, inst)
-    if capacity_changed:
-        rt.invalidate("plans")
+        fn(s, inst)
     return True
 
 
@@ -189,30 +186,12 @@ def _no_answer(exc: CallTimeout) -> str:
     return what[0].upper() + what[1:] + "; will retry"
 
 
-def _absorb(inst: Instance, st: WorkloadStatus) -> None:
-    """Copy what the driver reports about a running workload onto the row."""
-    inst.domain = st.domain
-    ssh = ({"user": st.ssh_user, "host": st.ssh_host or st.domain, "port": st.ssh_port or 22}
-           if st.ssh_user else None)
-    inst.network = {"forwarded_ports": [{"port": p.port, "external_port": p.external_port,
-                                         "protocol": p.protocol} for p in st.forwarded_ports],
-                    "uri": st.uri, "ssh": ssh}
-    inst.container_started = st.container_started
-    if st.state is not None:
-        inst.driver_state = st.state
-
-
 def _activate(now: dt.datetime, st: WorkloadStatus, watch: dt.timedelta) -> Apply:
     def fn(s, inst: Instance) -> bool:
         if inst.status != INITIALIZED:
             inst.op = None
             return False
-        inst.status = ACTIVE
-        inst.activated_at = inst.updated_at = now
-        _absorb(inst, st)
-        inst.op, inst.next_check_at, inst.attempts = OP_WATCH, now + watch, 0
-        ledger.activate(s, inst, now)
-        events.record(s, inst.id, now, f"Instance is running and reachable at {st.domain}")
+        transitions.activate(s, inst, now, st, now + watch)
         return False
     return fn
 
@@ -221,7 +200,7 @@ def _fail(now: dt.datetime, reason: str) -> Apply:
     def fn(s, inst: Instance) -> bool:
         if inst.status != INITIALIZED:
             return False
-        service.fail(s, inst, now, reason)
+        transitions.fail(s, inst, now, reason)
         return True
     return fn
 
@@ -230,7 +209,7 @@ def _end(now: dt.datetime, reason: str) -> Apply:
     def fn(s, inst: Instance) -> bool:
         if inst.status != ACTIVE:
             return False
-        service.end(s, inst, now, reason)
+        transitions.end(s, inst, now, reason)
         return True
     return fn
 
@@ -316,7 +295,7 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
         if st.phase == "running" and st.reason is None:
             image = inst.pending_update["container"]["image"]
             service.apply_pending_update(inst, now)
-            _absorb(inst, st)
+            transitions.absorb(inst, st)
             events.record(s, inst.id, now, f"Update applied: container redeployed with {image}")
         else:
             inst.pending_update = inst.pending_credentials_enc = None
@@ -395,10 +374,7 @@ def _recreate(rt, claim: Claim, driver, gone: WorkloadStatus,
     def fn(s, inst: Instance) -> bool:
         if inst.status != ACTIVE:
             return False
-        _absorb(inst, st)
-        inst.updated_at, inst.next_check_at = now, watch
-        events.record(s, inst.id, now,
-                      "Container was missing at the provider; recreated on the same ports")
+        transitions.recreate(s, inst, now, st, watch)
         return False
     return fn
 

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from gpucloud.accounts.auth import Caller, api_key_header, current_account
 from gpucloud.fastpath import fast
-from gpucloud.instances import service, views
+from gpucloud.instances import service, transitions, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
@@ -52,7 +52,6 @@ def _routes(kind: str, workload: str) -> None:
         with rt.db.write() as s:
             inst = service.deploy_vm(s, rt, caller.account_id, workload, body, rt.clock.now())
             instance_id = inst.id
-        rt.invalidate("plans")
         return JSON({"instance_id": instance_id}, status_code=201)
 
     def rename(instance_id: str, body: VmRename, request: Request,
@@ -69,8 +68,7 @@ def _routes(kind: str, workload: str) -> None:
         with rt.db.write() as s:
             inst = service.get_owned(s, caller.account_id, instance_id, (workload,),
                                      for_update=True)
-            service.terminate(s, inst, rt.clock.now())
-        rt.invalidate("plans")
+            transitions.terminate(s, inst, rt.clock.now())
         return Response(status_code=204)
 
     base = f"/{kind}"
