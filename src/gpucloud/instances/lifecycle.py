@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ log = logging.getLogger("gpucloud.lifecycle")
 
 BATCH = 100
 RETRY_APPLY = 4
+_ACCOUNT_LOCKS = [threading.Lock() for _ in range(64)]
 RETRYABLE = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 PENDING_RECHECK = dt.timedelta(seconds=2)  # when a driver gives no estimate
 FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
@@ -130,7 +132,10 @@ def _apply(rt, claim: Claim, fn: Apply) -> bool:
     run again, a couple of times, instead of waiting for the next retry of the whole step."""
     for attempt in range(RETRY_APPLY):
         try:
-            return _apply_once(rt, claim, fn)
+            # One apply per account at a time in this process: activations of one account
+            # side by side deadlocked on its row on PostgreSQL (seen in bench/lifecycle.py).
+            with _ACCOUNT_LOCKS[hash(claim.inst.account_id) % len(_ACCOUNT_LOCKS)]:
+                return _apply_once(rt, claim, fn)
         except OperationalError as exc:
             if getattr(exc.orig, "sqlstate", None) not in RETRYABLE or attempt == RETRY_APPLY - 1:
                 raise
