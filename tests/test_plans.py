@@ -5,8 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 
 from gpucloud.catalog import service
+from gpucloud.catalog.models import OfferZone
+from gpucloud.catalog.schemas import OfferPatch
+from gpucloud.db import Database
 from gpucloud.errors import APIError
 
 PLAN_PATHS = ["/gpu/plans/", "/gpu/plans", "/gpu/plans/vms", "/gpu/plans/baremetal",
@@ -324,16 +328,37 @@ def test_demo_catalog_looks_like_a_market(demo, user):
 
 # --- cache ----------------------------------------------------------------------------------------
 
+def first_zone(rt, offer_id: str) -> int:
+    with rt.db.read() as s:
+        return s.scalar(select(OfferZone.id).where(OfferZone.offer_id == offer_id))
+
+
 @pytest.mark.parametrize("settings_overrides", [{"plans_cache_seconds": 60}])
 def test_cached_plans_are_invalidated_by_changes(api, user, rt):
     pid = api.provider("acme")
     oid = api.offer(pid, price="1.5", capacity=1)
     first = api.client.get("/gpu/plans/", headers=user)
     assert len(first.json()) == 1
-    # A change behind the API's back is not seen while the entry lives: the cache is real.
+    # A change made by another process is not seen while the entry lives: the cache is real.
+    other = Database(rt.settings)
+    try:
+        with other.write() as s:
+            service.take_capacity(s, oid, "container", None)
+    finally:
+        other.dispose()
+    assert api.client.get("/gpu/plans/", headers=user).content == first.content
+    # The same change through this process invalidates after its commit (no route involved),
+    # and a rolled-back one does not.
+    with pytest.raises(RuntimeError), rt.db.write() as s:
+        service.patch_offer(s, oid, OfferPatch(capacity=5))
+        raise RuntimeError("rolled back")
+    assert api.client.get("/gpu/plans/", headers=user).content == first.content
+    with rt.db.write() as s:
+        service.release_capacity(s, first_zone(rt, oid))
+    assert len(api.client.get("/gpu/plans/", headers=user).json()) == 1
     with rt.db.write() as s:
         service.take_capacity(s, oid, "container", None)
-    assert api.client.get("/gpu/plans/", headers=user).content == first.content
+    assert api.client.get("/gpu/plans/", headers=user).json() == []
     # A change through the API invalidates at once.
     api.client.patch(f"/admin/offers/{oid}", json={"capacity": 2, "price_hour": "1.75"},
                      headers=api.admin)

@@ -13,8 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpucloud import __version__, openapi
+from gpucloud.accounts import routes as accounts
 from gpucloud.accounts.auth import require_admin
+from gpucloud.admin import routes as admin
+from gpucloud.billing import routes as billing
+from gpucloud.catalog import admin_routes as catalog_admin
+from gpucloud.catalog import routes as catalog
+from gpucloud.console import routes as console
 from gpucloud.errors import APIError, FieldError, safe_error
+from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
 from gpucloud.routing import add_slash_twins
 from gpucloud.runtime import Runtime
@@ -25,6 +32,7 @@ from gpucloud.web.guard import GuardMiddleware
 from gpucloud.web.logs import configure as configure_logging
 from gpucloud.web.metrics_route import metrics_endpoint
 from gpucloud.web.middleware import RequestMiddleware
+from gpucloud.workers.runner import BackgroundWorker
 
 log = logging.getLogger("gpucloud")
 MAX_ERRORS = 100  # 422 entries shown; the rest are the same mistakes again
@@ -50,8 +58,6 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
         worker = None
         if settings.workers:
-            from gpucloud.workers.runner import BackgroundWorker
-
             worker = BackgroundWorker(rt)
             worker.start()
         try:
@@ -105,14 +111,6 @@ def app_factory() -> FastAPI:
 
 
 def _include_routers(app: FastAPI) -> None:
-    from gpucloud.accounts import routes as accounts
-    from gpucloud.admin import routes as admin
-    from gpucloud.billing import routes as billing
-    from gpucloud.catalog import admin_routes as catalog_admin
-    from gpucloud.catalog import routes as catalog
-    from gpucloud.console import routes as console
-    from gpucloud.instances import container_routes, vm_routes
-
     # VM/bare-metal paths before containers: "/gpu/instances/vms" must not be taken for an
     # instance id.
     for router in (catalog.router, vm_routes.router, container_routes.router, accounts.public,

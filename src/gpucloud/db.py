@@ -135,14 +135,47 @@ def make_engine(url: str) -> Engine:
                          json_deserializer=orjson.loads)
 
 
+# --- after-commit effects ----------------------------------------------------------------------
+# What a change means outside the database (the plans cache is stale, the lifecycle worker has
+# new work) is registered by the code that makes the change, on its session, by name; the
+# process's handlers run once per name after the transaction commits, and never when it rolls
+# back. No route has to remember them.
+PLANS_CHANGED = "plans_changed"
+NEW_WORK = "new_work"
+_EFFECTS = "gpucloud_effects"
+
+
+def after_commit(s: Session, effect: str) -> None:
+    """Run the `effect` handlers once after `s` commits (dropped on rollback)."""
+    s.info.setdefault(_EFFECTS, set()).add(effect)
+
+
+def _run_effects(session: Session) -> None:
+    effects = session.info.pop(_EFFECTS, None)
+    db = session.info.get("db")
+    if not effects or db is None:
+        return
+    for effect in sorted(effects):
+        for handler in db.effect_handlers.get(effect, ()):
+            handler()
+
+
+def _drop_effects(session: Session) -> None:
+    session.info.pop(_EFFECTS, None)
+
+
 class Database:
     def __init__(self, settings: Settings):
         self.url = settings.effective_database_url
         self.engine = make_engine(self.url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self.effect_handlers: dict[str, list] = {}
+        self._read = sessionmaker(self.engine, expire_on_commit=False, info={"db": self})
         write_bind = self.engine.execution_options(sqlite_begin="IMMEDIATE")
-        self._write = sessionmaker(write_bind, expire_on_commit=False)
+        self._write = sessionmaker(write_bind, expire_on_commit=False, info={"db": self})
+        for maker in (self._read, self._write):
+            event.listen(maker, "after_commit", _run_effects)
+            event.listen(maker, "after_rollback", _drop_effects)
         # PostgreSQL: a read of single statements needs no transaction around them (each is its
         # own snapshot), and BEGIN and ROLLBACK are a network round trip each.
         self._query_bind = self.engine if self.is_sqlite else \
@@ -152,6 +185,10 @@ class Database:
         # burst of concurrent writes into seconds of latency. Other processes still queue
         # through busy_timeout.
         self._write_lock = threading.RLock() if self.is_sqlite else None
+
+    def on_effect(self, effect: str, handler) -> None:
+        """Call `handler()` after every commit that registered `effect` (see after_commit)."""
+        self.effect_handlers.setdefault(effect, []).append(handler)
 
     @contextmanager
     def write(self) -> Iterator[Session]:

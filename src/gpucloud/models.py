@@ -5,5 +5,11 @@ from gpucloud.billing.models import LedgerEntry  # noqa: F401
 from gpucloud.catalog.models import DefaultImage, Offer, OfferZone, Provider  # noqa: F401
 from gpucloud.console.models import ConsoleSession  # noqa: F401
 from gpucloud.db import Base  # noqa: F401
+from gpucloud.drivers.simulated.models import SimWorkload  # noqa: F401
 from gpucloud.idempotency import IdempotencyKey  # noqa: F401
-from gpucloud.instances.models import Instance, InstanceEvent, PortAllocation, SimWorkload  # noqa: F401
+from gpucloud.instances.models import (  # noqa: F401
+    GpuAllocation,
+    Instance,
+    InstanceEvent,
+    PortAllocation,
+)

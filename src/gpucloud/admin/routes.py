@@ -13,6 +13,7 @@ from gpucloud.accounts.auth import require_admin
 from gpucloud.common import NumberIn, RequestModel
 from gpucloud.errors import BadRequest
 from gpucloud.jsonresp import JSON, isoformat_z
+from gpucloud.workers.runner import drain
 
 router = APIRouter(prefix="/admin", tags=["admin: clock"], dependencies=[Depends(require_admin)])
 
@@ -43,8 +44,6 @@ def get_clock(request: Request):
 
 @router.post("/clock", response_model=ClockOut, operation_id="adminMoveClock")
 async def move_clock(body: ClockMove, request: Request):
-    from gpucloud.workers.runner import drain
-
     rt = request.app.state.rt
     if not rt.clock.manual:
         raise BadRequest(

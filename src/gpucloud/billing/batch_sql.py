@@ -36,8 +36,9 @@ from gpucloud.accounts.models import Account
 from gpucloud.billing import ledger
 from gpucloud.billing.models import CHARGE, REFUND, TOPUP, LedgerEntry
 from gpucloud.catalog.models import OfferZone
-from gpucloud.db import UTCDateTime
-from gpucloud.instances.models import ACTIVE, ENDED, OP_DELETE, Instance, InstanceEvent
+from gpucloud.db import NEW_WORK, PLANS_CHANGED, UTCDateTime, after_commit
+from gpucloud.instances import allocations, transitions
+from gpucloud.instances.models import ACTIVE, ENDED, Instance, InstanceEvent
 
 A = Account.__table__
 I = Instance.__table__
@@ -46,6 +47,7 @@ Z = OfferZone.__table__
 E = InstanceEvent.__table__
 
 EXHAUSTED_REASON = "Funds exhausted: the reserve could not pay the next hour"
+# The set-based form of transitions.end: the same row, an event that says why.
 EXHAUSTED_EVENT = "Ended by billing: funds exhausted; the unused reserve was refunded"
 
 # Not part of the application's metadata: never migrated, created per connection.
@@ -215,11 +217,13 @@ def end_exhausted(s: Session, now: dt.datetime) -> int:
     s.execute(update(A).where(A.c.id == per_account.c.account_id)
               .values(balance=A.c.balance + per_account.c.amount))
     ended_ids = select(B.c.id).where(B.c.ends == 1)
-    # Clearing the lease makes a lifecycle step in flight on this row drop its result
-    # instead of overwriting the ENDED state.
+    # The row of transitions.end (closed_columns clears the lease: a lifecycle step in flight
+    # on this row drops its result instead of overwriting the ENDED state).
     s.execute(update(I).where(I.c.id.in_(ended_ids)).values(
-        status=ENDED, reserve=0, ended_at=now, updated_at=now, status_reason=EXHAUSTED_REASON,
-        op=OP_DELETE, next_check_at=now, attempts=0, lock_token=None, lock_expires_at=None))
+        reserve=0, **transitions.closed_columns(ENDED, EXHAUSTED_REASON, now)))
+    after_commit(s, PLANS_CHANGED)
+    after_commit(s, NEW_WORK)
+    allocations.release(s, ended_ids)
     s.execute(insert(E).from_select(
         ["instance_id", "at", "message"],
         select(B.c.id, literal(now, UTCDateTime()), literal(EXHAUSTED_EVENT))

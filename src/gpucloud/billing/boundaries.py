@@ -95,8 +95,7 @@ def _more_than_one_batch(rt, now: dt.datetime, limit: int) -> bool:
 def _run_batch(rt, now: dt.datetime, limit: int) -> BatchResult:
     with rt.db.write() as s:
         result = process_batch(s, now, limit)
-    if result.ended:
-        rt.invalidate("plans")  # capacity was released
+    if result.ended:  # capacity released: the plans cache hears of it after commit
         log.info("billing ended %d instance(s) for lack of funds", result.ended)
     return result
 

@@ -1,7 +1,8 @@
 """Operator side of the catalog (SPEC §7): providers, offers, catalog import.
 
-Every change invalidates the rendered plans *after* its transaction commits; invalidating
-inside the transaction would let a concurrent request re-cache the old rows.
+Every change invalidates the rendered plans *after* its transaction commits (the services
+register it, db.after_commit); invalidating inside the transaction would let a concurrent
+request re-cache the old rows.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ def create_provider(body: ProviderCreate, request: Request):
     except IntegrityError:
         # Lost a race with a concurrent create of the same name.
         raise BadRequest(f"Provider {body.name} already exists") from None
-    rt.invalidate("plans")
     return JSON(out, status_code=201)
 
 
@@ -61,7 +61,6 @@ def patch_provider(provider_id: str, body: ProviderPatch, request: Request):
     with rt.db.write() as s:
         service.set_provider_enabled(s, provider_id, body.enabled)
         out = _provider_out(s, provider_id)
-    rt.invalidate("plans")
     return JSON(out)
 
 
@@ -71,7 +70,6 @@ def create_offer(body: OfferCreate, request: Request):
     with rt.db.write() as s:
         offer = service.create_offer(s, body, rt.clock.now())
         out = service.offer_out(s, offer.id)
-    rt.invalidate("plans")
     return JSON(out, status_code=201)
 
 
@@ -97,7 +95,6 @@ def patch_offer(offer_id: str, body: OfferPatch, request: Request):
     with rt.db.write() as s:
         service.patch_offer(s, offer_id, body)
         out = service.offer_out(s, offer_id)
-    rt.invalidate("plans")
     return JSON(out)
 
 
@@ -112,5 +109,4 @@ def import_catalog(body: CatalogDoc, request: Request):
             summary = importer.import_catalog(s, body, rt.clock.now())
     except IntegrityError:
         raise BadRequest("The catalog changed concurrently; apply the document again") from None
-    rt.invalidate("plans")
     return JSON(summary)

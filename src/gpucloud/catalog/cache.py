@@ -3,7 +3,8 @@
 The plans endpoints are the most-read part of the API and change rarely, so each distinct
 response (path + filters) is rendered once and served from memory until it expires
 (`plans_cache_seconds`, which bounds staleness from changes made by *other* processes) or a
-change through this process calls `rt.invalidate("plans")`.
+change committed through this process invalidates it (the PLANS_CHANGED after-commit effect
+its code registers, see db.after_commit).
 
 A render that started before an invalidation must not be stored after it (it may hold the old
 rows), hence the generation counter.

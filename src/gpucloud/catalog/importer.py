@@ -30,6 +30,7 @@ from gpucloud.catalog.service import (
     offer_rule_errors,
 )
 from gpucloud.common import RequestModel, StrictCount
+from gpucloud.db import PLANS_CHANGED, after_commit
 from gpucloud.errors import FieldError
 from gpucloud.money import to_micro
 
@@ -144,6 +145,7 @@ def import_catalog(s: Session, doc: dict[str, Any] | CatalogDoc, now: dt.datetim
         doc = CatalogDoc.model_validate(doc)
     configs = _validate(s, doc)
     summary = ImportSummary()
+    after_commit(s, PLANS_CHANGED)
 
     providers = {p.name: p for p in s.scalars(select(Provider))}
     for p in doc.providers:

@@ -15,12 +15,12 @@ from pydantic import ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gpucloud.billing.ledger import UPFRONT_HOURS
 from gpucloud.catalog.models import DefaultImage, Offer, OfferZone, Provider
 from gpucloud.catalog.service import gpu_json, plan_name, plan_resources
 from gpucloud.common import RequestModel, port_out
 from gpucloud.money import from_micro, to_micro
 
-UPFRONT_HOURS = 3
 CURRENCY = "USDC"
 _VRAM = re.compile(r"^(\d+)")
 

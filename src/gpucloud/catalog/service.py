@@ -1,7 +1,9 @@
 """Providers, offers and capacity: the rules of the catalog.
 
-Services only flush; the caller owns the transaction (and calls `rt.invalidate("plans")` after
-it commits, so a rendered plans response never outlives the change).
+Services only flush; the caller owns the transaction. Changes register PLANS_CHANGED on the
+session (db.after_commit), so the rendered plans are invalidated once the transaction commits
+(never before: a response rendered in between would outlive the change) and no caller has to
+remember it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from gpucloud.catalog.models import Offer, OfferZone, Provider
 from gpucloud.catalog.schemas import OfferCreate, OfferFields, OfferPatch
-from gpucloud.db import plausible_id
+from gpucloud.db import PLANS_CHANGED, after_commit, plausible_id
+from gpucloud.drivers.registry import driver_class
 from gpucloud.errors import PLAN_UNAVAILABLE, BadRequest, FieldError, NotFound
 from gpucloud.money import from_micro, to_micro
 
@@ -116,8 +119,6 @@ def offer_countries(f: OfferFields) -> list[str]:
 
 def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any]) -> dict[str, Any]:
     """The driver's normalized config, or a 422 at `loc + [driver|config]`."""
-    from gpucloud.drivers.registry import driver_class
-
     try:
         cls = driver_class(driver)
     except ValueError as exc:
@@ -129,11 +130,9 @@ def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any]) -
 
 
 def public_config(provider: Provider) -> dict[str, Any]:
-    from gpucloud.drivers.registry import driver_class
-
     try:
         return driver_class(provider.driver).public_config(provider.config or {})
-    except (ValueError, ImportError):
+    except ValueError:
         # A driver that is no longer installed: show nothing rather than leak a secret.
         return {}
 
@@ -146,6 +145,7 @@ def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], 
         raise BadRequest(f"Provider {name} already exists")
     provider = Provider(name=name, driver=driver, config=config, enabled=enabled, created_at=now)
     s.add(provider)
+    after_commit(s, PLANS_CHANGED)
     s.flush()
     return provider
 
@@ -160,6 +160,7 @@ def get_provider(s: Session, provider_id: str) -> Provider:
 def set_provider_enabled(s: Session, provider_id: str, enabled: bool) -> Provider:
     provider = get_provider(s, provider_id)
     provider.enabled = enabled
+    after_commit(s, PLANS_CHANGED)
     s.flush()
     return provider
 
@@ -203,6 +204,7 @@ def add_offer(s: Session, provider_id: str, f: OfferFields, now: dt.datetime) ->
                   location=f.location, nvlink=f.nvlink, os_options=list(f.os_options or []),
                   enabled=f.enabled, created_at=now)
     s.add(offer)
+    after_commit(s, PLANS_CHANGED)
     s.flush()
     for country in offer_countries(f):
         s.add(OfferZone(offer_id=offer.id, country=country, capacity=f.capacity, in_use=0))
@@ -225,6 +227,7 @@ def set_zone_capacity(s: Session, offer_id: str, capacity: int) -> None:
 
 def patch_offer(s: Session, offer_id: str, patch: OfferPatch) -> Offer:
     offer = get_offer(s, offer_id)
+    after_commit(s, PLANS_CHANGED)
     if patch.enabled is not None:
         offer.enabled = patch.enabled
     if patch.price_hour is not None:
@@ -374,6 +377,7 @@ def take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone:
     for _ in range(8):
         zone = _take_zone(s, offer_id, country)
         if zone is not None:
+            after_commit(s, PLANS_CHANGED)  # one less unit on sale
             return zone
         check_free(s, offer_id, country)
     raise BadRequest(PLAN_UNAVAILABLE)
@@ -388,5 +392,6 @@ def take_capacity(s: Session, plan_id: str, workload: str,
 
 def release_capacity(s: Session, zone_id: int) -> None:
     """Give back one unit (instance ended or failed); never below zero."""
+    after_commit(s, PLANS_CHANGED)
     s.execute(update(OfferZone).where(OfferZone.id == zone_id, OfferZone.in_use > 0)
               .values(in_use=OfferZone.in_use - 1).execution_options(synchronize_session=False))

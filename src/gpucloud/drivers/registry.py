@@ -1,20 +1,17 @@
-"""Driver names → classes. Imported lazily so a driver's client library is only needed when a
-provider actually uses it."""
+"""Driver names → classes."""
 
 from __future__ import annotations
 
 from gpucloud.drivers.base import Driver
+from gpucloud.drivers.docker import DockerDriver
+from gpucloud.drivers.simulated import SimulatedDriver
 
-DRIVER_NAMES = ("simulated", "docker")
+DRIVERS: dict[str, type[Driver]] = {"simulated": SimulatedDriver, "docker": DockerDriver}
+DRIVER_NAMES = tuple(DRIVERS)
 
 
 def driver_class(name: str) -> type[Driver]:
-    if name == "simulated":
-        from gpucloud.drivers.simulated import SimulatedDriver
-
-        return SimulatedDriver
-    if name == "docker":
-        from gpucloud.drivers.docker import DockerDriver
-
-        return DockerDriver
-    raise ValueError(f"Unknown driver {name!r}; known drivers: {', '.join(DRIVER_NAMES)}")
+    cls = DRIVERS.get(name)
+    if cls is None:
+        raise ValueError(f"Unknown driver {name!r}; known drivers: {', '.join(DRIVER_NAMES)}")
+    return cls

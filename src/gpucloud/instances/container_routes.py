@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.errors import INSTANCE_NOT_FOUND
-from gpucloud.instances import feed, service, views
+from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.schemas import (
     ContainerDeploy,
     ContainerDetails,
@@ -58,11 +58,9 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
         inst = service.deploy_container(s, rt, caller.account_id, body, _now(rt))
         return 201, {"instance_id": inst.id}
 
-    response = idempotency.run(rt, caller.account_id, key,
-                               idempotency.fingerprint("deployContainer", body), work)
-    rt.invalidate("plans")
-    rt.wake.set()
-    return response
+    # Plans-cache invalidation and the worker wake-up are after-commit effects of the deploy.
+    return idempotency.run(rt, caller.account_id, key,
+                           idempotency.fingerprint("deployContainer", body), work)
 
 
 @router.get("/", response_model=list[ContainerItem], operation_id="listContainers",
@@ -93,7 +91,6 @@ def update_container(instance_id: str, body: ContainerUpdate, request: Request,
     with rt.db.write() as s:
         inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
         service.request_update(s, rt, inst, body, _now(rt))
-    rt.wake.set()
     return Response(status_code=204)
 
 
@@ -104,9 +101,7 @@ def terminate_container(instance_id: str, request: Request,
     rt = request.app.state.rt
     with rt.db.write() as s:
         inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
-        service.terminate(s, inst, _now(rt))
-    rt.invalidate("plans")
-    rt.wake.set()
+        transitions.terminate(s, inst, _now(rt))
     return Response(status_code=204)
 
 

@@ -1,11 +1,14 @@
 """The lifecycle worker: drives every instance with a pending `op` towards its provider's state.
 
-Leased rows (STYLE §5), in three steps per batch:
+Leased rows (STYLE §5), in three steps per row:
 1. claim: in one short transaction, take due rows nobody holds (`FOR UPDATE SKIP LOCKED` on
    PostgreSQL; SQLite serializes writers) and stamp them with a lease token that expires
-   after `lease_seconds` of wall time;
-2. call the driver for each row OUTSIDE any transaction (it may be slow);
-3. apply each result in its own transaction, only if the row still carries our token and
+   after `lease_seconds` of wall time — only as many as the driver-call pool has room for,
+   and for each provider only as many as its free slots (drivers/pool.py);
+2. call the driver OUTSIDE any transaction, on the pool, with the driver's call timeout; the
+   lease is renewed while the call runs (instances/engine.py), so a long call is never taken
+   over while its process lives, and a dead process's lease still expires;
+3. apply the result in its own transaction, only if the row still carries our token and
    the op we were asked to do. A terminate or update that arrived meanwhile clears the token,
    so the stale result is dropped; a crashed worker's lease simply expires and the next
    worker (in this or another process, or after a restart) does the step again — every
@@ -13,25 +16,28 @@ Leased rows (STYLE §5), in three steps per batch:
 
 ops: create → until running (ACTIVE), failed or past the deadline (FAILED); update → redeploy
 with the pending config, then swap it in; delete → remove the workload, then op = NULL;
-watch → poll ACTIVE workloads (container started/stopped, lost for good → ENDED).
+watch → poll ACTIVE workloads (container started/stopped; gone → recreated for containers,
+ENDED otherwise).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 
-from gpucloud.billing import ledger
 from gpucloud.catalog.models import Provider
 from gpucloud.clock import utcnow
 from gpucloud.drivers.base import DriverError, DriverTransientError, WorkloadStatus
-from gpucloud.instances import events, service
+from gpucloud.drivers.pool import CallPool, CallTimeout, Slot
+from gpucloud.instances import allocations, events, service, transitions
 from gpucloud.instances.models import (
     ACTIVE,
     INITIALIZED,
@@ -45,9 +51,12 @@ from gpucloud.instances.models import (
 log = logging.getLogger("gpucloud.lifecycle")
 
 BATCH = 100
+RETRY_APPLY = 4
+_ACCOUNT_LOCKS = [threading.Lock() for _ in range(64)]
+RETRYABLE = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 PENDING_RECHECK = dt.timedelta(seconds=2)  # when a driver gives no estimate
 FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
-Apply = Callable[[Any, Instance], bool]  # (session, row) → did it change capacity?
+Apply = Callable[[Any, Instance], bool]  # (session, row) → did the transition happen?
 
 
 @dataclass
@@ -56,6 +65,7 @@ class Claim:
     provider: Provider
     token: str
     op: str
+    slot: Slot | None = None  # the provider slot driver calls run in (None: no call allowed)
 
 
 def _backoff(attempts: int) -> dt.timedelta:
@@ -64,28 +74,77 @@ def _backoff(attempts: int) -> dt.timedelta:
 
 # --- claim / apply -------------------------------------------------------------------------
 
-def _claim(rt, now: dt.datetime, limit: int = BATCH) -> list[Claim]:
+def _past_deadline(now: dt.datetime):
+    return and_(Instance.op == OP_CREATE, Instance.provision_deadline_at <= now)
+
+
+def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None) -> list[Claim]:
+    """Take up to `limit` due rows. With a pool, only rows of providers with a free slot (a
+    slot is taken for each), plus creates past their deadline, which fail without a call."""
     wall = utcnow()
-    with rt.db.write() as s:
-        q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
-             .where(Instance.op.isnot(None), Instance.next_check_at <= now,
-                    or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall))
-             .order_by(Instance.next_check_at).limit(limit))
-        if not rt.db.is_sqlite:
-            q = q.with_for_update(of=Instance, skip_locked=True)
-        rows = s.execute(q).all()
-        if not rows:
-            return []
-        token = str(uuid.uuid4())
-        s.execute(update(Instance).where(Instance.id.in_([r[0].id for r in rows]))
-                  .values(lock_token=token,
-                          lock_expires_at=wall + dt.timedelta(seconds=rt.settings.lease_seconds))
-                  .execution_options(synchronize_session=False))
-        return [Claim(inst, prov, token, inst.op) for inst, prov in rows]
+    slots: list[Slot] = []
+    try:
+        with rt.db.write() as s:
+            due = [Instance.op.isnot(None), Instance.next_check_at <= now,
+                   or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall)]
+            saturated = pool.saturated() if pool is not None else set()
+            if saturated:
+                due.append(or_(Instance.provider_id.notin_(saturated), _past_deadline(now)))
+            q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
+                 .where(*due).order_by(Instance.next_check_at).limit(max(limit, BATCH)))
+            if not rt.db.is_sqlite:
+                q = q.with_for_update(of=Instance, skip_locked=True)
+            chosen = []
+            for inst, prov in s.execute(q).all():
+                if len(chosen) >= limit:
+                    break
+                slot = None
+                if pool is not None:
+                    slot = pool.acquire(prov.id)
+                    expired = (inst.op == OP_CREATE and inst.provision_deadline_at is not None
+                               and inst.provision_deadline_at <= now)
+                    if slot is None and not expired:
+                        continue  # the provider is busy: its row waits, others go on
+                    if slot is not None:
+                        slots.append(slot)
+                chosen.append(Claim(inst, prov, "", inst.op, slot))
+            if not chosen:
+                return []
+            token = str(uuid.uuid4())
+            s.execute(update(Instance).where(Instance.id.in_([c.inst.id for c in chosen]))
+                      .values(lock_token=token, lock_expires_at=wall + dt.timedelta(
+                          seconds=rt.settings.lease_seconds))
+                      .execution_options(synchronize_session=False))
+            for c in chosen:
+                c.token = token
+            return chosen
+    except BaseException:
+        for slot in slots:
+            slot.drop()
+        raise
 
 
 def _apply(rt, claim: Claim, fn: Apply) -> bool:
-    """Run `fn` on the row if we still hold it; returns False when the result was dropped."""
+    """Run `fn` on the row if we still hold it; returns False when the result was dropped.
+
+    Results are applied side by side now (one per pool thread), and PostgreSQL may pick one
+    of two activations of the same account as a deadlock victim: that transaction is simply
+    run again, a couple of times, instead of waiting for the next retry of the whole step."""
+    for attempt in range(RETRY_APPLY):
+        try:
+            # One apply per account at a time in this process: activations of one account
+            # side by side deadlocked on its row on PostgreSQL (seen in bench/lifecycle.py).
+            with _ACCOUNT_LOCKS[hash(claim.inst.account_id) % len(_ACCOUNT_LOCKS)]:
+                return _apply_once(rt, claim, fn)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE or attempt == RETRY_APPLY - 1:
+                raise
+            log.info("instance %s: applying %s again after %s", claim.inst.id, claim.op,
+                     type(exc.orig).__name__)
+    return False
+
+
+def _apply_once(rt, claim: Claim, fn: Apply) -> bool:
     with rt.db.write() as s:
         q = select(Instance).where(Instance.id == claim.inst.id, Instance.lock_token == claim.token)
         if not rt.db.is_sqlite:
@@ -96,44 +155,40 @@ def _apply(rt, claim: Claim, fn: Apply) -> bool:
             return False
         inst.lock_token = None
         inst.lock_expires_at = None
-        capacity_changed = fn(s, inst)
-    if capacity_changed:
-        rt.invalidate("plans")
+        fn(s, inst)
     return True
 
 
-def _reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
-    """Unchanged watches: one UPDATE for the whole batch instead of a transaction each."""
+def reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
+    """Unchanged watches: one UPDATE per claim batch instead of a transaction each."""
+    by_token: dict[str, list[str]] = {}
+    for c in claims:
+        by_token.setdefault(c.token, []).append(c.inst.id)
     with rt.db.write() as s:
-        s.execute(update(Instance)
-                  .where(Instance.id.in_([c.inst.id for c in claims]),
-                         Instance.lock_token == claims[0].token, Instance.op == OP_WATCH)
-                  .values(next_check_at=at, lock_token=None, lock_expires_at=None)
-                  .execution_options(synchronize_session=False))
+        for token, ids in by_token.items():
+            s.execute(update(Instance)
+                      .where(Instance.id.in_(ids), Instance.lock_token == token,
+                             Instance.op == OP_WATCH)
+                      .values(next_check_at=at, lock_token=None, lock_expires_at=None)
+                      .execution_options(synchronize_session=False))
 
 
 # --- transitions (run inside _apply) ------------------------------------------------------
 
-def _retry(now: dt.datetime, cap: dt.datetime | None = None) -> Apply:
+def _retry(now: dt.datetime, cap: dt.datetime | None = None, note: str | None = None) -> Apply:
     def fn(s, inst: Instance) -> bool:
         at = now + _backoff(inst.attempts)
         inst.attempts += 1
         inst.next_check_at = min(at, cap) if cap and cap > now else at
+        if note:
+            events.record(s, inst.id, now, note)
         return False
     return fn
 
 
-def _absorb(inst: Instance, st: WorkloadStatus) -> None:
-    """Copy what the driver reports about a running workload onto the row."""
-    inst.domain = st.domain
-    ssh = ({"user": st.ssh_user, "host": st.ssh_host or st.domain, "port": st.ssh_port or 22}
-           if st.ssh_user else None)
-    inst.network = {"forwarded_ports": [{"port": p.port, "external_port": p.external_port,
-                                         "protocol": p.protocol} for p in st.forwarded_ports],
-                    "uri": st.uri, "ssh": ssh}
-    inst.container_started = st.container_started
-    if st.state is not None:
-        inst.driver_state = st.state
+def _no_answer(exc: CallTimeout) -> str:
+    what = str(exc)
+    return what[0].upper() + what[1:] + "; will retry"
 
 
 def _activate(now: dt.datetime, st: WorkloadStatus, watch: dt.timedelta) -> Apply:
@@ -141,12 +196,7 @@ def _activate(now: dt.datetime, st: WorkloadStatus, watch: dt.timedelta) -> Appl
         if inst.status != INITIALIZED:
             inst.op = None
             return False
-        inst.status = ACTIVE
-        inst.activated_at = inst.updated_at = now
-        _absorb(inst, st)
-        inst.op, inst.next_check_at, inst.attempts = OP_WATCH, now + watch, 0
-        ledger.activate(s, inst, now)
-        events.record(s, inst.id, now, f"Instance is running and reachable at {st.domain}")
+        transitions.activate(s, inst, now, st, now + watch)
         return False
     return fn
 
@@ -155,7 +205,7 @@ def _fail(now: dt.datetime, reason: str) -> Apply:
     def fn(s, inst: Instance) -> bool:
         if inst.status != INITIALIZED:
             return False
-        service.fail(s, inst, now, reason)
+        transitions.fail(s, inst, now, reason)
         return True
     return fn
 
@@ -164,7 +214,7 @@ def _end(now: dt.datetime, reason: str) -> Apply:
     def fn(s, inst: Instance) -> bool:
         if inst.status != ACTIVE:
             return False
-        service.end(s, inst, now, reason)
+        transitions.end(s, inst, now, reason)
         return True
     return fn
 
@@ -188,6 +238,13 @@ def _driver(rt, claim: Claim):
     return rt.driver_for(p.id, p.driver, p.config or {})
 
 
+def _call(claim: Claim, driver, what: str, fn, *args):
+    """A driver call in the claim's provider slot, bounded by the driver's call timeout."""
+    if claim.slot is None:
+        return fn(*args)  # claimed without a pool (a test's direct claim)
+    return claim.slot.call(fn, *args, timeout=driver.call_timeout, what=what)
+
+
 def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
     inst = claim.inst
     deadline = inst.provision_deadline_at
@@ -195,8 +252,16 @@ def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
         return _done_with_op
     if deadline is not None and now >= deadline:
         return _fail(now, "Provisioning did not finish before the deadline")
+    driver = _driver(rt, claim)
     try:
-        st = _driver(rt, claim).create(service.workload_spec(rt, inst))
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst))
+    except allocations.AllocationError as exc:
+        return _fail(now, str(exc))
+    try:
+        st = _call(claim, driver, "create", driver.create, spec)
+    except CallTimeout as exc:
+        log.warning("instance %s: create will be retried: %s", inst.id, exc)
+        return _retry(now, deadline, _no_answer(exc))
     except DriverTransientError as exc:
         log.warning("instance %s: create will be retried: %s", inst.id, exc)
         return _retry(now, deadline)
@@ -215,8 +280,12 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
     if inst.status != ACTIVE or not inst.pending_update:
         return _done_with_op
     generation = int(inst.pending_update["container"].get("generation", 2))
+    driver = _driver(rt, claim)
     try:
-        st = _driver(rt, claim).update(service.workload_spec(rt, inst, pending=True), generation)
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst, pending=True))
+        st = _call(claim, driver, "update", driver.update, spec, generation)
+    except allocations.AllocationError as exc:
+        st = WorkloadStatus(phase="running", reason=str(exc))
     except DriverTransientError as exc:
         log.warning("instance %s: update will be retried: %s", inst.id, exc)
         return _retry(now)
@@ -231,7 +300,7 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
         if st.phase == "running" and st.reason is None:
             image = inst.pending_update["container"]["image"]
             service.apply_pending_update(inst, now)
-            _absorb(inst, st)
+            transitions.absorb(inst, st)
             events.record(s, inst.id, now, f"Update applied: container redeployed with {image}")
         else:
             inst.pending_update = inst.pending_credentials_enc = None
@@ -244,8 +313,9 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
 
 def _step_delete(rt, claim: Claim, now: dt.datetime) -> Apply:
     inst = claim.inst
+    driver = _driver(rt, claim)
     try:
-        _driver(rt, claim).delete(inst.id, inst.driver_state)
+        _call(claim, driver, "delete", driver.delete, inst.id, inst.driver_state)
     except DriverError as exc:  # delete is safe to repeat: keep trying, slower and slower
         log.warning("instance %s: delete will be retried: %s", inst.id, exc)
         return _retry(now)
@@ -262,12 +332,15 @@ def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
     inst = claim.inst
     if inst.status != ACTIVE:
         return _done_with_op
+    driver = _driver(rt, claim)
     try:
-        st = _driver(rt, claim).status(inst.id, inst.driver_state)
+        st = _call(claim, driver, "status", driver.status, inst.id, inst.driver_state)
     except DriverError as exc:
         log.warning("instance %s: status unavailable: %s", inst.id, exc)
         return None
     if st.phase == "gone":
+        if inst.workload == service.CONTAINER and inst.container:
+            return _recreate(rt, claim, driver, st, now)
         return _end(now, st.reason or "The provider lost the workload")
     started = st.container_started if st.phase == "running" else False
     if inst.workload != service.CONTAINER or started == inst.container_started:
@@ -285,6 +358,32 @@ def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
     return fn
 
 
+def _recreate(rt, claim: Claim, driver, gone: WorkloadStatus,
+              now: dt.datetime) -> Apply | None:
+    """A container that vanished under an ACTIVE instance (removed by hand, engine host
+    reinstalled…) is made again from the instance's config, on the same host ports (the
+    allocation is the instance's until it ends): the customer's endpoint keeps working.
+    Only when that fails is the workload gone and the instance ENDED."""
+    try:
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, claim.inst))
+        st = _call(claim, driver, "create", driver.create, spec)
+    except CallTimeout:
+        return None  # no answer is no verdict: look again at the next watch
+    except (DriverError, allocations.AllocationError) as exc:
+        st = WorkloadStatus(phase="failed", reason=str(exc))
+    if st.phase != "running":
+        why = st.reason or gone.reason or "the provider lost it"
+        return _end(now, f"The container vanished and could not be recreated: {why}")
+    watch = now + dt.timedelta(seconds=rt.settings.watch_interval_seconds)
+
+    def fn(s, inst: Instance) -> bool:
+        if inst.status != ACTIVE:
+            return False
+        transitions.recreate(s, inst, now, st, watch)
+        return False
+    return fn
+
+
 def _done_with_op(s, inst: Instance) -> bool:
     inst.op, inst.next_check_at = None, None
     return False
@@ -296,27 +395,28 @@ STEPS = {OP_CREATE: _step_create, OP_UPDATE: _step_update, OP_DELETE: _step_dele
 
 # --- entry points used by workers/runner.py --------------------------------------------------
 
-def process_due(rt) -> int:
-    """Claim one batch of due rows and run their steps. Returns how many rows were handled."""
-    now = rt.clock.now()
-    claims = _claim(rt, now)
-    quiet: list[Claim] = []
-    for claim in claims:
+def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
+    """One claimed row's step: driver call(s), then its result applied. Returns False when
+    nothing changed (an unchanged watch, left to `reschedule_many`)."""
+    try:
+        fn = STEPS[claim.op](rt, claim, now)
+        if fn is None:
+            return False
+        _apply(rt, claim, fn)
+    except Exception:  # a bug or a database hiccup must not stall the whole queue
+        log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
         try:
-            fn = STEPS[claim.op](rt, claim, now)
-            if fn is None:
-                quiet.append(claim)
-            else:
-                _apply(rt, claim, fn)
-        except Exception:  # a bug or a database hiccup must not stall the whole queue
-            log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
-            try:
-                _apply(rt, claim, _retry(now))
-            except Exception:  # the lease will expire and the step run again
-                log.exception("instance %s: could not reschedule", claim.inst.id)
-    if quiet:
-        _reschedule_many(rt, quiet, now + dt.timedelta(seconds=rt.settings.watch_interval_seconds))
-    return len(claims)
+            _apply(rt, claim, _retry(now))
+        except Exception:  # the lease will expire and the step run again
+            log.exception("instance %s: could not reschedule", claim.inst.id)
+    return True
+
+
+def process_due(rt) -> int:
+    """Claim what the pool has room for, run every step and wait for them (the manual clock's
+    drain and tests; the background worker dispatches without waiting). Returns how many
+    rows were handled."""
+    return rt.dispatcher.dispatch(wait=True)
 
 
 def next_due(rt) -> dt.datetime | None:

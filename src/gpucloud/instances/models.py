@@ -5,7 +5,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -100,7 +99,8 @@ class InstanceEvent(Base):
 
 
 class PortAllocation(Base):
-    """External host ports handed out by a provider's driver; unique per provider."""
+    """External host ports the control plane handed out at a provider; unique per provider
+    (instances/allocations.py)."""
 
     __tablename__ = "port_allocations"
 
@@ -117,20 +117,18 @@ class PortAllocation(Base):
     )
 
 
-class SimWorkload(Base):
-    """State of the simulated provider's far side, kept in the database so it survives
-    restarts and is shared by several server processes, like a real provider would be."""
+class GpuAllocation(Base):
+    """GPU devices (ids from the provider config's `gpus` list) the control plane assigned to
+    an instance; unique per provider (instances/allocations.py)."""
 
-    __tablename__ = "sim_workloads"
+    __tablename__ = "gpu_allocations"
 
-    instance_id: Mapped[str] = mapped_column(UUIDStr, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(UUIDStr)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    ready_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    lost_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    domain: Mapped[str] = mapped_column(String(255))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    generation: Mapped[int] = mapped_column(BigInteger, default=1)
-    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
+    device: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+
+    __table_args__ = (
+        UniqueConstraint("provider_id", "device", name="uq_gpu_allocation"),
+        Index("ix_gpu_allocations_instance", "instance_id"),
+    )

@@ -1,4 +1,5 @@
-"""Instance rules: deploy, update, rename, terminate, and the shared end/fail transitions.
+"""Instance rules: deploy, update, rename. Status transitions (terminate, end, fail…) are in
+transitions.py.
 
 Functions take the caller's session and only flush; the route (or worker step) owns the
 transaction, so a deploy that fails half-way (no capacity, no balance) leaves nothing behind.
@@ -15,17 +16,14 @@ from sqlalchemy.orm import Session
 from gpucloud.billing import ledger
 from gpucloud.catalog import service as catalog
 from gpucloud.catalog.models import Provider
-from gpucloud.db import new_id, plausible_id
+from gpucloud.db import NEW_WORK, after_commit, new_id, plausible_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, FieldError, NotFound
 from gpucloud.instances import events
 from gpucloud.instances.models import (
     ACTIVE,
-    ENDED,
-    FAILED,
     INITIALIZED,
     OP_CREATE,
-    OP_DELETE,
     OP_UPDATE,
     Instance,
 )
@@ -140,6 +138,7 @@ def _finish_deploy(
     # Deploy is the hottest write: a Core INSERT instead of an ORM unit of work. The ledger
     # entry carries the instance id; it has no foreign key, so the order is free.
     s.execute(_INSERT, {k: getattr(inst, k) for k in _COLUMNS})
+    after_commit(s, NEW_WORK)
     events.record(
         s, inst.id, now, f"Instance scheduled on provider {provider.name} ({inst.location})"
     )
@@ -309,6 +308,7 @@ def request_update(s: Session, rt, inst: Instance, body: ContainerUpdate, now: d
         else None
     )
     _schedule(inst, OP_UPDATE, now)
+    after_commit(s, NEW_WORK)
     inst.updated_at = now
     events.record(s, inst.id, now, f"Update requested: image {settings.image}")
 
@@ -330,37 +330,6 @@ def _schedule(inst: Instance, op: str, now: dt.datetime) -> None:
     inst.attempts = 0
     inst.lock_token = None
     inst.lock_expires_at = None
-
-
-def terminate(s: Session, inst: Instance, now: dt.datetime) -> None:
-    if inst.status != ACTIVE:
-        raise BadRequest("Only an ACTIVE instance can be terminated")
-    end(s, inst, now, "Terminated by user")
-
-
-def end(s: Session, inst: Instance, now: dt.datetime, reason: str) -> None:
-    """ACTIVE → ENDED: refund the unspent reserve, free the capacity, remove the workload."""
-    _close(s, inst, now, ENDED, reason, f"Instance ended: {reason}")
-
-
-def fail(s: Session, inst: Instance, now: dt.datetime, reason: str) -> None:
-    """INITIALIZED → FAILED: everything reserved goes back; half-made workloads are removed."""
-    _close(s, inst, now, FAILED, reason, f"Provisioning failed: {reason}")
-
-
-def _close(
-    s: Session, inst: Instance, now: dt.datetime, status: str, reason: str, message: str
-) -> None:
-    inst.status = status
-    inst.status_reason = reason
-    inst.ended_at = now
-    inst.updated_at = now
-    inst.pending_update = None
-    inst.pending_credentials_enc = None
-    ledger.refund_reserve(s, inst, now)
-    catalog.release_capacity(s, inst.zone_id)
-    _schedule(inst, OP_DELETE, now)
-    events.record(s, inst.id, now, message)
 
 
 # --- driver specs ---------------------------------------------------------------------------
@@ -390,6 +359,7 @@ def workload_spec(rt, inst: Instance, pending: bool = False) -> WorkloadSpec:
         config, creds = inst.pending_update["container"], inst.pending_credentials_enc
         spec.name = inst.pending_update["name"]
         spec.ssh_key = inst.pending_update["ssh_key"]
+    spec.generation = int(config.get("generation", 1))
     spec.image = config.get("image")
     spec.expose = [PortSpec(int(p["port"]), p["protocol"]) for p in config.get("expose", [])]
     spec.environment = [(e["name"], e["value"]) for e in config.get("environment", [])]

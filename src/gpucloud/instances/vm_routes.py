@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
-from gpucloud.instances import service, views
+from gpucloud.instances import service, transitions, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
@@ -58,10 +58,8 @@ def _routes(kind: str, workload: str) -> None:
             inst = service.deploy_vm(s, rt, caller.account_id, workload, body, rt.clock.now())
             return 201, {"instance_id": inst.id}
 
-        response = idempotency.run(rt, caller.account_id, key,
-                                   idempotency.fingerprint(f"deploy{title}", body), work)
-        rt.invalidate("plans")
-        return response
+        return idempotency.run(rt, caller.account_id, key,
+                               idempotency.fingerprint(f"deploy{title}", body), work)
 
     def rename(instance_id: str, body: VmRename, request: Request,
                caller: Caller = Depends(current_account)):
@@ -77,8 +75,7 @@ def _routes(kind: str, workload: str) -> None:
         with rt.db.write() as s:
             inst = service.get_owned(s, caller.account_id, instance_id, (workload,),
                                      for_update=True)
-            service.terminate(s, inst, rt.clock.now())
-        rt.invalidate("plans")
+            transitions.terminate(s, inst, rt.clock.now())
         return Response(status_code=204)
 
     base = f"/{kind}"

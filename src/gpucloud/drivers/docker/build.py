@@ -1,14 +1,18 @@
 """How a container is made from a WorkloadSpec: limits, env, ports, GPUs, labels.
 
-A mixin of DockerDriver (it uses the driver's engine, config and provider id)."""
+A collaborator of DockerDriver: it holds the provider's engine, config and id. Host ports and
+GPU devices come in the spec, allocated by the control plane."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import docker
+
 from gpucloud.drivers.base import WorkloadSpec
-from gpucloud.drivers.docker_engine import EngineError
-from gpucloud.drivers.docker_labels import (
+from gpucloud.drivers.docker.config import DockerConfig
+from gpucloud.drivers.docker.engine import Engine, EngineError
+from gpucloud.drivers.docker.labels import (
     L_EXPOSE,
     L_GENERATION,
     L_GPUS,
@@ -21,10 +25,12 @@ from gpucloud.drivers.docker_labels import (
 
 
 class ContainerBuilder:
-    # Set by DockerDriver: engine, cfg, provider_id, _gpu_lock (GPUs are picked from what the
-    # provider's other containers do not hold, one create at a time per process).
+    def __init__(self, engine: Engine, cfg: DockerConfig, provider_id: str):
+        self.engine = engine
+        self.cfg = cfg
+        self.provider_id = provider_id
 
-    def _make_container(
+    def make(
         self,
         spec: WorkloadSpec,
         generation: int,
@@ -69,16 +75,12 @@ class ContainerBuilder:
         if self.cfg.network:
             kwargs["network"] = self.cfg.network
         if self.cfg.gpu_mode != "none" and spec.gpu_count > 0:
-            with self._gpu_lock:
-                devices = self._pick_gpus(spec)
-                labels[L_GPUS] = ",".join(devices)
-                self._gpu_kwargs(kwargs, spec.gpu_count, devices)
-                return self._create_named(kwargs, spec.instance_id, name)
+            devices = list(spec.gpu_devices)
+            labels[L_GPUS] = ",".join(devices)
+            self._gpu_kwargs(kwargs, spec.gpu_count, devices)
         return self._create_named(kwargs, spec.instance_id, name)
 
     def _create_named(self, kwargs: dict[str, Any], instance_id: str, name: str):
-        import docker
-
         client = self.engine.client
         try:
             return self.engine.call(client.containers.create, **kwargs)
@@ -91,24 +93,7 @@ class ContainerBuilder:
             except docker.errors.NotFound:
                 raise exc from None
 
-    def _pick_gpus(self, spec: WorkloadSpec) -> list[str]:
-        if not self.cfg.gpus:
-            return []
-        busy: set[str] = set()
-        for row in self._summaries():
-            labels = row.get("Labels") or {}
-            if labels.get(L_INSTANCE) != spec.instance_id:
-                busy.update(g for g in labels.get(L_GPUS, "").split(",") if g)
-        free = [g for g in self.cfg.gpus if g not in busy]
-        if len(free) < spec.gpu_count:
-            raise EngineError(
-                f"Not enough free GPUs on the host ({len(free)} free, {spec.gpu_count} wanted)"
-            )
-        return free[: spec.gpu_count]
-
     def _gpu_kwargs(self, kwargs: dict[str, Any], count: int, devices: list[str]) -> None:
-        import docker
-
         if self.cfg.gpu_mode == "nvidia":
             if devices:
                 req = docker.types.DeviceRequest(

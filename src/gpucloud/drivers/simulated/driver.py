@@ -1,8 +1,10 @@
 """The built-in `simulated` provider: a far side that behaves like a real one, on the server clock.
 
-Its state lives in `sim_workloads` (and external ports in `port_allocations`), written in the
-driver's own short transactions — never the caller's — exactly like a remote provider's state
-would be: it survives restarts and is shared by every server process on the database.
+Its state lives in `sim_workloads`, written in the driver's own short transactions — never the
+caller's — exactly like a remote provider's state would be: it survives restarts and is
+shared by every server process on the database. It is the one driver that uses the database
+(`uses_database`); external ports come in the spec, allocated by the control plane like for
+every driver.
 
 Provider config (all optional):
 - `provision_seconds` (default 5): a workload is running this long after create.
@@ -10,8 +12,14 @@ Provider config (all optional):
   provisioning (an image that cannot be pulled).
 - `lose_after_seconds` (default null): a workload vanishes this long after it became ready,
   as if its node died — the way to exercise "the provider lost the workload".
+- `call_latency_seconds` (default 0): every driver call blocks this long in wall-clock time,
+  like a slow provider API.
+- `hang_calls` (default false): every driver call blocks until its timeout, like a provider
+  that never answers.
+- `call_timeout_seconds` (default 60): how long the control plane waits for one call.
 - `domain_suffix` (default "sim.gpucloud.local"): workloads get `{id8}.{region}.{suffix}`.
-- `port_range` (default [30000, 32767]): external ports, unique per provider.
+- `port_range` (default [30000, 32767]): external ports, unique per provider (allocated by
+  the control plane).
 
 Logs and events are derived from the stored timestamps, so they are the same in every process
 and grow as the clock moves (a heartbeat line every 10 minutes of uptime).
@@ -21,26 +29,28 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
-from gpucloud.drivers import simulated_text
 from gpucloud.drivers.base import (
     Driver,
+    DriverContext,
     DriverEvent,
     DriverTransientError,
     ForwardedPort,
     WorkloadSpec,
     WorkloadStatus,
 )
-from gpucloud.instances.models import PortAllocation, SimWorkload
+from gpucloud.drivers.simulated import text as simulated_text
+from gpucloud.drivers.simulated.models import SimWorkload
 from gpucloud.jsonresp import isoformat_z
 
 DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
                             "lose_after_seconds": None, "domain_suffix": "sim.gpucloud.local",
-                            "port_range": [30000, 32767]}
+                            "port_range": [30000, 32767], "call_latency_seconds": 0,
+                            "hang_calls": False, "call_timeout_seconds": 60}
 MAX_HEARTBEATS = 2000  # older heartbeats are not worth regenerating for a log tail
 _SUFFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -53,10 +63,15 @@ def _number(value: Any, name: str, low: float, high: float) -> int | float:
 
 class SimulatedDriver(Driver):
     name = "simulated"
+    uses_database = True
 
-    def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
-        super().__init__(provider_id, config, runtime)
+    def __init__(self, provider_id: str, config: dict[str, Any], ctx: DriverContext):
+        super().__init__(provider_id, config, ctx)
         self.cfg = self.validate_config(dict(config or {}))
+        self.port_range = tuple(self.cfg["port_range"])
+
+    def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
+        return [(p.port, p.protocol) for p in spec.expose]
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -72,6 +87,10 @@ class SimulatedDriver(Driver):
             raise ValueError("fail_provisioning must be true or false")
         if out["lose_after_seconds"] is not None:
             _number(out["lose_after_seconds"], "lose_after_seconds", 0, 10 * 365 * 86400)
+        _number(out["call_latency_seconds"], "call_latency_seconds", 0, 3600)
+        _number(out["call_timeout_seconds"], "call_timeout_seconds", 0.01, 86400)
+        if not isinstance(out["hang_calls"], bool):
+            raise ValueError("hang_calls must be true or false")
         suffix = out["domain_suffix"]
         if not isinstance(suffix, str) or len(suffix) > 200 or not _SUFFIX_RE.match(suffix):
             raise ValueError("domain_suffix must be a lowercase DNS name")
@@ -86,26 +105,10 @@ class SimulatedDriver(Driver):
     # -- helpers -------------------------------------------------------------------------
     @property
     def _db(self):
-        return self.runtime.db
+        return self.ctx.db
 
     def _now(self) -> dt.datetime:
-        return self.runtime.clock.now()
-
-    def _allocate(self, s, instance_id: str, expose) -> list[dict[str, Any]] | None:
-        low, high = self.cfg["port_range"]
-        used = set(s.scalars(select(PortAllocation.port).where(
-            PortAllocation.provider_id == self.provider_id,
-            PortAllocation.port.between(low, high))))
-        free = (p for p in range(low, high + 1) if p not in used)
-        ports = []
-        for spec in expose:
-            ext = next(free, None)
-            if ext is None:
-                return None
-            s.add(PortAllocation(provider_id=self.provider_id, port=ext, instance_id=instance_id,
-                                 internal_port=spec.port, protocol=spec.protocol))
-            ports.append({"port": spec.port, "external_port": ext, "protocol": spec.protocol})
-        return ports
+        return self.ctx.clock.now()
 
     def _status(self, row: SimWorkload | None, now: dt.datetime) -> WorkloadStatus:
         if row is None or row.deleted_at is not None:
@@ -130,21 +133,25 @@ class SimulatedDriver(Driver):
             applied_generation=row.generation, state={"node": cfg["node"]})
 
     # -- contract ------------------------------------------------------------------------
-    def create(self, spec: WorkloadSpec) -> WorkloadStatus:
-        for _ in range(5):
-            try:
-                return self._create(spec)
-            except IntegrityError:
-                continue  # another process took the same port (PostgreSQL); pick again
-        raise DriverTransientError("could not allocate external ports, retry")
+    def _far_side(self) -> None:
+        """What the provider's API costs: `call_latency_seconds` of wall time per call, or
+        no answer at all (`hang_calls`) until the caller has given up."""
+        if self.cfg["hang_calls"]:
+            time.sleep(self.call_timeout + 1)
+            raise DriverTransientError("the simulated provider hung")
+        if self.cfg["call_latency_seconds"]:
+            time.sleep(self.cfg["call_latency_seconds"])
 
-    def _create(self, spec: WorkloadSpec) -> WorkloadStatus:
+    def create(self, spec: WorkloadSpec) -> WorkloadStatus:
+        self._far_side()
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, spec.instance_id)
             if row is None:
                 row = self._new_row(s, spec, now)
                 s.add(row)
+            # Counted so tests can tell how many creates reached the provider.
+            row.config = {**row.config, "create_calls": row.config.get("create_calls", 0) + 1}
             return self._status(row, now)
 
     def _new_row(self, s, spec: WorkloadSpec, now: dt.datetime) -> SimWorkload:
@@ -163,9 +170,8 @@ class SimulatedDriver(Driver):
             "history": [],
         }
         config["initial"] = {k: config[k] for k in ("image", "env_names", "startup_command")}
-        ports = self._allocate(s, spec.instance_id, spec.expose)
-        if ports is None:
-            ports, config["fail"] = [], "No free external port on the provider"
+        ports = [{"port": p.port, "external_port": p.external_port, "protocol": p.protocol}
+                 for p in spec.ports]
         lose = self.cfg["lose_after_seconds"]
         return SimWorkload(
             instance_id=spec.instance_id, provider_id=self.provider_id, created_at=now,
@@ -175,11 +181,13 @@ class SimulatedDriver(Driver):
             config=config, ports=ports, generation=1, updated_at=now)
 
     def status(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
+        self._far_side()
         with self._db.read() as s:
             row = s.get(SimWorkload, instance_id)
             return self._status(row, self._now())
 
     def update(self, spec: WorkloadSpec, generation: int) -> WorkloadStatus:
+        self._far_side()
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, spec.instance_id)
@@ -197,15 +205,15 @@ class SimulatedDriver(Driver):
             return self._status(row, now)
 
     def delete(self, instance_id: str, state: dict[str, Any] | None) -> None:
+        self._far_side()
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, instance_id)
             if row is not None and row.deleted_at is None:
                 row.deleted_at = now
-            s.execute(delete(PortAllocation).where(PortAllocation.instance_id == instance_id,
-                                                   PortAllocation.provider_id == self.provider_id))
 
     def list_owned(self) -> list[str]:
+        self._far_side()
         with self._db.read() as s:
             return list(s.scalars(select(SimWorkload.instance_id).where(
                 SimWorkload.provider_id == self.provider_id, SimWorkload.deleted_at.is_(None))))
@@ -216,6 +224,7 @@ class SimulatedDriver(Driver):
             return s.get(SimWorkload, instance_id)
 
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
+        self._far_side()
         row = self._row(instance_id)
         if row is None:
             return []
@@ -223,6 +232,7 @@ class SimulatedDriver(Driver):
         return [DriverEvent(at, msg) for at, msg in simulated_text.events(row) if at <= now]
 
     def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]:
+        self._far_side()
         row = self._row(instance_id)
         if row is None:
             return []
