@@ -16,11 +16,12 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "gpucloud"
 # Lowest first. A package (first path component under src/gpucloud) may import its own layer
 # and every layer listed before it.
 LAYERS: list[set[str]] = [
-    {"__init__", "settings", "db", "money", "errors", "jsonresp", "common", "secrets"},
+    {"__init__", "settings", "db", "money", "errors", "jsonresp", "common", "secrets",
+     "metrics", "request_context", "routing"},
     {"drivers"},
-    {"accounts", "catalog", "billing", "instances", "clock", "fastpath"},  # the domains
-    {"workers", "runtime", "models", "migrations"},
-    {"admin", "app", "bootstrap"},
+    {"accounts", "catalog", "billing", "instances", "clock", "idempotency"},  # the domains
+    {"workers", "runtime", "models", "migrations", "console"},  # console: pages on the services
+    {"admin", "app", "bootstrap", "web", "openapi", "openapi_examples"},
     {"cli"},
 ]
 # The HTTP client ships to people who never run a server: it imports nothing else of ours.

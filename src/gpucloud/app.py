@@ -23,11 +23,11 @@ from gpucloud.console import routes as console
 from gpucloud.errors import APIError, FieldError, safe_error
 from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
+from gpucloud.request_context import request_id
 from gpucloud.routing import add_slash_twins
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
 from gpucloud.web import server
-from gpucloud.web.context import request_id
 from gpucloud.web.guard import GuardMiddleware
 from gpucloud.web.logs import configure as configure_logging
 from gpucloud.web.metrics_route import metrics_endpoint

@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from gpucloud.accounts import service
 from gpucloud.accounts.service import KeyCache, hash_key
 from gpucloud.errors import Forbidden
-from gpucloud.web.context import note_account
+from gpucloud.request_context import note_account
 
 
 @dataclass(frozen=True)

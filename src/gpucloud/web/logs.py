@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from gpucloud.web.context import request_id
+from gpucloud.request_context import request_id
 
 _HANDLER_NAME = "gpucloud"
 

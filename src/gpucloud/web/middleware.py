@@ -21,7 +21,7 @@ import re
 import time
 
 from gpucloud import metrics
-from gpucloud.web.context import RequestInfo, current
+from gpucloud.request_context import RequestInfo, current
 
 access_log = logging.getLogger("gpucloud.access")
 
