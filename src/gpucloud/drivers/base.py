@@ -37,6 +37,13 @@ class PortSpec:
 
 
 @dataclass
+class ForwardedPort:
+    port: int
+    external_port: int
+    protocol: str
+
+
+@dataclass
 class WorkloadSpec:
     instance_id: str
     provider_id: str
@@ -55,13 +62,10 @@ class WorkloadSpec:
     credentials: dict[str, str] | None = None  # decrypted; never log it
     ssh_key: str | None = None
     os_image: str | None = None
-
-
-@dataclass
-class ForwardedPort:
-    port: int
-    external_port: int
-    protocol: str
+    # Allocated by the control plane before `create` (see docs/libvirt-driver.md): host ports
+    # for what `Driver.wanted_ports` asked, and the PCI addresses of the GPUs to pass through.
+    ports: list[ForwardedPort] = field(default_factory=list)
+    gpu_devices: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,10 +98,22 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     workloads: ClassVar[frozenset[str]] = frozenset({"container", "vm", "baremetal"})
 
+    # Host ports the control plane hands out for `wanted_ports` (None: the driver needs none).
+    port_range: tuple[int, int] | None = None
+
     def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
         self.provider_id = provider_id
         self.config = config
         self.runtime = runtime  # gives access to clock/db/settings for drivers that need them
+
+    def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
+        """(internal port, protocol) pairs that need a host port from `port_range`."""
+        return []
+
+    def port_free(self, port: int, protocol: str) -> bool:
+        """Whether `port` may be handed out (a driver whose engine runs on this machine vetoes
+        ports something else already listens on)."""
+        return True
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:

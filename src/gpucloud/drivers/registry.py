@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gpucloud.drivers.base import Driver
 
-DRIVER_NAMES = ("simulated", "docker")
+DRIVER_NAMES = ("simulated", "docker", "libvirt")
 
 
 def driver_class(name: str) -> type[Driver]:
@@ -17,4 +17,8 @@ def driver_class(name: str) -> type[Driver]:
         from gpucloud.drivers.docker import DockerDriver
 
         return DockerDriver
+    if name == "libvirt":
+        from gpucloud.drivers.libvirt import LibvirtDriver
+
+        return LibvirtDriver
     raise ValueError(f"Unknown driver {name!r}; known drivers: {', '.join(DRIVER_NAMES)}")
