@@ -118,9 +118,9 @@ def terminate_container(instance_id: str, request: Request,
     return Response(status_code=204)
 
 
-def _with_driver(rt, account_id: str, instance_id: str):
+def with_driver(rt, account_id: str, instance_id: str, workloads=CONTAINER):
     with rt.db.read() as s:
-        inst = service.get_owned(s, account_id, instance_id, CONTAINER)
+        inst = service.get_owned(s, account_id, instance_id, workloads)
         provider = s.get(Provider, inst.provider_id)
         ours = instance_events.for_instance(s, instance_id)
     driver = rt.driver_for(provider.id, provider.driver, provider.config or {})
@@ -135,7 +135,7 @@ LAST = Query(None, ge=1, description="Keep only the last N lines")
 def container_logs(instance_id: str, request: Request, last: int | None = LAST,
                    caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    inst, driver, _ = _with_driver(rt, caller.account_id, instance_id)
+    inst, driver, _ = with_driver(rt, caller.account_id, instance_id)
     try:
         lines = driver.logs(inst.id, inst.driver_state, last)
     except DriverError:
@@ -149,11 +149,15 @@ def container_logs(instance_id: str, request: Request, last: int | None = LAST,
 def container_events(instance_id: str, request: Request, last: int | None = LAST,
                      caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    inst, driver, ours = _with_driver(rt, caller.account_id, instance_id)
+    return JSON(event_lines(*with_driver(rt, caller.account_id, instance_id), last))
+
+
+def event_lines(inst, driver, ours, last: int | None) -> list[str]:
+    """gpucloud's events merged with the driver's, oldest first, as text lines."""
     try:
         theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
     except DriverError:
         theirs = []  # the provider is unreachable; our own record still tells the story
     merged = sorted(ours + theirs, key=lambda e: e[0])  # stable: ours first on ties
     lines = [f"{isoformat_z(at)} {message}" for at, message in merged]
-    return JSON(lines[-last:] if last else lines)
+    return lines[-last:] if last else lines
