@@ -141,7 +141,7 @@ def test_a_crash_shows_as_not_started_with_its_output(api, local, engine):
 
 
 def test_create_after_a_crash_reuses_the_container_and_strays_are_reconciled(api, local, engine):
-    from gpucloud.instances import reconcile, service
+    from gpucloud.instances import allocations, reconcile, service
     from gpucloud.instances.models import Instance
 
     iid = deploy(api, local, name="retry")
@@ -154,7 +154,8 @@ def test_create_after_a_crash_reuses_the_container_and_strays_are_reconciled(api
         from gpucloud.catalog.models import Provider
 
         provider = s.get(Provider, local["provider_id"])
-    api.rt.driver_for(provider.id, provider.driver, provider.config).create(spec)
+    driver = api.rt.driver_for(provider.id, provider.driver, provider.config)
+    driver.create(allocations.for_spec(api.rt, driver, spec))
     assert len(pe.for_instance(engine, iid)) == 1
     details = settle(api, local, iid)
     assert details["instance_status"] == "ACTIVE"

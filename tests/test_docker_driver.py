@@ -1,8 +1,8 @@
 """The docker driver against a real engine (Podman serving the Docker API; see
 scripts/setup-podman.sh). Two layers:
 
-- the driver called directly, as the lifecycle worker calls it (real engine, real database:
-  port allocations are rows with a unique constraint);
+- the driver called directly, as the lifecycle worker calls it (real engine; host ports and
+  GPUs allocated by the control plane's allocator first, rows with a unique constraint);
 - the whole path through the public API (tests/test_docker_api.py).
 """
 
@@ -12,8 +12,9 @@ import docker
 import pytest
 from sqlalchemy import select
 
-from gpucloud.drivers.base import DriverTransientError, PortSpec, WorkloadSpec
+from gpucloud.drivers.base import DriverContext, DriverTransientError, PortSpec, WorkloadSpec
 from gpucloud.drivers.docker import DockerDriver
+from gpucloud.instances import allocations as alloc
 from gpucloud.instances.models import Instance, PortAllocation
 from tests import podman_env as pe
 
@@ -51,7 +52,7 @@ def driver(rt, world, **config) -> DockerDriver:
     cfg = DockerDriver.validate_config({"engine_url": pe.ENGINE_URL,
                                         "port_range": list(PORTS), "stop_timeout_seconds": 1,
                                         **config})
-    return DockerDriver(world["provider_id"], cfg, rt)
+    return DockerDriver(world["provider_id"], cfg, DriverContext(clock=rt.clock))
 
 
 def spec(instance_id: str, provider_id: str, **overrides) -> WorkloadSpec:
@@ -64,6 +65,11 @@ def spec(instance_id: str, provider_id: str, **overrides) -> WorkloadSpec:
                           "Wi0dh2l9GKJl user@host"}
     values.update(overrides)
     return WorkloadSpec(**values)
+
+
+def spec_for(rt, drv, instance_id: str, **overrides) -> WorkloadSpec:
+    """The spec as the lifecycle hands it over: ports and GPUs allocated first."""
+    return alloc.for_spec(rt, drv, spec(instance_id, drv.provider_id, **overrides))
 
 
 def ports_of(status) -> dict[int, int]:
@@ -115,7 +121,7 @@ def event_lines(drv, iid, state, wanted) -> list[str]:
 def test_create_runs_a_real_container_idempotently(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    status = drv.create(spec(iid, world["provider_id"]))
+    status = drv.create(spec_for(rt, drv, iid))
     assert status.phase == "running", status.reason
     assert status.domain == "127.0.0.1"
     ports = ports_of(status)
@@ -141,7 +147,7 @@ def test_create_runs_a_real_container_idempotently(rt, world, engine):
     assert container.labels["gpucloud.instance"] == iid
 
     # A retry (crash after create) finds the same container and the same ports.
-    again = drv.create(spec(iid, world["provider_id"]))
+    again = drv.create(spec_for(rt, drv, iid))
     assert again.phase == "running" and ports_of(again) == ports
     assert [c.id for c in pe.for_instance(engine, iid)] == [container.id]
     assert drv.status(iid, again.state).container_started is True
@@ -158,13 +164,15 @@ def test_create_runs_a_real_container_idempotently(rt, world, engine):
 def test_two_instances_never_share_ports_and_delete_frees_them(rt, world, engine):
     drv = driver(rt, world)
     a, b = new_instance(rt, world, "a"), new_instance(rt, world, "b")
-    sa = drv.create(spec(a, world["provider_id"]))
-    sb = drv.create(spec(b, world["provider_id"]))
+    sa = drv.create(spec_for(rt, drv, a))
+    sb = drv.create(spec_for(rt, drv, b))
     assert sa.phase == sb.phase == "running"
     assert not set(ports_of(sa).values()) & set(ports_of(sb).values())
 
     drv.delete(a, sa.state)
     assert pe.for_instance(engine, a) == []
+    with rt.db.write() as s:  # what ending the instance does in the control plane
+        alloc.release(s, a)
     assert allocations(rt, a) == []
     assert drv.status(a, sa.state).phase == "gone"
     drv.delete(a, sa.state)  # safe to repeat
@@ -173,25 +181,24 @@ def test_two_instances_never_share_ports_and_delete_frees_them(rt, world, engine
     assert all(pe.wait_for(lambda p=p: pe.port_free(p), what=f"port {p} free") for p in freed)
 
     c = new_instance(rt, world, "c")
-    sc = drv.create(spec(c, world["provider_id"]))
+    sc = drv.create(spec_for(rt, drv, c))
     assert sorted(ports_of(sc).values()) == freed  # lowest free ports first: a's come back
 
 
 def test_missing_image_fails_with_the_pull_error(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    status = drv.create(spec(iid, world["provider_id"], image=pe.MISSING_IMAGE))
+    status = drv.create(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE))
     assert status.phase == "failed"
     assert "could not be pulled" in status.reason and pe.MISSING_IMAGE in status.reason
     assert pe.for_instance(engine, iid) == []
-    drv.delete(iid, status.state)
-    assert allocations(rt, iid) == []
+    drv.delete(iid, status.state)  # nothing to remove: still fine
 
 
 def test_a_container_that_cannot_start_fails(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    status = drv.create(spec(iid, world["provider_id"], startup_command="/no/such/program"))
+    status = drv.create(spec_for(rt, drv, iid, startup_command="/no/such/program"))
     assert status.phase == "failed"
     assert "could not start" in status.reason and "/no/such/program" in status.reason
 
@@ -199,7 +206,7 @@ def test_a_container_that_cannot_start_fails(rt, world, engine):
 def test_crash_is_not_started_and_visible(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    status = drv.create(spec(iid, world["provider_id"],
+    status = drv.create(spec_for(rt, drv, iid,
                              startup_command="sh -c 'echo about to crash; exit 1'"))
     assert status.phase == "running", status.reason
     after = pe.wait_for(lambda: (s := drv.status(iid, status.state)).container_started is False
@@ -212,25 +219,25 @@ def test_crash_is_not_started_and_visible(rt, world, engine):
 def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    first = drv.create(spec(iid, world["provider_id"]))
+    first = drv.create(spec_for(rt, drv, iid))
     ports = ports_of(first)
     assert pe.http_get(ports[80]).strip() == "hello from first"
 
     # A bad image: the old container keeps serving, and the reason says why.
-    bad = drv.update(spec(iid, world["provider_id"], image=pe.MISSING_IMAGE), 2)
+    bad = drv.update(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE), 2)
     assert bad.phase == "running" and bad.applied_generation == 1
     assert "could not be pulled" in bad.reason and pe.MISSING_IMAGE in bad.reason
     assert pe.http_get(ports[80]).strip() == "hello from first"
 
     # A command that cannot run: the replacement is dropped and the old container restarted.
-    broken = drv.update(spec(iid, world["provider_id"], startup_command="/no/such/server"), 2)
+    broken = drv.update(spec_for(rt, drv, iid, startup_command="/no/such/server"), 2)
     assert broken.phase == "running" and broken.applied_generation == 1
     assert "could not start" in broken.reason
     assert pe.http_get(ports[80]).strip() == "hello from first"
     assert len(pe.for_instance(engine, iid)) == 1
 
     new_cmd = pe.SERVE.replace("serving", "now serving")
-    good = drv.update(spec(iid, world["provider_id"], environment=[("GREETING", "second")],
+    good = drv.update(spec_for(rt, drv, iid, environment=[("GREETING", "second")],
                            startup_command=new_cmd), 3)
     assert good.phase == "running" and good.applied_generation == 3, good.reason
     assert ports_of(good) == ports
@@ -242,7 +249,7 @@ def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
                        what="new process output")
     assert logs
     # Repeating the same update is a no-op.
-    same = drv.update(spec(iid, world["provider_id"], environment=[("GREETING", "second")],
+    same = drv.update(spec_for(rt, drv, iid, environment=[("GREETING", "second")],
                            startup_command=new_cmd), 3)
     assert [c.id for c in pe.for_instance(engine, iid)] == [container.id]
     assert same.applied_generation == 3
@@ -251,7 +258,7 @@ def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
 def test_strays_are_listed_and_engine_down_is_transient(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    drv.create(spec(iid, world["provider_id"], expose=[PortSpec(7000, "tcp")]))
+    drv.create(spec_for(rt, drv, iid, expose=[PortSpec(7000, "tcp")]))
     # A container some crashed process made for an instance the database never kept.
     stray = engine.containers.create(pe.IMAGE, command=["sleep", "60"], labels={
         "gpucloud.managed": "true", "gpucloud.provider": world["provider_id"],
@@ -263,9 +270,9 @@ def test_strays_are_listed_and_engine_down_is_transient(rt, world, engine):
         stray.reload()
 
     down = DockerDriver(world["provider_id"], DockerDriver.validate_config(
-        {"engine_url": "unix:///tmp/gpucloud-no-engine.sock"}), rt)
+        {"engine_url": "unix:///tmp/gpucloud-no-engine.sock"}), DriverContext(clock=rt.clock))
     with pytest.raises(DriverTransientError):
-        down.create(spec(new_instance(rt, world, "d"), world["provider_id"]))
+        down.create(spec_for(rt, down, new_instance(rt, world, "d")))
     with pytest.raises(DriverTransientError):
         down.status(iid, None)
 
@@ -275,10 +282,10 @@ def test_gpus_the_engine_cannot_provide_fail_the_create_honestly(rt, world, engi
     # with that reason instead of running without its GPU.
     drv = driver(rt, world, gpu_mode="cdi", gpus=["nvidia.com/gpu=0"])
     iid = new_instance(rt, world)
-    status = drv.create(spec(iid, world["provider_id"]))
+    status = drv.create(spec_for(rt, drv, iid))
     assert status.phase == "failed"
     assert "could not be created" in status.reason and "nvidia.com/gpu=0" in status.reason
     assert pe.for_instance(engine, iid) == []
-    # More GPUs than the inventory holds: refused before the engine is asked.
-    two = drv.create(spec(new_instance(rt, world, "two"), world["provider_id"], gpu_count=2))
-    assert two.phase == "failed" and "Not enough free GPUs" in two.reason
+    # More GPUs than the inventory holds: the allocator refuses before the engine is asked.
+    with pytest.raises(alloc.GpusExhausted, match="Not enough free GPUs"):
+        spec_for(rt, drv, new_instance(rt, world, "two"), gpu_count=2)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
-from gpucloud.instances import lifecycle, reconcile
+from gpucloud.instances import allocations, lifecycle, reconcile
 from gpucloud.instances.models import Instance, SimWorkload
 from gpucloud.runtime import Runtime
 
@@ -125,22 +125,23 @@ def _driver(rt, pid):
     return rt.driver_for(p.id, p.driver, p.config)
 
 
-def _spec(iid, pid, ports=(22, 80)):
-    return WorkloadSpec(instance_id=iid, provider_id=pid, workload="container", name="x",
-                        gpu_count=1, gpu_model="h100", vcpu=1, memory_gib=1, storage_gib=1,
-                        location="US", image="ubuntu",
-                        expose=[PortSpec(p, "http" if p == 80 else "tcp") for p in ports])
+def _spec(rt, driver, iid, pid, ports=(22, 80)):
+    """As the lifecycle hands it over: host ports allocated by the control plane first."""
+    return allocations.for_spec(rt, driver, WorkloadSpec(
+        instance_id=iid, provider_id=pid, workload="container", name="x", gpu_count=1,
+        gpu_model="h100", vcpu=1, memory_gib=1, storage_gib=1, location="US", image="ubuntu",
+        expose=[PortSpec(p, "http" if p == 80 else "tcp") for p in ports]))
 
 
 def test_simulated_create_is_idempotent_and_ports_unique(api, rt):
     headers, pid, offer = _setup(api, provision_seconds=0)
     a, b = api.deploy(headers, offer, name="a"), api.deploy(headers, offer, name="b")
     driver = _driver(rt, pid)
-    first = driver.create(_spec(a, pid))
-    again = driver.create(_spec(a, pid))
+    first = driver.create(_spec(rt, driver, a, pid))
+    again = driver.create(_spec(rt, driver, a, pid))
     assert first.phase == again.phase == "running"
     assert first.forwarded_ports == again.forwarded_ports and first.domain == again.domain
-    other = driver.create(_spec(b, pid))
+    other = driver.create(_spec(rt, driver, b, pid))
     ext = [p.external_port for p in first.forwarded_ports + other.forwarded_ports]
     assert len(set(ext)) == 4
     driver.delete(a, None)

@@ -12,6 +12,7 @@ from typing import Any
 
 from gpucloud.clock import Clock, ManualClock, SystemClock
 from gpucloud.db import Database
+from gpucloud.drivers.base import DriverContext
 from gpucloud.secrets import SecretBox, load_or_create_key
 from gpucloud.settings import Settings
 
@@ -52,7 +53,10 @@ class Runtime:
         with self._drivers_lock:
             drv = self._drivers.get(key)
             if drv is None:
-                drv = driver_class(driver_name)(provider_id, config, self)
+                cls = driver_class(driver_name)
+                # Only a driver that keeps its own far side in the database gets it.
+                ctx = DriverContext(clock=self.clock, db=self.db if cls.uses_database else None)
+                drv = cls(provider_id, config, ctx)
                 self._drivers[key] = drv
             return drv
 

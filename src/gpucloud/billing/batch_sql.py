@@ -37,6 +37,7 @@ from gpucloud.billing import ledger
 from gpucloud.billing.models import CHARGE, REFUND, TOPUP, LedgerEntry
 from gpucloud.catalog.models import OfferZone
 from gpucloud.db import UTCDateTime
+from gpucloud.instances import allocations
 from gpucloud.instances.models import ACTIVE, ENDED, OP_DELETE, Instance, InstanceEvent
 
 A = Account.__table__
@@ -220,6 +221,7 @@ def end_exhausted(s: Session, now: dt.datetime) -> int:
     s.execute(update(I).where(I.c.id.in_(ended_ids)).values(
         status=ENDED, reserve=0, ended_at=now, updated_at=now, status_reason=EXHAUSTED_REASON,
         op=OP_DELETE, next_check_at=now, attempts=0, lock_token=None, lock_expires_at=None))
+    allocations.release(s, ended_ids)
     s.execute(insert(E).from_select(
         ["instance_id", "at", "message"],
         select(B.c.id, literal(now, UTCDateTime()), literal(EXHAUSTED_EVENT))

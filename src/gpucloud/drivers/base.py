@@ -3,6 +3,13 @@
 Drivers are called OUTSIDE database transactions (they may be slow) by a worker that holds a
 lease on the instance row; the worker applies what they report only if it still holds the lease.
 
+Drivers sit below every domain: they import nothing of gpucloud but this package (and the
+clock), and real drivers touch no database. Resources unique across a provider (host ports,
+GPU devices) are allocated by the control plane before `create` and handed over in the spec
+(`ports`, `gpu_devices`); a driver says what it needs with `wanted_ports`, `port_range`,
+`port_free` and `gpu_pool`. What to do when a workload is gone (recreate it, end the instance)
+is the lifecycle's decision. See docs/drivers.md.
+
 Contract every driver keeps (the simulated one included):
 - `create` is idempotent, keyed by `spec.instance_id`: calling it again after a crash finds
   the workload it already made instead of making a second one.
@@ -19,7 +26,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 
 class DriverError(Exception):
@@ -62,10 +69,12 @@ class WorkloadSpec:
     credentials: dict[str, str] | None = None  # decrypted; never log it
     ssh_key: str | None = None
     os_image: str | None = None
-    # Allocated by the control plane before `create` (see docs/libvirt-driver.md): host ports
-    # for what `Driver.wanted_ports` asked, and the PCI addresses of the GPUs to pass through.
+    # Allocated by the control plane (instances/allocations.py), never by the driver:
+    # host ports, one per `wanted_ports` entry (port = internal, external_port = host port)…
     ports: list[ForwardedPort] = field(default_factory=list)
+    # …and GPU device ids out of `gpu_pool` (empty when the provider lists none).
     gpu_devices: list[str] = field(default_factory=list)
+    generation: int = 1  # containers: the config generation this spec describes
 
 
 @dataclass
@@ -92,28 +101,53 @@ class DriverEvent:
     message: str
 
 
+class Clock(Protocol):
+    def now(self) -> dt.datetime: ...
+
+
+@dataclass
+class DriverContext:
+    """What the control plane lends a driver: the server clock. The database only for a
+    driver whose `uses_database` is true (the simulated one keeps its far side there)."""
+
+    clock: Clock
+    db: Any = None
+
+
 class Driver(abc.ABC):
     """One instance of a driver serves one provider (its config)."""
 
     name: ClassVar[str]
     workloads: ClassVar[frozenset[str]] = frozenset({"container", "vm", "baremetal"})
-
-    # Host ports the control plane hands out for `wanted_ports` (None: the driver needs none).
+    uses_database: ClassVar[bool] = False
+    # Host ports for `wanted_ports` come from this range (provider config `port_range`);
+    # None: this provider publishes no ports.
     port_range: tuple[int, int] | None = None
 
-    def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
+    def __init__(self, provider_id: str, config: dict[str, Any], ctx: DriverContext):
         self.provider_id = provider_id
         self.config = config
-        self.runtime = runtime  # gives access to clock/db/settings for drivers that need them
+        self.ctx = ctx
 
+    # -- what the control plane allocates for the driver -------------------------------------
     def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
-        """(internal port, protocol) pairs that need a host port from `port_range`."""
+        """(internal port, protocol) pairs that need a host port at this provider."""
         return []
 
     def port_free(self, port: int, protocol: str) -> bool:
-        """Whether `port` may be handed out (a driver whose engine runs on this machine vetoes
-        ports something else already listens on)."""
+        """Veto a host port something outside gpucloud already uses (engines on this
+        machine can check); the allocator skips vetoed ports."""
         return True
+
+    def gpu_pool(self, spec: WorkloadSpec) -> list[str]:
+        """The device ids GPUs are assigned from: the provider config's `gpus` list, entries
+        either an id or `{pci: <id>, model: ...}`. Empty: the driver does not pin devices."""
+        out = []
+        for gpu in self.config.get("gpus") or []:
+            device = gpu.get("pci") if isinstance(gpu, dict) else gpu
+            if device:
+                out.append(str(device))
+        return out
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:

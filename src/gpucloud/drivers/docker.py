@@ -6,20 +6,21 @@ Containers carry labels that make them findable without any local bookkeeping:
 makes `create` idempotent (a retry finds the container by label), lets `list_owned` see strays
 after a crash, and lets an update hand over from one container to its replacement.
 
-Host ports come from the `port_allocations` table (see docker_ports), so they are unique per
-provider across processes and survive updates. See docs/docker-driver.md for the operator view.
+Host ports and GPU devices are allocated by the control plane (instances/allocations.py) and
+arrive in the spec (`ports`, `gpu_devices`): the driver touches no database, so they are
+unique per provider across processes and survive updates. See docs/docker-driver.md for the
+operator view.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
 from typing import Any
 
-from gpucloud.drivers import docker_ports
 from gpucloud.drivers.base import (
     Driver,
+    DriverContext,
     DriverEvent,
     DriverTransientError,
     WorkloadSpec,
@@ -43,6 +44,7 @@ from gpucloud.drivers.docker_labels import (
 )
 from gpucloud.drivers.docker_startcheck import exec_failure
 from gpucloud.drivers.docker_update import UpdateMixin
+from gpucloud.drivers.hostports import host_port_free
 
 
 def _wall() -> dt.datetime:
@@ -55,11 +57,23 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
     name = "docker"
     workloads = frozenset({"container"})
 
-    def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
-        super().__init__(provider_id, config, runtime)
+    def __init__(self, provider_id: str, config: dict[str, Any], ctx: DriverContext):
+        super().__init__(provider_id, config, ctx)
         self.cfg = parse_config(config)
         self.engine = Engine(self.cfg)
-        self._gpu_lock = threading.Lock()
+        self.port_range = tuple(self.cfg.port_range)
+
+    # -- what the control plane allocates ----------------------------------------------------
+    def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
+        return [(p.port, p.protocol) for p in spec.expose]
+
+    def port_free(self, port: int, protocol: str) -> bool:
+        # An engine on this machine publishes on this machine's ports: one that another
+        # process listens on would make the container fail to start.
+        return host_port_free(port, protocol) if self.cfg.is_local else True
+
+    def gpu_pool(self, spec: WorkloadSpec) -> list[str]:
+        return list(self.cfg.gpus) if self.cfg.gpu_mode != "none" else []
 
     # -- config ------------------------------------------------------------------------------
     @classmethod
@@ -104,7 +118,7 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
 
     # -- create ------------------------------------------------------------------------------
     def create(self, spec: WorkloadSpec) -> WorkloadStatus:
-        return self._create(spec, FIRST_GENERATION)
+        return self._create(spec, spec.generation or FIRST_GENERATION)
 
     def _create(self, spec: WorkloadSpec, generation: int) -> WorkloadStatus:
         notes: list[dict[str, str]] = []
@@ -123,10 +137,7 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
         reason = self._ensure_image(spec, notes)
         if reason is not None:
             return WorkloadStatus(phase="failed", reason=reason, state=state)
-        try:
-            ports = self._ports(spec)
-        except docker_ports.PortsExhausted as exc:
-            return WorkloadStatus(phase="failed", reason=str(exc), state=state)
+        ports = self._ports(spec)
         try:
             container = self._make_container(spec, generation, ports,
                                              container_name(spec.instance_id), since)
@@ -187,10 +198,8 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
         return None
 
     def _ports(self, spec: WorkloadSpec) -> dict[tuple[int, str], int]:
-        probe = docker_ports.host_port_free if self.cfg.is_local else None
-        return docker_ports.allocate(self.runtime, self.provider_id, spec.instance_id,
-                                     [(p.port, p.protocol) for p in spec.expose],
-                                     tuple(self.cfg.port_range), probe)
+        """The host ports the control plane allocated, by (internal port, protocol)."""
+        return {(p.port, p.protocol): p.external_port for p in spec.ports}
 
     # -- status ------------------------------------------------------------------------------
     def status(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
@@ -202,34 +211,8 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
                 return self._status_of(container, state)
             except docker.errors.NotFound:
                 pass  # removed while we looked
-        return self._restore(instance_id, state)
-
-    def _restore(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
-        """A container that vanished under an ACTIVE instance (removed by hand, engine host
-        reinstalled…) is made again from the instance's config, on the same host ports: the
-        customer's endpoint keeps working. Only when that fails is the workload gone."""
-        from gpucloud.instances import service
-        from gpucloud.instances.models import ACTIVE, OP_WATCH, Instance
-
-        with self.runtime.db.read() as s:
-            inst = s.get(Instance, instance_id)
-            restorable = (inst is not None and inst.status == ACTIVE and inst.op in (None, OP_WATCH)
-                          and inst.workload == "container" and inst.container)
-            if restorable:
-                spec = service.workload_spec(self.runtime, inst)
-                generation = int(inst.container.get("generation", FIRST_GENERATION))
-        if not restorable:
-            return WorkloadStatus(phase="gone", reason="The container no longer exists",
-                                  state=state)
-        status = self._create(spec, generation)
-        if status.phase != "running":
-            return WorkloadStatus(phase="gone", state=state, reason="The container vanished "
-                                  f"and could not be recreated: {status.reason}")
-        notes = list((state or {}).get("notes") or [])
-        self._note(notes, "Container was missing at the provider; recreated on the same ports")
-        status.state = {**(status.state or {}), "notes": notes,
-                        "since": (state or {}).get("since", (status.state or {}).get("since"))}
-        return status
+        return WorkloadStatus(phase="gone", reason="The container no longer exists",
+                              state=state)
 
     def _status_of(self, container, state: dict[str, Any] | None) -> WorkloadStatus:
         self.engine.call(container.reload)
@@ -277,7 +260,6 @@ class DockerDriver(ContainerBuilder, UpdateMixin, Driver):
                 except (docker.errors.NotFound, EngineError):
                     pass  # already stopping or gone: removal below settles it
             self._remove(container)
-        docker_ports.release(self.runtime, instance_id)
 
     # -- observation -------------------------------------------------------------------------
     def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]:

@@ -21,8 +21,8 @@ from gpucloud.drivers.docker_labels import (
 
 
 class ContainerBuilder:
-    # Set by DockerDriver: engine, cfg, provider_id, _gpu_lock (GPUs are picked from what the
-    # provider's other containers do not hold, one create at a time per process).
+    # Set by DockerDriver: engine, cfg, provider_id. GPU devices come in the spec, assigned
+    # by the control plane.
 
     def _make_container(
         self,
@@ -69,11 +69,9 @@ class ContainerBuilder:
         if self.cfg.network:
             kwargs["network"] = self.cfg.network
         if self.cfg.gpu_mode != "none" and spec.gpu_count > 0:
-            with self._gpu_lock:
-                devices = self._pick_gpus(spec)
-                labels[L_GPUS] = ",".join(devices)
-                self._gpu_kwargs(kwargs, spec.gpu_count, devices)
-                return self._create_named(kwargs, spec.instance_id, name)
+            devices = list(spec.gpu_devices)
+            labels[L_GPUS] = ",".join(devices)
+            self._gpu_kwargs(kwargs, spec.gpu_count, devices)
         return self._create_named(kwargs, spec.instance_id, name)
 
     def _create_named(self, kwargs: dict[str, Any], instance_id: str, name: str):
@@ -90,21 +88,6 @@ class ContainerBuilder:
                 return self.engine.call(client.containers.get, name)
             except docker.errors.NotFound:
                 raise exc from None
-
-    def _pick_gpus(self, spec: WorkloadSpec) -> list[str]:
-        if not self.cfg.gpus:
-            return []
-        busy: set[str] = set()
-        for row in self._summaries():
-            labels = row.get("Labels") or {}
-            if labels.get(L_INSTANCE) != spec.instance_id:
-                busy.update(g for g in labels.get(L_GPUS, "").split(",") if g)
-        free = [g for g in self.cfg.gpus if g not in busy]
-        if len(free) < spec.gpu_count:
-            raise EngineError(
-                f"Not enough free GPUs on the host ({len(free)} free, {spec.gpu_count} wanted)"
-            )
-        return free[: spec.gpu_count]
 
     def _gpu_kwargs(self, kwargs: dict[str, Any], count: int, devices: list[str]) -> None:
         import docker

@@ -1,8 +1,10 @@
 """The built-in `simulated` provider: a far side that behaves like a real one, on the server clock.
 
-Its state lives in `sim_workloads` (and external ports in `port_allocations`), written in the
-driver's own short transactions — never the caller's — exactly like a remote provider's state
-would be: it survives restarts and is shared by every server process on the database.
+Its state lives in `sim_workloads`, written in the driver's own short transactions — never the
+caller's — exactly like a remote provider's state would be: it survives restarts and is
+shared by every server process on the database. It is the one driver that uses the database
+(`uses_database`); external ports come in the spec, allocated by the control plane like for
+every driver.
 
 Provider config (all optional):
 - `provision_seconds` (default 5): a workload is running this long after create.
@@ -11,7 +13,8 @@ Provider config (all optional):
 - `lose_after_seconds` (default null): a workload vanishes this long after it became ready,
   as if its node died — the way to exercise "the provider lost the workload".
 - `domain_suffix` (default "sim.gpucloud.local"): workloads get `{id8}.{region}.{suffix}`.
-- `port_range` (default [30000, 32767]): external ports, unique per provider.
+- `port_range` (default [30000, 32767]): external ports, unique per provider (allocated by
+  the control plane).
 
 Logs and events are derived from the stored timestamps, so they are the same in every process
 and grow as the clock moves (a heartbeat line every 10 minutes of uptime).
@@ -23,19 +26,18 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select
 
 from gpucloud.drivers import simulated_text
 from gpucloud.drivers.base import (
     Driver,
+    DriverContext,
     DriverEvent,
-    DriverTransientError,
     ForwardedPort,
     WorkloadSpec,
     WorkloadStatus,
 )
-from gpucloud.instances.models import PortAllocation, SimWorkload
+from gpucloud.instances.models import SimWorkload
 from gpucloud.jsonresp import isoformat_z
 
 DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
@@ -53,10 +55,15 @@ def _number(value: Any, name: str, low: float, high: float) -> int | float:
 
 class SimulatedDriver(Driver):
     name = "simulated"
+    uses_database = True
 
-    def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
-        super().__init__(provider_id, config, runtime)
+    def __init__(self, provider_id: str, config: dict[str, Any], ctx: DriverContext):
+        super().__init__(provider_id, config, ctx)
         self.cfg = self.validate_config(dict(config or {}))
+        self.port_range = tuple(self.cfg["port_range"])
+
+    def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
+        return [(p.port, p.protocol) for p in spec.expose]
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -86,26 +93,10 @@ class SimulatedDriver(Driver):
     # -- helpers -------------------------------------------------------------------------
     @property
     def _db(self):
-        return self.runtime.db
+        return self.ctx.db
 
     def _now(self) -> dt.datetime:
-        return self.runtime.clock.now()
-
-    def _allocate(self, s, instance_id: str, expose) -> list[dict[str, Any]] | None:
-        low, high = self.cfg["port_range"]
-        used = set(s.scalars(select(PortAllocation.port).where(
-            PortAllocation.provider_id == self.provider_id,
-            PortAllocation.port.between(low, high))))
-        free = (p for p in range(low, high + 1) if p not in used)
-        ports = []
-        for spec in expose:
-            ext = next(free, None)
-            if ext is None:
-                return None
-            s.add(PortAllocation(provider_id=self.provider_id, port=ext, instance_id=instance_id,
-                                 internal_port=spec.port, protocol=spec.protocol))
-            ports.append({"port": spec.port, "external_port": ext, "protocol": spec.protocol})
-        return ports
+        return self.ctx.clock.now()
 
     def _status(self, row: SimWorkload | None, now: dt.datetime) -> WorkloadStatus:
         if row is None or row.deleted_at is not None:
@@ -131,14 +122,6 @@ class SimulatedDriver(Driver):
 
     # -- contract ------------------------------------------------------------------------
     def create(self, spec: WorkloadSpec) -> WorkloadStatus:
-        for _ in range(5):
-            try:
-                return self._create(spec)
-            except IntegrityError:
-                continue  # another process took the same port (PostgreSQL); pick again
-        raise DriverTransientError("could not allocate external ports, retry")
-
-    def _create(self, spec: WorkloadSpec) -> WorkloadStatus:
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, spec.instance_id)
@@ -163,9 +146,8 @@ class SimulatedDriver(Driver):
             "history": [],
         }
         config["initial"] = {k: config[k] for k in ("image", "env_names", "startup_command")}
-        ports = self._allocate(s, spec.instance_id, spec.expose)
-        if ports is None:
-            ports, config["fail"] = [], "No free external port on the provider"
+        ports = [{"port": p.port, "external_port": p.external_port, "protocol": p.protocol}
+                 for p in spec.ports]
         lose = self.cfg["lose_after_seconds"]
         return SimWorkload(
             instance_id=spec.instance_id, provider_id=self.provider_id, created_at=now,
@@ -202,8 +184,6 @@ class SimulatedDriver(Driver):
             row = s.get(SimWorkload, instance_id)
             if row is not None and row.deleted_at is None:
                 row.deleted_at = now
-            s.execute(delete(PortAllocation).where(PortAllocation.instance_id == instance_id,
-                                                   PortAllocation.provider_id == self.provider_id))
 
     def list_owned(self) -> list[str]:
         with self._db.read() as s:

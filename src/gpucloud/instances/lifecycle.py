@@ -31,7 +31,7 @@ from gpucloud.billing import ledger
 from gpucloud.catalog.models import Provider
 from gpucloud.clock import utcnow
 from gpucloud.drivers.base import DriverError, DriverTransientError, WorkloadStatus
-from gpucloud.instances import events, service
+from gpucloud.instances import allocations, events, service
 from gpucloud.instances.models import (
     ACTIVE,
     INITIALIZED,
@@ -195,8 +195,13 @@ def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
         return _done_with_op
     if deadline is not None and now >= deadline:
         return _fail(now, "Provisioning did not finish before the deadline")
+    driver = _driver(rt, claim)
     try:
-        st = _driver(rt, claim).create(service.workload_spec(rt, inst))
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst))
+    except allocations.AllocationError as exc:
+        return _fail(now, str(exc))
+    try:
+        st = driver.create(spec)
     except DriverTransientError as exc:
         log.warning("instance %s: create will be retried: %s", inst.id, exc)
         return _retry(now, deadline)
@@ -215,8 +220,12 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
     if inst.status != ACTIVE or not inst.pending_update:
         return _done_with_op
     generation = int(inst.pending_update["container"].get("generation", 2))
+    driver = _driver(rt, claim)
     try:
-        st = _driver(rt, claim).update(service.workload_spec(rt, inst, pending=True), generation)
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst, pending=True))
+        st = driver.update(spec, generation)
+    except allocations.AllocationError as exc:
+        st = WorkloadStatus(phase="running", reason=str(exc))
     except DriverTransientError as exc:
         log.warning("instance %s: update will be retried: %s", inst.id, exc)
         return _retry(now)
@@ -262,12 +271,15 @@ def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
     inst = claim.inst
     if inst.status != ACTIVE:
         return _done_with_op
+    driver = _driver(rt, claim)
     try:
-        st = _driver(rt, claim).status(inst.id, inst.driver_state)
+        st = driver.status(inst.id, inst.driver_state)
     except DriverError as exc:
         log.warning("instance %s: status unavailable: %s", inst.id, exc)
         return None
     if st.phase == "gone":
+        if inst.workload == service.CONTAINER and inst.container:
+            return _recreate(rt, driver, inst, st, now)
         return _end(now, st.reason or "The provider lost the workload")
     started = st.container_started if st.phase == "running" else False
     if inst.workload != service.CONTAINER or started == inst.container_started:
@@ -281,6 +293,32 @@ def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
         reason = f": {st.reason}" if st.reason else ""
         events.record(s, inst.id, now, "Container started" if started
                       else f"Container is not running{reason}")
+        return False
+    return fn
+
+
+def _recreate(rt, driver, inst: Instance, gone: WorkloadStatus, now: dt.datetime) -> Apply:
+    """A container that vanished under an ACTIVE instance (removed by hand, engine host
+    reinstalled…) is made again from the instance's config, on the same host ports (the
+    allocation is the instance's until it ends): the customer's endpoint keeps working.
+    Only when that fails is the workload gone and the instance ENDED."""
+    try:
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst))
+        st = driver.create(spec)
+    except (DriverError, allocations.AllocationError) as exc:
+        st = WorkloadStatus(phase="failed", reason=str(exc))
+    if st.phase != "running":
+        why = st.reason or gone.reason or "the provider lost it"
+        return _end(now, f"The container vanished and could not be recreated: {why}")
+    watch = now + dt.timedelta(seconds=rt.settings.watch_interval_seconds)
+
+    def fn(s, inst: Instance) -> bool:
+        if inst.status != ACTIVE:
+            return False
+        _absorb(inst, st)
+        inst.updated_at, inst.next_check_at = now, watch
+        events.record(s, inst.id, now,
+                      "Container was missing at the provider; recreated on the same ports")
         return False
     return fn
 

@@ -100,7 +100,8 @@ class InstanceEvent(Base):
 
 
 class PortAllocation(Base):
-    """External host ports handed out by a provider's driver; unique per provider."""
+    """External host ports the control plane handed out at a provider; unique per provider
+    (instances/allocations.py)."""
 
     __tablename__ = "port_allocations"
 
@@ -114,6 +115,23 @@ class PortAllocation(Base):
     __table_args__ = (
         UniqueConstraint("provider_id", "port", name="uq_port_allocation"),
         Index("ix_port_allocations_instance", "instance_id"),
+    )
+
+
+class GpuAllocation(Base):
+    """GPU devices (ids from the provider config's `gpus` list) the control plane assigned to
+    an instance; unique per provider (instances/allocations.py)."""
+
+    __tablename__ = "gpu_allocations"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
+    device: Mapped[str] = mapped_column(String(128))
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id", ondelete="CASCADE"))
+
+    __table_args__ = (
+        UniqueConstraint("provider_id", "device", name="uq_gpu_allocation"),
+        Index("ix_gpu_allocations_instance", "instance_id"),
     )
 
 

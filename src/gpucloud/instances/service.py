@@ -19,7 +19,7 @@ from gpucloud.catalog import service as catalog
 from gpucloud.db import new_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, FieldError, NotFound
-from gpucloud.instances import events
+from gpucloud.instances import allocations, events
 from gpucloud.instances.models import (
     ACTIVE,
     ENDED,
@@ -345,6 +345,7 @@ def _close(
     inst.pending_credentials_enc = None
     ledger.refund_reserve(s, inst, now)
     catalog.release_capacity(s, inst.zone_id)
+    allocations.release(s, inst.id)
     _schedule(inst, OP_DELETE, now)
     events.record(s, inst.id, now, message)
 
@@ -376,6 +377,7 @@ def workload_spec(rt, inst: Instance, pending: bool = False) -> WorkloadSpec:
         config, creds = inst.pending_update["container"], inst.pending_credentials_enc
         spec.name = inst.pending_update["name"]
         spec.ssh_key = inst.pending_update["ssh_key"]
+    spec.generation = int(config.get("generation", 1))
     spec.image = config.get("image")
     spec.expose = [PortSpec(int(p["port"]), p["protocol"]) for p in config.get("expose", [])]
     spec.environment = [(e["name"], e["value"]) for e in config.get("environment", [])]

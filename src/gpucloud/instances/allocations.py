@@ -1,0 +1,147 @@
+"""Resources unique across a provider (host ports, GPU devices), handed out by the control
+plane before a driver is asked to create anything, and given to the driver in the spec.
+
+Drivers touch no database (docs/drivers.md): a driver only says what it needs
+(`wanted_ports`, `port_range`, `port_free`, `gpu_pool`), and this module decides.
+
+The `port_allocations` table is unique on (provider, port) and `gpu_allocations` on
+(provider, device), so two instances can never hold the same port or GPU, even when several
+server processes allocate at once: a collision is an IntegrityError, and the short
+transaction is simply retried. Allocation is keyed by instance (and internal port), so asking
+again (a create retried after a crash, an update, a recreate) returns the same ports and GPUs.
+Everything is released in the transaction that closes the instance (`release`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gpucloud.drivers.base import Driver, ForwardedPort, WorkloadSpec
+from gpucloud.instances.models import GpuAllocation, PortAllocation
+
+Key = tuple[int, str]  # (internal port, protocol as exposed: tcp | udp | http)
+
+
+class AllocationError(Exception):
+    """The provider has nothing left to give: the instance cannot be provisioned there."""
+
+
+class PortsExhausted(AllocationError):
+    pass
+
+
+class GpusExhausted(AllocationError):
+    pass
+
+
+def for_spec(rt, driver: Driver, spec: WorkloadSpec) -> WorkloadSpec:
+    """Fill `spec.ports` and `spec.gpu_devices` with what the instance holds, allocating what
+    is missing. Raises AllocationError when the provider has none left."""
+    wanted = driver.wanted_ports(spec)
+    if wanted and driver.port_range is None:
+        raise PortsExhausted("The provider has no port range for published ports")
+    if wanted:
+        ports = allocate(rt, spec.provider_id, spec.instance_id, wanted,
+                         tuple(driver.port_range), driver.port_free)
+        spec.ports = [ForwardedPort(port=p, external_port=ports[(p, proto)], protocol=proto)
+                      for p, proto in dict.fromkeys(wanted)]
+    pool = driver.gpu_pool(spec)
+    if pool and spec.gpu_count > 0:
+        spec.gpu_devices = allocate_gpus(rt, spec.provider_id, spec.instance_id, pool,
+                                         spec.gpu_count)
+    return spec
+
+
+def allocate(rt, provider_id: str, instance_id: str, wanted: Iterable[Key],
+             port_range: tuple[int, int],
+             probe: Callable[[int, str], bool] | None = None) -> dict[Key, int]:
+    """Host port for every wanted (port, protocol) of the instance; existing ones are kept.
+
+    Lowest free port first, so a released port is reused predictably."""
+    wanted = list(dict.fromkeys(wanted))
+    for _ in range(8):
+        try:
+            with rt.db.write() as s:
+                rows = s.scalars(select(PortAllocation)
+                                 .where(PortAllocation.instance_id == instance_id)).all()
+                have = {(r.internal_port, r.protocol): r.port for r in rows
+                        if r.provider_id == provider_id}
+                missing = [k for k in wanted if k not in have]
+                if missing:
+                    taken = set(s.scalars(select(PortAllocation.port)
+                                          .where(PortAllocation.provider_id == provider_id)))
+                    candidates = _free_ports(port_range, taken, probe)
+                    for key in missing:
+                        port = next(candidates, None)
+                        if port is None:
+                            raise PortsExhausted(
+                                f"No free external port left in {port_range[0]}-{port_range[1]}")
+                        s.add(PortAllocation(provider_id=provider_id, port=port,
+                                             instance_id=instance_id, internal_port=key[0],
+                                             protocol=key[1]))
+                        have[key] = port
+                    s.flush()
+                return {k: have[k] for k in wanted}
+        except IntegrityError:
+            continue  # another process took one of these ports first: look again
+    raise PortsExhausted("Could not allocate host ports (too much contention)")
+
+
+def _free_ports(port_range: tuple[int, int], taken: set[int],
+                probe: Callable[[int, str], bool] | None):
+    for port in range(port_range[0], port_range[1] + 1):
+        if port in taken:
+            continue
+        # Probe both protocols: the same number may later be wanted for tcp or udp.
+        if probe is not None and not (probe(port, "tcp") and probe(port, "udp")):
+            continue
+        yield port
+
+
+def allocate_gpus(rt, provider_id: str, instance_id: str, pool: list[str],
+                  count: int) -> list[str]:
+    """`count` devices of the provider's inventory for the instance (the ones it already
+    holds first), in inventory order."""
+    for _ in range(8):
+        try:
+            with rt.db.write() as s:
+                rows = s.execute(select(GpuAllocation.device, GpuAllocation.instance_id)
+                                 .where(GpuAllocation.provider_id == provider_id)).all()
+                mine = [d for d, owner in rows if owner == instance_id]
+                busy = {d for d, owner in rows if owner != instance_id}
+                free = [d for d in pool if d not in busy and d not in mine]
+                if len(mine) + len(free) < count:
+                    raise GpusExhausted(f"Not enough free GPUs at the provider "
+                                        f"({len(free) + len(mine)} free, {count} wanted)")
+                for device in free[:max(0, count - len(mine))]:
+                    s.add(GpuAllocation(provider_id=provider_id, device=device,
+                                        instance_id=instance_id))
+                    mine.append(device)
+                s.flush()
+                order = {d: i for i, d in enumerate(pool)}
+                return sorted(mine, key=lambda d: order.get(d, len(order)))[:count]
+        except IntegrityError:
+            continue  # another process took one of these devices first: look again
+    raise GpusExhausted("Could not allocate GPUs (too much contention)")
+
+
+def allocated(rt, instance_id: str) -> dict[Key, int]:
+    with rt.db.read() as s:
+        rows = s.scalars(select(PortAllocation)
+                         .where(PortAllocation.instance_id == instance_id)).all()
+        return {(r.internal_port, r.protocol): r.port for r in rows}
+
+
+def release(s: Session, instance_ids) -> None:
+    """Free every port and GPU of the instances, in the caller's transaction (the one that
+    closes them); safe to repeat. `instance_ids`: a list or a subquery of ids."""
+    if isinstance(instance_ids, str):
+        instance_ids = [instance_ids]
+    s.execute(delete(PortAllocation).where(PortAllocation.instance_id.in_(instance_ids))
+              .execution_options(synchronize_session=False))
+    s.execute(delete(GpuAllocation).where(GpuAllocation.instance_id.in_(instance_ids))
+              .execution_options(synchronize_session=False))
