@@ -76,6 +76,7 @@ def _include_routers(app: FastAPI) -> None:
     from gpucloud.billing import routes as billing
     from gpucloud.catalog import admin_routes as catalog_admin
     from gpucloud.catalog import routes as catalog
+    from gpucloud.instances import admin_routes as instances_admin
     from gpucloud.instances import container_routes, vm_routes
 
     app.include_router(catalog.router)
@@ -87,6 +88,7 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(accounts.admin)
     app.include_router(billing.admin)
     app.include_router(catalog_admin.router)
+    app.include_router(instances_admin.router)
     app.include_router(admin.router)
 
     from gpucloud.fastpath import promote

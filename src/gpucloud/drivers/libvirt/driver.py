@@ -22,8 +22,10 @@ from typing import Any
 
 import libvirt
 
+from gpucloud.drivers import hostports
 from gpucloud.drivers.base import (
     Driver,
+    DriverContext,
     DriverEvent,
     DriverTransientError,
     ForwardedPort,
@@ -35,7 +37,9 @@ from gpucloud.drivers.libvirt.config import ImageConfig, normalized, parse_confi
 from gpucloud.drivers.libvirt.hypervisor import Hypervisor, message, reraise
 from gpucloud.drivers.libvirt.storage import InstanceFiles, StorageError
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
+# Terminal control in the console (colours, cursor moves, title OSCs) and other control bytes.
+ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[()#][0-9A-Za-z]|.)"
+                  r"|[\x00-\x08\x0b-\x1f\x7f]")
 CONSOLE_TAIL = 12  # lines of serial console quoted in a failure reason
 PROBE_HOST = "127.0.0.1"  # the hypervisor is local (see config), so are its forwarded ports
 SSH = (22, "tcp")
@@ -49,8 +53,8 @@ class LibvirtDriver(Driver):
     name = "libvirt"
     workloads = frozenset({"vm"})
 
-    def __init__(self, provider_id: str, config: dict[str, Any], runtime: Any):
-        super().__init__(provider_id, config, runtime)
+    def __init__(self, provider_id: str, config: dict[str, Any], ctx: DriverContext):
+        super().__init__(provider_id, config, ctx)
         self.cfg = parse_config(config)
         self.port_range = tuple(self.cfg.port_range) if self.cfg.user_network else None
         self.hv = Hypervisor(self.cfg.uri)
@@ -68,7 +72,12 @@ class LibvirtDriver(Driver):
         return [SSH] if self.cfg.user_network else []
 
     def port_free(self, port: int, protocol: str) -> bool:
-        return probe.host_port_free(port, protocol)
+        return hostports.host_port_free(port, protocol)
+
+    def gpu_pool(self, spec: WorkloadSpec) -> list[str]:
+        """Only GPUs of the offer's model serve it."""
+        model = spec.gpu_model.lower()
+        return [g.pci for g in self.cfg.gpus if g.model == model]
 
     def _files(self, instance_id: str) -> InstanceFiles:
         return InstanceFiles(self.cfg.storage_dir, self.provider_id, instance_id)

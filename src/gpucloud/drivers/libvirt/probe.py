@@ -1,4 +1,4 @@
-"""Is the guest's SSH server up? Is a host port free?
+"""Is the guest's SSH server up?
 
 With a QEMU host forward, a TCP connect to the host port succeeds as soon as QEMU listens,
 long before the guest's sshd does (QEMU accepts, then closes when the guest refuses). Only the
@@ -30,15 +30,3 @@ def ssh_banner(host: str, port: int, timeout: float = 3.0) -> str | None:
         return None
     line = data.split(b"\n", 1)[0].strip()
     return line.decode("ascii", errors="replace") if line.startswith(b"SSH-") else None
-
-
-def host_port_free(port: int, protocol: str) -> bool:
-    """Nothing on this machine listens on `port` (QEMU's forward would fail to bind)."""
-    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
