@@ -120,11 +120,17 @@ def test_two_vms_boot_answer_ssh_with_their_keys_then_terminate_cleanly(api, hos
     assert le.ssh_run(keys["alpha"], alpha_host, alpha_port, alpha_user, "hostname").strip() \
         == "alpha"
 
+    # A domain that vanishes under an ACTIVE instance (undefined by hand) ends it.
+    le.remove_domains([ids["beta"]])
+    api.advance(31)  # past the next watch
+    assert api.instance(host["headers"], ids["beta"], "vms")["status"] == "ENDED"
+    assert any("Instance ended: The VM no longer exists at the provider" in e
+               for e in events(api, host, ids["beta"])), events(api, host, ids["beta"])
+
     # Terminate: domain, overlay and seed gone, port free again, unspent reserve refunded.
     assert api.money(host["account_id"])["reserved"] > 0
-    for iid in ids.values():
-        r = api.client.delete(f"/gpu/instances/vms/{iid}", headers=host["headers"])
-        assert r.status_code == 204
+    r = api.client.delete(f"/gpu/instances/vms/{ids['alpha']}", headers=host["headers"])
+    assert r.status_code == 204
     api.advance(1)  # the lifecycle's delete step
     spent = sum(api.instance(host["headers"], i, "vms")["billing"]["total_spendings"]
                 for i in ids.values())
@@ -151,6 +157,8 @@ def test_a_missing_base_image_fails_and_refunds_with_the_reason_in_events(api, t
         "name": "broken-host", "driver": "libvirt",
         "config": le.config(storage, (lo, lo), images={le.IMAGE: le.image(path=str(base))})})
     assert r.status_code == 201, r.text
+    # Registered, with a word for the operator: this host passes no GPU through.
+    assert any(w.startswith("No gpus listed") for w in r.json()["warnings"]), r.json()
     offer = api.offer(r.json()["id"], workload="vm", vcpu=1, memory_gib=1, storage_gib=3,
                       price=PRICE, os_options=[le.IMAGE])
     account_id, headers = api.account(balance=100)
@@ -181,3 +189,32 @@ def test_registration_refuses_nonsense_configs(api, config, where):
     assert r.status_code == 422, r.text
     detail = r.json()["detail"][0]
     assert detail["loc"] == ["body", "config"] and where in detail["msg"]
+
+
+def test_offers_the_host_cannot_serve_are_refused(api):
+    le.require_libvirt()
+    r = api.client.post("/admin/providers", headers=api.admin, json={
+        "name": "picky", "driver": "libvirt",
+        "config": le.config("/var/lib/gpucloud-test/vms", (30000, 30010),
+                            gpus=[{"pci": "0000:41:00.0", "model": "H100"}])})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    assert not any(w.startswith("No gpus listed") for w in r.json()["warnings"])
+    base = {"provider_id": pid, "workload": "vm", "location": "us-east-1", "country": "US",
+            "gpu": {"vendor": "nvidia", "model": "h100", "vram": "80Gi", "interface": "SXM"},
+            "gpu_count": 1, "vcpu": 2, "memory_gib": 1, "storage_gib": 3, "price_hour": "1",
+            "capacity": 1, "os_options": [le.IMAGE]}
+    cases = [({"os_options": [le.IMAGE, "Ubuntu Server 22.04"]}, "os_options",
+              f"The provider has no image for Ubuntu Server 22.04 (it has: {le.IMAGE})"),
+             ({"gpu": {**base["gpu"], "model": "a100"}}, "gpu",
+              "The provider has no a100 GPU (it has: h100)"),
+             ({"workload": "container", "countries": ["US"], "os_options": None,
+               "location": None, "country": None}, "workload",
+              "A libvirt provider serves vm offers only")]
+    for change, field, msg in cases:
+        r = api.client.post("/admin/offers", headers=api.admin, json={**base, **change})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", field]
+        assert r.json()["detail"][0]["msg"] == msg
+    r = api.client.post("/admin/offers", headers=api.admin, json=base)
+    assert r.status_code == 201, r.text

@@ -68,6 +68,21 @@ class LibvirtDriver(Driver):
     def config_warnings(cls, config: dict[str, Any]) -> list[str]:
         return warnings(parse_config(config))
 
+    @classmethod
+    def offer_problem(cls, config: dict[str, Any], workload: str, os_options: list[str],
+                      gpu_model: str) -> tuple[str, str] | None:
+        cfg = parse_config(config)
+        if workload != "vm":
+            return "workload", "A libvirt provider serves vm offers only"
+        missing = [o for o in os_options if o not in cfg.images]
+        if missing:
+            return "os_options", (f"The provider has no image for {', '.join(missing)} "
+                                  f"(it has: {', '.join(sorted(cfg.images))})")
+        if cfg.gpus and not any(g.model == gpu_model.lower() for g in cfg.gpus):
+            return "gpu", (f"The provider has no {gpu_model} GPU (it has: "
+                           f"{', '.join(sorted({g.model for g in cfg.gpus}))})")
+        return None
+
     def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
         return [SSH] if self.cfg.user_network else []
 
