@@ -18,6 +18,8 @@ import paramiko
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from gpucloud.drivers.libvirt.domain_xml import read_metadata
+
 CACHE = Path(os.environ.get("GPUCLOUD_VM_CACHE", "/var/cache/gpucloud-test"))
 IMAGE = "Debian 12"
 URI = "qemu:///system"
@@ -111,3 +113,17 @@ def remove_domains(instance_ids) -> None:
         name = f"gpucloud-{iid}"
         subprocess.run(["virsh", "-c", URI, "destroy", name], capture_output=True)
         subprocess.run(["virsh", "-c", URI, "undefine", name], capture_output=True)
+
+
+def domains_of(provider_id: str) -> list[str]:
+    """Instance ids of every domain (running or not) whose metadata names the provider."""
+    conn = libvirt.open(URI)
+    try:
+        out = []
+        for dom in conn.listAllDomains(0):
+            meta = read_metadata(dom.XMLDesc(0))
+            if meta.get("provider") == provider_id:
+                out.append(meta["id"])
+        return sorted(out)
+    finally:
+        conn.close()

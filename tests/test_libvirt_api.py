@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from gpucloud.catalog.models import Provider
+from gpucloud.cli.main import app as cli_app
+from gpucloud.drivers.base import ForwardedPort, WorkloadSpec
+from gpucloud.instances import reconcile
 from gpucloud.instances.models import PortAllocation
 from tests import libvirt_env as le
+from tests.conftest import ADMIN_KEY
 from tests.factories import money
 from tests.procs import free_port
 
@@ -80,7 +87,8 @@ def parse_ssh(command: str) -> tuple[str, str, int]:
     return user, where, port
 
 
-def test_two_vms_boot_answer_ssh_with_their_keys_then_terminate_cleanly(api, host):
+def test_two_vms_boot_answer_ssh_with_their_keys_then_terminate_cleanly(api, host, live_server,
+                                                                       tmp_path):
     keys = {"alpha": le.Key(), "beta": le.Key()}
     ids = {name: deploy(api, host, name, key) for name, key in keys.items()}
     assert api.money(host["account_id"])["reserved"] > 0
@@ -110,6 +118,15 @@ def test_two_vms_boot_answer_ssh_with_their_keys_then_terminate_cleanly(api, hos
     alpha_user, alpha_host, alpha_port = parse_ssh(details[ids["alpha"]]["ssh_connection"])
     with pytest.raises(AssertionError, match="could not log in"):
         le.ssh_run(keys["beta"], alpha_host, alpha_port, alpha_user, "true", attempts=1)
+
+    # The operator reads a VM's serial console, over HTTP and with the CLI.
+    r = api.client.get(f"/admin/instances/{ids['alpha']}/console", headers=api.admin,
+                       params={"last": 500})
+    assert r.status_code == 200 and any("alpha login:" in line for line in r.json()), r.json()
+    out = CliRunner().invoke(cli_app, [
+        "admin", "console", ids["alpha"], "--last", "500", "--url", live_server.url,
+        "--admin-key", ADMIN_KEY], env={"GPUCLOUD_CONFIG_DIR": str(tmp_path)})
+    assert out.exit_code == 0 and "alpha login:" in out.stdout, (out.stdout, out.stderr)
 
     # Rename changes only our name.
     iid = ids["alpha"]
@@ -215,6 +232,31 @@ def test_offers_the_host_cannot_serve_are_refused(api):
         r = api.client.post("/admin/offers", headers=api.admin, json={**base, **change})
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", field]
-        assert r.json()["detail"][0]["msg"] == msg
+        assert r.json()["detail"][0]["msg"] == "Value error, " + msg
     r = api.client.post("/admin/offers", headers=api.admin, json=base)
     assert r.status_code == 201, r.text
+
+
+def test_the_reconciler_removes_vms_no_instance_owns(api, host):
+    pid = host["provider"]["id"]
+    with api.rt.db.read() as s:
+        config = s.get(Provider, pid).config
+    driver = api.rt.driver_for(pid, "libvirt", config)
+    orphan = str(uuid.uuid4())
+    spec = WorkloadSpec(instance_id=orphan, provider_id=pid, workload="vm", name="stray",
+                        gpu_count=0, gpu_model="h100", vcpu=1, memory_gib=1, storage_gib=3,
+                        location="us-east-1", os_image=le.IMAGE,
+                        ports=[ForwardedPort(22, host["ports"][0], "tcp")])
+    host["made"].append(orphan)
+    assert driver.create(spec).phase == "pending"
+    assert orphan in driver.list_owned()
+    assert reconcile.run(api.rt) == 1
+    assert f"gpucloud-{orphan}" not in le.domain_names()
+    assert not (Path(host["storage"]) / pid / orphan).exists()
+    assert driver.list_owned() == []
+
+
+def test_console_needs_the_admin_key_and_a_vm(api):
+    assert api.client.get("/admin/instances/nope/console").status_code == 403
+    r = api.client.get("/admin/instances/nope/console", headers=api.admin)
+    assert r.status_code == 404 and r.json() == {"detail": "Instance not found"}

@@ -17,7 +17,6 @@ import pytest
 from gpucloud.drivers.base import ForwardedPort, WorkloadSpec
 from gpucloud.drivers.libvirt import LibvirtDriver
 from gpucloud.drivers.libvirt import domain_xml as dx
-from gpucloud.drivers.libvirt.config import parse_config
 from tests import libvirt_env as le
 from tests.procs import free_port
 
@@ -208,5 +207,5 @@ def test_nonsense_configs_are_refused_with_a_reason(change, message):
     cfg = le.config("/var/lib/gpucloud-test/vms", (30000, 30010))
     cfg.update(change)
     with pytest.raises(ValueError) as err:
-        parse_config(cfg)
+        LibvirtDriver.validate_config(cfg)
     assert message in str(err.value)

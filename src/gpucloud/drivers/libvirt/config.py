@@ -33,18 +33,17 @@ class ImageConfig(BaseModel):
                          description="Kernel command line for `kernel`.")
 
     @model_validator(mode="after")
-    def _files(self) -> ImageConfig:
-        for what in ("path", "kernel", "initrd"):
-            value = getattr(self, what)
-            if value is None:
-                continue
+    def _paths(self) -> ImageConfig:
+        for what, value in self.files():
             if not os.path.isabs(value):
                 raise ValueError(f"{what} must be an absolute path")
-            if not os.path.isfile(value):
-                raise ValueError(f"{what} {value} does not exist on this host")
         if self.initrd and not self.kernel:
             raise ValueError("initrd needs kernel")
         return self
+
+    def files(self) -> list[tuple[str, str]]:
+        return [(what, value) for what in ("path", "kernel", "initrd")
+                if (value := getattr(self, what)) is not None]
 
 
 class GpuConfig(BaseModel):
@@ -159,8 +158,14 @@ def parse_config(config: dict[str, Any]) -> LibvirtConfig:
 
 
 def normalized(config: dict[str, Any]) -> dict[str, Any]:
-    """What gets stored: defaults filled in, JSON-friendly."""
+    """What gets stored: defaults filled in, JSON-friendly. Registration also checks that the
+    image files exist (later, a file gone missing fails only the VMs that need it)."""
     cfg = parse_config(config)
+    missing = [f"images.{name}: {what} {value} does not exist on this host"
+               for name, image in cfg.images.items() for what, value in image.files()
+               if not os.path.isfile(value)]
+    if missing:
+        raise ValueError("; ".join(missing))
     out = cfg.model_dump(exclude_none=True)
     out["port_range"] = list(cfg.port_range)
     return out
