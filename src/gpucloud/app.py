@@ -21,6 +21,7 @@ from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.console import routes as console
 from gpucloud.errors import APIError, FieldError, safe_error
+from gpucloud.instances import admin_routes as instances_admin
 from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
 from gpucloud.request_context import request_id
@@ -115,7 +116,7 @@ def _include_routers(app: FastAPI) -> None:
     # instance id.
     for router in (catalog.router, vm_routes.router, container_routes.router, accounts.public,
                    billing.router, accounts.admin, billing.admin, catalog_admin.router,
-                   admin.router, console.router):
+                   instances_admin.router, admin.router, console.router):
         add_slash_twins(router)
         app.include_router(router)
 

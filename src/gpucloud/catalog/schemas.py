@@ -48,6 +48,9 @@ class ProviderOut(BaseModel):
     name: str
     driver: str
     config: dict[str, Any] = Field(description="Driver config with secrets removed")
+    warnings: list[str] = Field(
+        default_factory=list, description="What the driver wants the operator to know about "
+        "this config (a libvirt host without GPUs to pass through, …)")
     enabled: bool
     created_at: dt.datetime
     offers: int = Field(0, description="Number of offers (enabled or not)")

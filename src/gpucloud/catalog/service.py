@@ -137,6 +137,27 @@ def public_config(provider: Provider) -> dict[str, Any]:
         return {}
 
 
+def config_warnings(provider: Provider) -> list[str]:
+    try:
+        return driver_class(provider.driver).config_warnings(provider.config or {})
+    except (ValueError, ImportError):
+        return []
+
+
+def offer_problem(provider: Provider, f: OfferFields) -> tuple[str, str] | None:
+    """What the provider's driver says against serving this offer (an OS option it has no
+    image for, a GPU model it does not have…)."""
+    try:
+        cls = driver_class(provider.driver)
+    except ValueError:
+        return None
+    try:
+        return cls.offer_problem(provider.config or {}, f.workload, list(f.os_options or []),
+                                 f.gpu.model)
+    except ValueError as exc:  # e.g. an image file removed since registration
+        return "provider_id", f"The provider's config is no longer valid: {exc}"
+
+
 def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], enabled: bool,
                     now: dt.datetime) -> Provider:
     reject_nul(config, ["body", "config"])
@@ -168,7 +189,8 @@ def set_provider_enabled(s: Session, provider_id: str, enabled: bool) -> Provide
 def provider_json(provider: Provider, stats: tuple[int, int, int] = (0, 0, 0)) -> dict[str, Any]:
     offers, capacity, in_use = stats
     return {"id": provider.id, "name": provider.name, "driver": provider.driver,
-            "config": public_config(provider), "enabled": provider.enabled,
+            "config": public_config(provider), "warnings": config_warnings(provider),
+            "enabled": provider.enabled,
             "created_at": provider.created_at, "offers": offers, "capacity": capacity,
             "in_use": in_use}
 
@@ -191,7 +213,12 @@ def create_offer(s: Session, body: OfferCreate, now: dt.datetime) -> Offer:
     errs = offer_rule_errors(body, ["body"])
     if errs:
         raise field_errors(errs)
-    get_provider(s, body.provider_id)
+    provider = get_provider(s, body.provider_id)
+    problem = offer_problem(provider, body)
+    if problem is not None:
+        value = getattr(body, problem[0])
+        value = value.model_dump() if hasattr(value, "model_dump") else value
+        raise field_errors([(["body", problem[0]], problem[1], value)])
     return add_offer(s, body.provider_id, body, now)
 
 

@@ -319,6 +319,17 @@ def catalog_import(
         fields(sorted((summary.model_extra or {}).items()))
 
 
+# -- instances -----------------------------------------------------------------------------------
+@app.command("console")
+@connected
+def console(instance_id: str = typer.Argument(..., metavar="ID"),
+            last: int | None = typer.Option(None, "--last", min=1, help="Only the last N lines"),
+            *, client: Client) -> None:
+    """A VM's serial console log (kernel, systemd, cloud-init): why a guest never answered."""
+    for line in client.console(instance_id, last):
+        typer.echo(line)
+
+
 # -- the books -----------------------------------------------------------------------------------
 @app.command("audit")
 @connected

@@ -84,6 +84,14 @@ class AsyncClient:
     async def container_events(self, instance_id: str, last: int | None = None) -> list[str]:
         return await self.send(ep.container_events(instance_id, last))
 
+    async def vm_events(self, instance_id: str, last: int | None = None) -> list[str]:
+        """A VM's lifecycle events (an extension beyond the Fluence API)."""
+        return await self.send(ep.vm_events(instance_id, last))
+
+    async def console(self, instance_id: str, last: int | None = None) -> list[str]:
+        """Operator: a VM's serial console log."""
+        return await self.send(ep.console(instance_id, last))
+
     async def terminate_container(self, instance_id: str) -> None:
         await self.send(ep.terminate_container(instance_id))
 

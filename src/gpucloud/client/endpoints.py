@@ -105,6 +105,17 @@ def container_events(instance_id: str, last: int | None = None) -> Call[list[str
     return Call("GET", f"/gpu/instances/{_id(instance_id)}/events", _strings, params=params)
 
 
+def vm_events(instance_id: str, last: int | None = None) -> Call[list[str]]:
+    params = {"last": last} if last is not None else {}
+    return Call("GET", f"/gpu/instances/vms/{_id(instance_id)}/events", _strings, params=params)
+
+
+def console(instance_id: str, last: int | None = None) -> Call[list[str]]:
+    params = {"last": last} if last is not None else {}
+    return Call("GET", f"/admin/instances/{_id(instance_id)}/console", _strings, params=params,
+                admin=True)
+
+
 def terminate_container(instance_id: str) -> Call[None]:
     return Call("DELETE", f"/gpu/instances/{_id(instance_id)}", _none)
 

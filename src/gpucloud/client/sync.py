@@ -82,6 +82,14 @@ class Client:
     def container_events(self, instance_id: str, last: int | None = None) -> list[str]:
         return self.send(ep.container_events(instance_id, last))
 
+    def vm_events(self, instance_id: str, last: int | None = None) -> list[str]:
+        """A VM's lifecycle events (an extension beyond the Fluence API)."""
+        return self.send(ep.vm_events(instance_id, last))
+
+    def console(self, instance_id: str, last: int | None = None) -> list[str]:
+        """Operator: a VM's serial console log."""
+        return self.send(ep.console(instance_id, last))
+
     def terminate_container(self, instance_id: str) -> None:
         self.send(ep.terminate_container(instance_id))
 

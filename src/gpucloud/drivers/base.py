@@ -162,6 +162,18 @@ class Driver(abc.ABC):
         return config
 
     @classmethod
+    def offer_problem(cls, config: dict[str, Any], workload: str, os_options: list[str],
+                      gpu_model: str) -> tuple[str, str] | None:
+        """(offer field, why) when this provider cannot serve such an offer (→ 422)."""
+        return None
+
+    @classmethod
+    def config_warnings(cls, config: dict[str, Any]) -> list[str]:
+        """What the operator should know about a valid (normalized) config; shown with the
+        provider."""
+        return []
+
+    @classmethod
     def public_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """The config minus secrets, for admin listings."""
         return config

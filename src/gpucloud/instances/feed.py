@@ -10,10 +10,11 @@ from gpucloud.instances import service
 from gpucloud.jsonresp import isoformat_z
 
 
-def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = False):
+def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = False,
+                 workload: str = "container"):
     # One pre-built statement (instance, provider) on a plain connection: these are polled.
     with rt.db.query() as conn:
-        inst = service.driver_target(conn, account_id, instance_id, "container")
+        inst = service.driver_target(conn, account_id, instance_id, workload)
         ours = instance_events.for_instance(conn, instance_id) if with_events else []
     driver = rt.driver_for(inst.provider_id, inst.driver, inst.config or {})
     return inst, driver, ours
@@ -28,9 +29,11 @@ def logs(rt, account_id: str, instance_id: str, last: int | None) -> list[str]:
     return lines[-last:] if last else lines
 
 
-def events(rt, account_id: str, instance_id: str, last: int | None) -> list[str]:
-    """gpucloud's own lifecycle lines merged with the provider's, oldest first."""
-    inst, driver, ours = _with_driver(rt, account_id, instance_id, with_events=True)
+def events(rt, account_id: str, instance_id: str, last: int | None,
+           workload: str = "container") -> list[str]:
+    """gpucloud's own lifecycle lines merged with the provider's, oldest first (containers,
+    VMs and bare metal alike)."""
+    inst, driver, ours = _with_driver(rt, account_id, instance_id, True, workload)
     try:
         theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
     except DriverError:

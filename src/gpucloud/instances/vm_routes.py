@@ -6,12 +6,12 @@ container routes, so GET /gpu/instances/vms is never taken for a container id.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
-from gpucloud.instances import service, transitions, views
+from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
@@ -78,6 +78,13 @@ def _routes(kind: str, workload: str) -> None:
             transitions.terminate(s, inst, rt.clock.now())
         return Response(status_code=204)
 
+    def events(instance_id: str, request: Request,
+               last: int | None = Query(None, ge=1, description="Keep only the last N lines"),
+               caller: Caller = Depends(current_account)):
+        # An extension beyond the Fluence API: why a VM failed, when it answered SSH.
+        rt = request.app.state.rt
+        return JSON(feed.events(rt, caller.account_id, instance_id, last, workload))
+
     base = f"/{kind}"
     router.add_api_route(base, deploy, methods=["POST"], status_code=201, tags=tags,
                          response_model=Created, operation_id=f"deploy{title}",
@@ -94,6 +101,10 @@ def _routes(kind: str, workload: str) -> None:
     router.add_api_route(base + "/{instance_id}", terminate, methods=["DELETE"],
                          status_code=204, tags=tags, operation_id=f"terminate{title}",
                          summary=f"Terminate a {kind} instance", responses=NOT_FOUND_DOC)
+    router.add_api_route(base + "/{instance_id}/events", events, methods=["GET"], tags=tags,
+                         response_model=list[str], operation_id=f"get{title}Events",
+                         summary="Lifecycle events (gpucloud's and the provider's), oldest "
+                         "first (extension)", responses=NOT_FOUND_DOC)
 
 
 for _kind, _workload_name in KINDS.items():
