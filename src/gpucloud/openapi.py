@@ -172,7 +172,13 @@ for _kind, _path in (("VM", "vms"), ("Baremetal", "baremetal")):
         "instance cannot be renamed (400).",
         f"terminate{_kind}": f"Terminate an ACTIVE {_what} instance; the unspent reserve "
         "returns to the balance.",
+        f"get{_kind}Events": f"A {_what} instance's lifecycle events (gpucloud's and the "
+        "provider's: boot, SSH ready, failures with their reason), oldest first; `last` keeps "
+        "the last N. An extension beyond the Fluence API.",
     })
+DESCRIPTIONS["adminGetConsole"] = (
+    "The serial console log of a VM (the driver's capture of the guest's ttyS0), oldest line "
+    "first; `last` keeps the last N. For operators diagnosing a guest that never answered SSH.")
 
 _INSTANCE = "$response.body#/instance_id"
 LINKS: dict[str, dict[str, str]] = {
