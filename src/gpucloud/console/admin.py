@@ -61,7 +61,6 @@ def provider_enabled(provider_id: str, request: Request, posted: Posted = Depend
     rt = request.app.state.rt
     with rt.db.write() as s:
         catalog.set_provider_enabled(s, provider_id, posted.form.get("enabled") == "true")
-    rt.invalidate("plans")
     return redirect("/console/admin/providers")
 
 
@@ -102,7 +101,6 @@ def offer_change(offer_id: str, request: Request, posted: Posted = Depends(by_op
         return _offers_page(request, posted.who, _errors(exc), failed=offer_id)
     with rt.db.write() as s:
         catalog.patch_offer(s, offer_id, patch)
-    rt.invalidate("plans")
     return redirect(f"/console/admin/offers#offer-{offer_id}")
 
 

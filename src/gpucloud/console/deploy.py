@@ -122,10 +122,8 @@ def _attempt(rt, who: Who, workload: str, body: Any, commit: bool) -> str:
             instance_id = inst.id
             if not commit:
                 raise _DryRun()
-    except _DryRun:
+    except _DryRun:  # rolled back: the deploy's after-commit effects were dropped with it
         return instance_id
-    rt.invalidate("plans")
-    rt.wake.set()
     return instance_id
 
 

@@ -25,7 +25,7 @@ from gpucloud.console.web import (
 )
 from gpucloud.errors import APIError, BadRequest, FieldError
 from gpucloud.instances import events as instance_events
-from gpucloud.instances import feed, service, views
+from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.models import ENDED, FAILED
 from gpucloud.instances.schemas import ContainerUpdate, VmRename
 from gpucloud.jsonresp import isoformat_z
@@ -136,9 +136,7 @@ def instance_feed(instance_id: str, which: str, request: Request,
 def _change(rt, who: Who, instance_id: str, apply) -> None:
     with rt.db.write() as s:
         inst = service.get_owned(s, who.account_id, instance_id, WORKLOADS, for_update=True)
-        apply(s, inst, rt.clock.now())
-    rt.invalidate("plans")
-    rt.wake.set()
+        apply(s, inst, rt.clock.now())  # its cache and worker effects run after commit
 
 
 @router.post("/instances/{instance_id}/update")
@@ -187,7 +185,7 @@ def terminate_confirm(instance_id: str, request: Request, who: Who = Depends(cus
 def terminate(instance_id: str, request: Request, posted: Posted = Depends(by_customer)):
     rt = request.app.state.rt
     try:
-        _change(rt, posted.who, instance_id, service.terminate)
+        _change(rt, posted.who, instance_id, transitions.terminate)
     except APIError as exc:
         if exc.status_code == 404:
             raise
