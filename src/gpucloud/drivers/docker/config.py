@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gpucloud.drivers.configs import parse_model
 
 DEFAULT_PORT_RANGE = (30000, 32767)  # the range Kubernetes uses for NodePorts: rarely taken
 
@@ -139,15 +141,7 @@ class DockerConfig(BaseModel):
 
 def parse_config(config: dict[str, Any]) -> DockerConfig:
     """The typed config, or ValueError with a one-line reason per problem."""
-    try:
-        return DockerConfig.model_validate(config)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {msg}" if where else msg)
-        raise ValueError("; ".join(problems)) from None
+    return parse_model(DockerConfig, config)
 
 
 def normalized(config: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gpucloud.drivers.configs import parse_model
 
 DEFAULT_PORT_RANGE = (30000, 32767)
 PCI_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
@@ -150,15 +152,7 @@ class LibvirtConfig(BaseModel):
 
 def parse_config(config: dict[str, Any]) -> LibvirtConfig:
     """The typed config, or ValueError with a one-line reason per problem."""
-    try:
-        return LibvirtConfig.model_validate(config)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {msg}" if where else msg)
-        raise ValueError("; ".join(problems)) from None
+    return parse_model(LibvirtConfig, config)
 
 
 def normalized(config: dict[str, Any]) -> dict[str, Any]:
