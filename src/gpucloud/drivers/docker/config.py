@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gpucloud.drivers.configs import parse_model
+from gpucloud.drivers.configs import PortRange, parse_model
 
 DEFAULT_PORT_RANGE = (30000, 32767)  # the range Kubernetes uses for NodePorts: rarely taken
 
@@ -42,7 +42,7 @@ class DockerConfig(BaseModel):
     public_host: str | None = Field(
         None, description="Domain or IP customers connect to. Default: the tcp:// engine's "
         "host, or 127.0.0.1 for a local socket.")
-    port_range: tuple[int, int] = Field(
+    port_range: PortRange = Field(
         DEFAULT_PORT_RANGE, description="Inclusive range of host ports published for "
         "exposed container ports; `[30000, 32767]` or `\"30000-32767\"`.")
     gpu_mode: Literal["none", "nvidia", "cdi"] = Field(
@@ -89,24 +89,6 @@ class DockerConfig(BaseModel):
                 raise ValueError("engine_url: tcp:// needs host:port")
             return v
         raise ValueError("engine_url must start with unix:// or tcp://")
-
-    @field_validator("port_range", mode="before")
-    @classmethod
-    def _range_text(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            lo, sep, hi = v.partition("-")
-            if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
-                raise ValueError("port_range must look like 30000-32767")
-            return (int(lo), int(hi))
-        return v
-
-    @field_validator("port_range")
-    @classmethod
-    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        lo, hi = v
-        if not 1024 <= lo <= hi <= 65535:
-            raise ValueError("port_range must be within 1024-65535, low end first")
-        return v
 
     @field_validator("gpus")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gpucloud.drivers.configs import parse_model
+from gpucloud.drivers.configs import PortRange, parse_model
 
 DEFAULT_PORT_RANGE = (30000, 32767)
 PCI_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
@@ -84,7 +84,7 @@ class LibvirtConfig(BaseModel):
     public_host: str = Field(
         "127.0.0.1", min_length=1, max_length=253,
         description="Host customers reach forwarded SSH ports on (network `user`).")
-    port_range: tuple[int, int] = Field(
+    port_range: PortRange = Field(
         DEFAULT_PORT_RANGE, description="Host ports for forwarded SSH (network `user`).")
     gpus: list[GpuConfig] = Field(
         default_factory=list, description="GPUs of the host, passed through to VMs.")
@@ -119,23 +119,6 @@ class LibvirtConfig(BaseModel):
     def _network(cls, v: str) -> str:
         if not NETWORK_RE.match(v):
             raise ValueError("network must be user, network:NAME or bridge:NAME")
-        return v
-
-    @field_validator("port_range", mode="before")
-    @classmethod
-    def _range_text(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            lo, sep, hi = v.partition("-")
-            if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
-                raise ValueError("port_range must look like 30000-32767")
-            return (int(lo), int(hi))
-        return v
-
-    @field_validator("port_range")
-    @classmethod
-    def _range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not 1024 <= v[0] <= v[1] <= 65535:
-            raise ValueError("port_range must be within 1024-65535, low end first")
         return v
 
     @field_validator("gpus")
