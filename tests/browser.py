@@ -18,6 +18,7 @@ from selenium.common.exceptions import (
     NoSuchElementException,
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -170,6 +171,10 @@ class Page:
         try:
             WebDriverWait(self.b, WAIT).until(staleness_of(element))
         except TimeoutException:  # a click that stayed on the page (htmx swap)
+            pass
+        except WebDriverException:
+            # Chromium may report the node as gone from the document (an inspector error, not
+            # a stale reference) while the new page replaces it: the page did change.
             pass
         self.wait_for(lambda: self.b.execute_script("return document.readyState") == "complete",
                       "page loaded")
