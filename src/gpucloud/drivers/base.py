@@ -26,6 +26,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
 
@@ -74,6 +75,9 @@ class WorkloadSpec:
     ports: list[ForwardedPort] = field(default_factory=list)
     # …and GPU device ids out of `gpu_pool` (empty when the provider lists none).
     gpu_devices: list[str] = field(default_factory=list)
+    # …and, for a driver with a `machine_pool`, the machine (bare metal) it deploys on.
+    machine: str | None = None
+    offer_id: str | None = None
     generation: int = 1  # containers: the config generation this spec describes
 
 
@@ -149,9 +153,25 @@ class Driver(abc.ABC):
                 out.append(str(device))
         return out
 
+    def machine_pool(self, spec: WorkloadSpec) -> list[str]:
+        """Names of the whole servers that may serve the spec (bare metal); the control plane
+        rents one that is clean and free and hands it over as `spec.machine`. Empty: this
+        driver does not deploy on machines."""
+        return []
+
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Return the normalized config or raise ValueError (→ 422 at registration)."""
+        return config
+
+    @classmethod
+    def seal_config(cls, config: dict[str, Any], seal: Callable[[str], str]) -> dict[str, Any]:
+        """The config as stored: secrets in it (BMC passwords…) sealed with `seal`."""
+        return config
+
+    @classmethod
+    def open_config(cls, config: dict[str, Any], unseal: Callable[[str], str]) -> dict[str, Any]:
+        """The stored config with its sealed secrets opened, for the driver object."""
         return config
 
     @classmethod

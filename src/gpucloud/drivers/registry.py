@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gpucloud.drivers.base import Driver
 
-DRIVER_NAMES = ("simulated", "docker", "libvirt")
+DRIVER_NAMES = ("simulated", "docker", "libvirt", "redfish")
 
 
 def driver_class(name: str) -> type[Driver]:
@@ -21,4 +21,8 @@ def driver_class(name: str) -> type[Driver]:
         from gpucloud.drivers.libvirt import LibvirtDriver
 
         return LibvirtDriver
+    if name == "redfish":
+        from gpucloud.drivers.redfish import RedfishDriver
+
+        return RedfishDriver
     raise ValueError(f"Unknown driver {name!r}; known drivers: {', '.join(DRIVER_NAMES)}")
