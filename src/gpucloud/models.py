@@ -8,6 +8,7 @@ from gpucloud.instances.models import (  # noqa: F401
     GpuAllocation,
     Instance,
     InstanceEvent,
+    Machine,
     PortAllocation,
     SimWorkload,
 )

@@ -56,7 +56,8 @@ class Runtime:
                 cls = driver_class(driver_name)
                 # Only a driver that keeps its own far side in the database gets it.
                 ctx = DriverContext(clock=self.clock, db=self.db if cls.uses_database else None)
-                drv = cls(provider_id, config, ctx)
+                # Sealed secrets of the stored config (BMC passwords) opened for the driver.
+                drv = cls(provider_id, cls.open_config(config, self.secrets.open_text), ctx)
                 self._drivers[key] = drv
             return drv
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 
@@ -36,6 +36,11 @@ class DriverError(Exception):
 
 class DriverTransientError(DriverError):
     """Retry later (engine unreachable, timeout…)."""
+
+
+class CleanupFailed(DriverError):
+    """`delete` removed the workload but could not prove the machine clean (a bare-metal wipe
+    that failed): the control plane must not rent the machine again (maintenance)."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from gpucloud.drivers.base import (
+    CleanupFailed,
     Driver,
     DriverContext,
     DriverError,
@@ -35,14 +36,14 @@ from gpucloud.drivers.base import (
     WorkloadStatus,
 )
 from gpucloud.drivers.redfish import config as rconfig
-from gpucloud.drivers.redfish.bmc import Bmc, BmcError
+from gpucloud.drivers.redfish.bmc import Bmc, BmcError, BmcUnreachable
 from gpucloud.drivers.redfish.media import MediaServer, MediaStore, build_iso, seed_initrd
 from gpucloud.drivers.ssh_probe import ssh_banner
 
 BOOT_POLL = dt.timedelta(seconds=1)
 
 
-class WipeFailed(DriverError):
+class WipeFailed(CleanupFailed):
     """The machine could not be proven clean: it must not be rented again (maintenance)."""
 
 
@@ -114,6 +115,15 @@ class RedfishDriver(Driver):
                                   reason=f"This provider has no boot image '{spec.os_image}'")
         machine = self.cfg.machine(spec.machine)
         state = {"machine": machine.name, "user": image.user}
+        try:
+            return self._deploy(spec, machine, image, state)
+        except BmcUnreachable as exc:
+            # Nothing the customer can wait for: fail now, with the reason. The machine stays
+            # dirty (it may have been touched) until a wipe through its BMC succeeds.
+            return WorkloadStatus(phase="failed", reason=f"Machine {machine.name}: {exc}")
+
+    def _deploy(self, spec: WorkloadSpec, machine: rconfig.MachineConfig,
+                image: rconfig.BootImage, state: dict[str, Any]) -> WorkloadStatus:
         self.server.start()
         url = self.store.ensure(spec.instance_id, lambda iso: build_iso(
             iso, image.kernel, image.initrd, image.cmdline, seed_initrd(

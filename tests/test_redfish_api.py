@@ -1,0 +1,152 @@
+"""Real bare metal through the public API: a `redfish` provider whose BMCs are sushy-emulator
+and whose servers are libvirt domains (scripts/setup-redfish.sh). A deploy really boots the
+ISO gpucloud built and served, the customer logs in over SSH with their key, and a terminate
+really wipes the disk (read back from outside).
+
+The lifecycle runs through POST /admin/clock (manual clock), each step against the real BMC,
+while the machine boots in wall time beside it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gpucloud.catalog.models import Provider
+from gpucloud.instances.models import Machine
+from tests import libvirt_env as le
+from tests import redfish_env as re_
+from tests.factories import money
+from tests.procs import free_port
+
+PRICE = "2"
+
+
+@pytest.fixture
+def site(api):
+    found = re_.systems()
+    cfg = re_.config(free_port(), [re_.machine(1, found), re_.machine(2, found)])
+    r = api.client.post("/admin/providers", headers=api.admin, json={
+        "name": "rack-1", "driver": "redfish", "config": cfg})
+    assert r.status_code == 201, r.text
+    provider = r.json()
+    offer = api.offer(provider["id"], workload="baremetal", vcpu=1, memory_gib=1,
+                      storage_gib=1, price=PRICE, capacity=2, os_options=[re_.IMAGE])
+    account_id, headers = api.account(balance=100)
+    return {"provider": provider, "offer_id": offer, "account_id": account_id,
+            "headers": headers, "config": cfg}
+
+
+def deploy(api, site, name: str, key: le.Key) -> str:
+    r = api.client.post("/gpu/instances/baremetal", headers=site["headers"], json={
+        "plan_id": site["offer_id"], "name": name, "ssh_key": key.public, "os_image": re_.IMAGE})
+    assert r.status_code == 201, r.text
+    return r.json()["instance_id"]
+
+
+def events(api, site, iid: str) -> list[str]:
+    r = api.client.get(f"/gpu/instances/baremetal/{iid}/events", headers=site["headers"])
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def settle(api, site, iid: str, timeout: float = 400.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        d = api.instance(site["headers"], iid, "baremetal")
+        if d["status"] in ("ACTIVE", "FAILED"):
+            return d
+        if time.monotonic() > deadline:
+            raise AssertionError((d["status"], events(api, site, iid)[-8:]))
+        api.advance(2)
+        time.sleep(1)
+
+
+def machines(api, provider_id: str) -> dict[str, tuple[str, str | None]]:
+    with api.rt.db.read() as s:
+        return {m.name: (m.state, m.instance_id) for m in
+                s.query(Machine).filter(Machine.provider_id == provider_id)}
+
+
+def test_deploy_ssh_terminate_wipes_the_disk_and_frees_the_machine(api, site, tmp_path):
+    pid = site["provider"]["id"]
+    # The BMC password is sealed at rest and shown nowhere.
+    pw = re_.password()
+    listed = api.client.get("/admin/providers", headers=api.admin).text
+    assert pw not in listed and "password" not in listed
+    with api.rt.db.read() as s:
+        stored = s.get(Provider, pid).config
+    assert pw not in str(stored)
+    assert all(m["bmc"]["password_enc"] for m in stored["machines"])
+
+    key = le.Key()
+    iid = deploy(api, site, "alpha", key)
+    d = settle(api, site, iid)
+    assert d["status"] == "ACTIVE", events(api, site, iid)
+    assert machines(api, pid)["bm1"] == ("rented", iid)
+    assert d["ssh_connection"] == f"ssh -p {re_.SSH_BASE + 1} root@127.0.0.1", d
+    out = le.ssh_run(key, "127.0.0.1", re_.SSH_BASE + 1, "root",
+                     "hostname; dd if=/dev/urandom of=/dev/vda bs=1M count=8 conv=fsync 2>&1 >/dev/null | tail -1 >&2")
+    assert out.splitlines()[0] == "alpha", out  # the instance name, from the seed inside the ISO
+    assert any(b != 0 for b in re_.disk_bytes(1, tmp_path)[:8 << 20])
+    # Another key does not open it.
+    with pytest.raises(AssertionError, match="could not log in"):
+        le.ssh_run(le.Key(), "127.0.0.1", re_.SSH_BASE + 1, "root", "true", attempts=1)
+    log = events(api, site, iid)
+    for step in ("Powered off", "Boot media inserted", "Booting", "SSH ready"):
+        assert any(step in e for e in log), log
+
+    r = api.client.delete(f"/gpu/instances/baremetal/{iid}", headers=site["headers"])
+    assert r.status_code == 204
+    assert machines(api, pid)["bm1"] == ("dirty", iid)  # not rentable before its wipe
+    api.advance(1)  # the delete step: power off, wipe, boot back to disk
+    assert re_.domstate(1) == "shut off"
+    assert set(re_.disk_bytes(1, tmp_path)) == {0}  # every byte zero, read back from outside
+    assert machines(api, pid)["bm1"] == ("free", None)
+    log = events(api, site, iid)
+    assert any("Wiped in" in e for e in log) and any("bm1 wiped and offered again" in e
+                                                      for e in log), log
+    spent = api.instance(site["headers"], iid, "baremetal")["billing"]["total_spendings"]
+    after = api.money(site["account_id"])
+    assert after["reserved"] == money(0) and after["balance"] == money(100) - spent
+
+
+def test_an_unreachable_bmc_fails_the_deploy_refunds_and_says_why(api):
+    found = re_.systems()
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = re_.config(free_port(), [re_.machine(3, found, url=dead)])
+    r = api.client.post("/admin/providers", headers=api.admin, json={
+        "name": "rack-dead", "driver": "redfish", "config": cfg})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    offer = api.offer(pid, workload="baremetal", vcpu=1, memory_gib=1, storage_gib=1,
+                      price=PRICE, capacity=1, os_options=[re_.IMAGE])
+    account_id, headers = api.account(balance=100)
+    site = {"offer_id": offer, "headers": headers}
+    iid = deploy(api, site, "doomed", le.Key())
+    d = settle(api, site, iid, timeout=60)
+    assert d["status"] == "FAILED"
+    after = api.money(account_id)
+    assert after["balance"] == money(100) and after["reserved"] == money(0)
+    assert any("Machine bm3" in e and "BMC unreachable" in e for e in events(api, site, iid)), \
+        events(api, site, iid)
+    # It may have been touched: dirty until a wipe through its BMC succeeds, never rented.
+    assert machines(api, pid)["bm3"] == ("dirty", iid)
+    assert re_.domstate(3) == "shut off"
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"media_url": "ftp://nope"}, "media_url"),
+    ({"machines": []}, "machines"),
+    ({"images": {re_.IMAGE: {"kernel": "/nonexistent/vmlinuz", "initrd": "/nonexistent/i"}}},
+     "does not exist"),
+])
+def test_registration_refuses_nonsense_configs(api, change, where):
+    found = re_.systems()
+    cfg = re_.config(free_port(), [re_.machine(1, found)])
+    cfg.update(change)
+    r = api.client.post("/admin/providers", headers=api.admin,
+                        json={"name": "bad", "driver": "redfish", "config": cfg})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "config"]
+    assert where in r.json()["detail"][0]["msg"]
