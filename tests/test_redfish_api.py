@@ -150,3 +150,43 @@ def test_registration_refuses_nonsense_configs(api, change, where):
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["body", "config"]
     assert where in r.json()["detail"][0]["msg"]
+
+
+def test_a_wipe_that_never_powers_off_puts_the_machine_in_maintenance(api):
+    """A deploy that times out before SSH fails; its release then boots a "wipe" image that
+    never powers off (the test OS stands in for a broken one): the machine goes to maintenance
+    with the reason, and nobody can rent it."""
+    found = re_.systems()
+    cfg = re_.config(free_port(), [re_.machine(3, found)], boot_timeout_seconds=1,
+                     wipe_timeout_seconds=15)
+    cfg["wipe"] = dict(cfg["images"][re_.IMAGE])
+    r = api.client.post("/admin/providers", headers=api.admin, json={
+        "name": "rack-broken-wipe", "driver": "redfish", "config": cfg})
+    assert r.status_code == 201, r.text
+    pid = r.json()["id"]
+    offer = api.offer(pid, workload="baremetal", vcpu=1, memory_gib=1, storage_gib=1,
+                      price=PRICE, capacity=2, os_options=[re_.IMAGE])
+    account_id, headers = api.account(balance=100)
+    site = {"offer_id": offer, "headers": headers}
+    iid = deploy(api, site, "hasty", le.Key())
+    time.sleep(2)
+    d = settle(api, site, iid, timeout=60)
+    assert d["status"] == "FAILED"
+    assert any("SSH did not answer within 1 s" in e for e in events(api, site, iid))
+    api.advance(1)  # the release (if not already run): the "wipe" never powers off
+    state, owner = machines(api, pid)["bm3"]
+    assert (state, owner) == ("maintenance", iid)
+    listed = api.client.get("/admin/machines", headers=api.admin).json()
+    [row] = [m for m in listed if m["provider_id"] == pid]
+    assert row["state"] == "maintenance" and "did not finish within 15 s" in row["reason"]
+    assert any("Machine put in maintenance" in e for e in events(api, site, iid))
+    assert re_.domstate(3) == "shut off"  # forced off, not left running the bad image
+    # Nobody rents it: the next deploy waits for a clean machine, then fails at its deadline.
+    nxt = deploy(api, site, "next", le.Key())
+    api.advance(5)
+    assert api.instance(headers, nxt, "baremetal")["status"] == "INITIALIZED"
+    assert machines(api, pid)["bm3"] == ("maintenance", iid)
+    api.advance(1000)
+    assert api.instance(headers, nxt, "baremetal")["status"] == "FAILED"
+    after = api.money(account_id)
+    assert after["balance"] == money(100) and after["reserved"] == money(0)

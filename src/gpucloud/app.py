@@ -89,6 +89,7 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(billing.admin)
     app.include_router(catalog_admin.router)
     app.include_router(instances_admin.router)
+    app.include_router(instances_admin.machines)
     app.include_router(admin.router)
 
     from gpucloud.fastpath import promote
