@@ -41,17 +41,26 @@ class ServerProcess:
         fh = open(self.log, "ab")
         self.proc = subprocess.Popen([GPUCLOUD, "serve", "--port", str(self.port)], cwd=self.cwd,
                                      env=self.env, stdout=fh, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        last: object = None
+        while time.monotonic() - started < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.output()}")
+                raise RuntimeError(f"server exited early with code {self.proc.returncode}:\n"
+                                   f"--- server log {self.log} ---\n{self.output()}")
             try:
-                if httpx.get(self.url + "/gpu/api-docs/openapi.json", timeout=1).status_code == 200:
+                last = httpx.get(self.url + "/gpu/api-docs/openapi.json", timeout=1).status_code
+                if last == 200:
                     return self
-            except httpx.HTTPError:
-                pass
+            except httpx.HTTPError as exc:
+                last = exc
             time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{self.output()}")
+        # Say everything there is to say: a start that fails on a busy machine must not leave
+        # "did not start" as the only clue.
+        raise RuntimeError(
+            f"server did not start within {timeout:g} s (pid {self.proc.pid} still running; "
+            f"last answer on {self.url}: {last!r}; database "
+            f"{self.env.get('GPUCLOUD_DATABASE_URL', 'SQLite in ' + str(self.cwd))}):\n"
+            f"--- server log {self.log} ---\n{self.output() or '(empty)'}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -172,7 +172,7 @@ def test_create_after_a_crash_reuses_the_container_and_strays_are_reconciled(api
 
 
 def test_local_provider_registers_once_and_runs_a_plan(api, engine):
-    from gpucloud.drivers.local import register_local_provider
+    from gpucloud.catalog.local_provider import register_local_provider
 
     api.rt.settings.local_provider = True
     note = register_local_provider(api.rt)
@@ -201,13 +201,13 @@ def test_local_provider_registers_once_and_runs_a_plan(api, engine):
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def server_env(request, tmp_path):
-    from tests.conftest import ADMIN_KEY, fresh_pg_database
+    from tests.conftest import ADMIN_KEY, PG_DB, fresh_pg_database
 
     env = {"GPUCLOUD_CLOCK": "manual", "GPUCLOUD_ADMIN_KEY": ADMIN_KEY, "GPUCLOUD_DEMO": "0",
            "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
            "GPUCLOUD_LEASE_SECONDS": "2", "GPUCLOUD_WORKER_INTERVAL_SECONDS": "0.05"}
     if request.param == "postgres":
-        env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database("gpucloud_docker_proc").replace(
+        env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database(f"{PG_DB}_docker_proc").replace(
             "postgresql+psycopg://", "postgresql://")
     return env
 

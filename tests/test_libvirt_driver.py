@@ -209,3 +209,24 @@ def test_nonsense_configs_are_refused_with_a_reason(change, message):
     with pytest.raises(ValueError) as err:
         LibvirtDriver.validate_config(cfg)
     assert message in str(err.value)
+
+
+def test_a_guest_that_never_answers_fails_with_the_console_tail():
+    le.require_libvirt()
+    storage = le.storage_dir()
+    driver = make_driver(storage, boot_timeout_seconds=1)
+    spec = make_spec(port=driver.cfg.port_range[0], vcpu=1)
+    try:
+        assert driver.create(spec).phase in ("pending", "failed")
+        deadline = time.monotonic() + 120
+        while not driver.logs(spec.instance_id, None, 1) and time.monotonic() < deadline:
+            time.sleep(1)  # the kernel's first lines on the serial console
+        st = driver.status(spec.instance_id, None)
+        assert st.phase == "failed"
+        assert st.reason.startswith("The VM's SSH server did not answer within 1 s of its "
+                                    "start. Last serial console lines: ")
+        assert st.reason.split("lines: ", 1)[1].strip()  # what the guest printed so far
+    finally:
+        driver.delete(spec.instance_id, None)
+        le.remove_domains([spec.instance_id])
+        shutil.rmtree(storage, ignore_errors=True)

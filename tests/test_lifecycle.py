@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
+from gpucloud.drivers.simulated.models import SimWorkload
 from gpucloud.instances import allocations, lifecycle, reconcile
-from gpucloud.instances.models import Instance, SimWorkload
+from gpucloud.instances.models import Instance
 from gpucloud.runtime import Runtime
 
 LEASE = 0.5

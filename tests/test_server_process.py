@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_KEY, fresh_pg_database
+from tests.conftest import ADMIN_KEY, PG_DB, fresh_pg_database
 from tests.factories import money
 from tests.procs import ServerProcess
 
@@ -52,7 +52,7 @@ def server_env(request, tmp_path):
            "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
            "GPUCLOUD_LEASE_SECONDS": "1"}
     if request.param == "postgres":
-        env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database("gpucloud_proc_test").replace(
+        env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database(f"{PG_DB}_proc").replace(
             "postgresql+psycopg://", "postgresql://")
     return env
 

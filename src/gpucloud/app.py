@@ -12,10 +12,19 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpucloud import __version__
+from gpucloud.accounts import routes as accounts
+from gpucloud.admin import routes as admin
+from gpucloud.billing import routes as billing
+from gpucloud.catalog import admin_routes as catalog_admin
+from gpucloud.catalog import routes as catalog
 from gpucloud.errors import APIError, FieldError
+from gpucloud.fastpath import promote
+from gpucloud.instances import admin_routes as instances_admin
+from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
+from gpucloud.workers.runner import BackgroundWorker
 
 log = logging.getLogger("gpucloud")
 
@@ -37,8 +46,6 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     async def lifespan(app: FastAPI):
         worker = None
         if settings.workers:
-            from gpucloud.workers.runner import BackgroundWorker
-
             worker = BackgroundWorker(rt)
             worker.start()
         try:
@@ -71,14 +78,6 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
 
 
 def _include_routers(app: FastAPI) -> None:
-    from gpucloud.accounts import routes as accounts
-    from gpucloud.admin import routes as admin
-    from gpucloud.billing import routes as billing
-    from gpucloud.catalog import admin_routes as catalog_admin
-    from gpucloud.catalog import routes as catalog
-    from gpucloud.instances import admin_routes as instances_admin
-    from gpucloud.instances import container_routes, vm_routes
-
     app.include_router(catalog.router)
     # VM/bare-metal paths first: "/gpu/instances/vms" must not be taken for an instance id.
     app.include_router(vm_routes.router)
@@ -91,9 +90,6 @@ def _include_routers(app: FastAPI) -> None:
     app.include_router(instances_admin.router)
     app.include_router(instances_admin.machines)
     app.include_router(admin.router)
-
-    from gpucloud.fastpath import promote
-
     promote(app)
 
 

@@ -10,6 +10,8 @@ from sqlalchemy import select
 
 from gpucloud.accounts import service as accounts
 from gpucloud.accounts.models import Account, Meta
+from gpucloud.catalog.demo import seed_default_images, seed_demo_catalog
+from gpucloud.catalog.local_provider import register_local_provider
 from gpucloud.money import to_micro
 
 log = logging.getLogger("gpucloud")
@@ -27,8 +29,6 @@ class BootstrapResult:
 
 
 def bootstrap(rt) -> BootstrapResult:
-    from gpucloud.catalog.demo import seed_default_images, seed_demo_catalog
-
     result = BootstrapResult()
     now = rt.clock.now()
     with rt.db.write() as s:
@@ -46,13 +46,8 @@ def bootstrap(rt) -> BootstrapResult:
                 _, key = accounts.create_api_key(s, account_id, None, now)
             result.demo_account_id, result.demo_api_key = account_id, key
     if rt.settings.local_provider and rt.settings.database_url is None:
-        try:
-            from gpucloud.drivers.local import register_local_provider
-        except ImportError:  # the docker driver is optional at import time
-            register_local_provider = None
-        if register_local_provider is not None:
-            note = register_local_provider(rt)
-            if note:
-                result.notes.append(note)
+        note = register_local_provider(rt)
+        if note:
+            result.notes.append(note)
     rt.invalidate("plans")
     return result

@@ -6,6 +6,7 @@ as their argument. Tests build their own with other settings.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,10 @@ from typing import Any
 from gpucloud.clock import Clock, ManualClock, SystemClock
 from gpucloud.db import Database
 from gpucloud.drivers.base import DriverContext
+from gpucloud.drivers.pool import CallPool
+from gpucloud.drivers.registry import driver_class
+from gpucloud.instances.engine import Dispatcher
+from gpucloud.migrations.run import upgrade
 from gpucloud.secrets import SecretBox, load_or_create_key
 from gpucloud.settings import Settings
 
@@ -31,11 +36,19 @@ class Runtime:
     caches: dict[str, Any] = field(default_factory=dict)
     _drivers: dict[tuple[str, str], Any] = field(default_factory=dict)
     _drivers_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Driver calls: a bounded pool with per-provider slots; the lifecycle's dispatcher.
+    calls: CallPool = field(init=False)
+    dispatcher: Dispatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calls = CallPool(self.settings.driver_pool_size,
+                              self.settings.driver_calls_per_provider)
+        # A freed slot is new room for work: the idle lifecycle loop looks again at once.
+        self.calls.changed = self.wake
+        self.dispatcher = Dispatcher(self)
 
     @classmethod
     def build(cls, settings: Settings, migrate: bool = True) -> Runtime:
-        from gpucloud.migrations.run import upgrade
-
         db = Database(settings)
         if migrate:
             upgrade(db)
@@ -45,10 +58,6 @@ class Runtime:
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
         """One driver object per provider (and config version), reused across calls."""
-        import json
-
-        from gpucloud.drivers.registry import driver_class
-
         key = (provider_id, json.dumps(config, sort_keys=True, default=str))
         with self._drivers_lock:
             drv = self._drivers.get(key)
@@ -69,6 +78,8 @@ class Runtime:
                 cache.clear()
 
     def close(self) -> None:
+        self.dispatcher.close()
+        self.calls.shutdown()
         with self._drivers_lock:
             for drv in self._drivers.values():
                 drv.close()

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
         description="How long a worker's claim on a row lasts (wall clock) before another "
         "process may take the work over.",
     )
+    driver_pool_size: int = Field(
+        16, ge=1, le=1024,
+        description="How many lifecycle steps (each one or more driver calls) run at once in "
+        "this process. A slow provider never takes more than its own slots of it.",
+    )
+    driver_calls_per_provider: int = Field(
+        4, ge=1, le=1024,
+        description="How many of those run at once for one provider, so a slow or hung "
+        "provider holds at most this many and never stalls the others.",
+    )
     provision_deadline_seconds: int = Field(
         900, description="An instance still provisioning after this long (server clock) FAILS."
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gpucloud.accounts.auth import require_admin
 from gpucloud.errors import BadRequest
 from gpucloud.jsonresp import JSON, isoformat_z
+from gpucloud.workers.runner import drain
 
 router = APIRouter(prefix="/admin", tags=["admin: clock"], dependencies=[Depends(require_admin)])
 
@@ -40,8 +41,6 @@ def get_clock(request: Request):
 
 @router.post("/clock", response_model=ClockOut, operation_id="adminMoveClock")
 async def move_clock(body: ClockMove, request: Request):
-    from gpucloud.workers.runner import drain
-
     rt = request.app.state.rt
     if not rt.clock.manual:
         raise BadRequest(

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from gpucloud.catalog.models import Offer, OfferZone, Provider
 from gpucloud.catalog.schemas import OfferCreate, OfferFields, OfferPatch
+from gpucloud.drivers.registry import driver_class
 from gpucloud.errors import PLAN_UNAVAILABLE, BadRequest, FieldError, NotFound
 from gpucloud.money import from_micro, to_micro
 
@@ -119,8 +120,6 @@ def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
                           seal: Callable[[str], str] | None = None) -> dict[str, Any]:
     """The driver's normalized config (its secrets sealed with `seal` when given), or a 422
     at `loc + [driver|config]`."""
-    from gpucloud.drivers.registry import driver_class
-
     try:
         cls = driver_class(driver)
     except ValueError as exc:
@@ -133,18 +132,14 @@ def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
 
 
 def public_config(provider: Provider) -> dict[str, Any]:
-    from gpucloud.drivers.registry import driver_class
-
     try:
         return driver_class(provider.driver).public_config(provider.config or {})
-    except (ValueError, ImportError):
+    except ValueError:
         # A driver that is no longer installed: show nothing rather than leak a secret.
         return {}
 
 
 def config_warnings(provider: Provider) -> list[str]:
-    from gpucloud.drivers.registry import driver_class
-
     try:
         return driver_class(provider.driver).config_warnings(provider.config or {})
     except (ValueError, ImportError):
@@ -154,8 +149,6 @@ def config_warnings(provider: Provider) -> list[str]:
 def offer_problem(provider: Provider, f: OfferFields) -> tuple[str, str] | None:
     """What the provider's driver says against serving this offer (an OS option it has no
     image for, a GPU model it does not have…)."""
-    from gpucloud.drivers.registry import driver_class
-
     try:
         cls = driver_class(provider.driver)
     except ValueError:

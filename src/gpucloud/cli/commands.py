@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from gpucloud.cli import account, admin, deploy, instances, plans
+
 
 def register(app: typer.Typer) -> None:
-    from gpucloud.cli import account, admin, deploy, instances, plans
-
     app.command("plans")(plans.plans)
     app.command("images")(plans.images)
     app.add_typer(deploy.app, name="deploy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from gpucloud.cli import commands
 from gpucloud.cli.serve import serve
 
 app = typer.Typer(help="gpucloud: a self-hostable GPU cloud marketplace.", no_args_is_help=True,
@@ -16,16 +17,8 @@ def _root() -> None:
     """gpucloud: serve the API, or drive a gpucloud server from the terminal."""
 
 
-def _register_optional() -> None:
-    """Client-side commands (plans, deploy, admin …) are added by gpucloud.cli.commands."""
-    try:
-        from gpucloud.cli import commands
-    except ImportError:
-        return
-    commands.register(app)
-
-
-_register_optional()
+# Client-side commands (plans, deploy, admin …) are added by gpucloud.cli.commands.
+commands.register(app)
 
 if __name__ == "__main__":  # python -m gpucloud.cli.main
     app()

@@ -21,6 +21,9 @@ def serve(
     ),
 ) -> None:
     """Start the API server (and its background workers)."""
+    # Lazy on purpose, not to dodge a cycle: the server stack (FastAPI, SQLAlchemy, uvicorn,
+    # docker-py) costs over a second to import, and every other command is a thin HTTP client
+    # that must not pay for it. tests/test_layers.py allows exactly this function.
     import uvicorn
     from rich.console import Console
 

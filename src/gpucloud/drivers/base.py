@@ -129,6 +129,9 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     workloads: ClassVar[frozenset[str]] = frozenset({"container", "vm", "baremetal"})
     uses_database: ClassVar[bool] = False
+    # How long the control plane waits for one call (provider config `call_timeout_seconds`
+    # overrides it); past it the attempt counts as "the provider did not answer".
+    default_call_timeout: ClassVar[float] = 60.0
     # Host ports for `wanted_ports` come from this range (provider config `port_range`);
     # None: this provider publishes no ports.
     port_range: tuple[int, int] | None = None
@@ -137,6 +140,10 @@ class Driver(abc.ABC):
         self.provider_id = provider_id
         self.config = config
         self.ctx = ctx
+
+    @property
+    def call_timeout(self) -> float:
+        return float(self.config.get("call_timeout_seconds") or self.default_call_timeout)
 
     # -- what the control plane allocates for the driver -------------------------------------
     def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:

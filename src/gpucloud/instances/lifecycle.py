@@ -1,11 +1,14 @@
 """The lifecycle worker: drives every instance with a pending `op` towards its provider's state.
 
-Leased rows (STYLE §5), in three steps per batch:
+Leased rows (STYLE §5), in three steps per row:
 1. claim: in one short transaction, take due rows nobody holds (`FOR UPDATE SKIP LOCKED` on
    PostgreSQL; SQLite serializes writers) and stamp them with a lease token that expires
-   after `lease_seconds` of wall time;
-2. call the driver for each row OUTSIDE any transaction (it may be slow);
-3. apply each result in its own transaction, only if the row still carries our token and
+   after `lease_seconds` of wall time — only as many as the driver-call pool has room for,
+   and for each provider only as many as its free slots (drivers/pool.py);
+2. call the driver OUTSIDE any transaction, on the pool, with the driver's call timeout; the
+   lease is renewed while the call runs (instances/engine.py), so a long call is never taken
+   over while its process lives, and a dead process's lease still expires;
+3. apply the result in its own transaction, only if the row still carries our token and
    the op we were asked to do. A terminate or update that arrived meanwhile clears the token,
    so the stale result is dropped; a crashed worker's lease simply expires and the next
    worker (in this or another process, or after a restart) does the step again — every
@@ -13,7 +16,8 @@ Leased rows (STYLE §5), in three steps per batch:
 
 ops: create → until running (ACTIVE), failed or past the deadline (FAILED); update → redeploy
 with the pending config, then swap it in; delete → remove the workload, then op = NULL;
-watch → poll ACTIVE workloads (container started/stopped, lost for good → ENDED).
+watch → poll ACTIVE workloads (container started/stopped; gone → recreated for containers,
+ENDED otherwise).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from gpucloud.billing import ledger
 from gpucloud.catalog.models import Provider
@@ -36,6 +41,7 @@ from gpucloud.drivers.base import (
     DriverTransientError,
     WorkloadStatus,
 )
+from gpucloud.drivers.pool import CallPool, CallTimeout, Slot
 from gpucloud.instances import allocations, events, service
 from gpucloud.instances.models import (
     ACTIVE,
@@ -50,6 +56,8 @@ from gpucloud.instances.models import (
 log = logging.getLogger("gpucloud.lifecycle")
 
 BATCH = 100
+RETRY_APPLY = 4
+RETRYABLE = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 PENDING_RECHECK = dt.timedelta(seconds=2)  # when a driver gives no estimate
 FOREGROUND_OPS = (OP_CREATE, OP_UPDATE, OP_DELETE)
 Apply = Callable[[Any, Instance], bool]  # (session, row) → did it change capacity?
@@ -61,6 +69,7 @@ class Claim:
     provider: Provider
     token: str
     op: str
+    slot: Slot | None = None  # the provider slot driver calls run in (None: no call allowed)
 
 
 def _backoff(attempts: int) -> dt.timedelta:
@@ -69,28 +78,74 @@ def _backoff(attempts: int) -> dt.timedelta:
 
 # --- claim / apply -------------------------------------------------------------------------
 
-def _claim(rt, now: dt.datetime, limit: int = BATCH) -> list[Claim]:
+def _past_deadline(now: dt.datetime):
+    return and_(Instance.op == OP_CREATE, Instance.provision_deadline_at <= now)
+
+
+def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None) -> list[Claim]:
+    """Take up to `limit` due rows. With a pool, only rows of providers with a free slot (a
+    slot is taken for each), plus creates past their deadline, which fail without a call."""
     wall = utcnow()
-    with rt.db.write() as s:
-        q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
-             .where(Instance.op.isnot(None), Instance.next_check_at <= now,
-                    or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall))
-             .order_by(Instance.next_check_at).limit(limit))
-        if not rt.db.is_sqlite:
-            q = q.with_for_update(of=Instance, skip_locked=True)
-        rows = s.execute(q).all()
-        if not rows:
-            return []
-        token = str(uuid.uuid4())
-        s.execute(update(Instance).where(Instance.id.in_([r[0].id for r in rows]))
-                  .values(lock_token=token,
-                          lock_expires_at=wall + dt.timedelta(seconds=rt.settings.lease_seconds))
-                  .execution_options(synchronize_session=False))
-        return [Claim(inst, prov, token, inst.op) for inst, prov in rows]
+    slots: list[Slot] = []
+    try:
+        with rt.db.write() as s:
+            due = [Instance.op.isnot(None), Instance.next_check_at <= now,
+                   or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall)]
+            saturated = pool.saturated() if pool is not None else set()
+            if saturated:
+                due.append(or_(Instance.provider_id.notin_(saturated), _past_deadline(now)))
+            q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
+                 .where(*due).order_by(Instance.next_check_at).limit(max(limit, BATCH)))
+            if not rt.db.is_sqlite:
+                q = q.with_for_update(of=Instance, skip_locked=True)
+            chosen = []
+            for inst, prov in s.execute(q).all():
+                if len(chosen) >= limit:
+                    break
+                slot = None
+                if pool is not None:
+                    slot = pool.acquire(prov.id)
+                    expired = (inst.op == OP_CREATE and inst.provision_deadline_at is not None
+                               and inst.provision_deadline_at <= now)
+                    if slot is None and not expired:
+                        continue  # the provider is busy: its row waits, others go on
+                    if slot is not None:
+                        slots.append(slot)
+                chosen.append(Claim(inst, prov, "", inst.op, slot))
+            if not chosen:
+                return []
+            token = str(uuid.uuid4())
+            s.execute(update(Instance).where(Instance.id.in_([c.inst.id for c in chosen]))
+                      .values(lock_token=token, lock_expires_at=wall + dt.timedelta(
+                          seconds=rt.settings.lease_seconds))
+                      .execution_options(synchronize_session=False))
+            for c in chosen:
+                c.token = token
+            return chosen
+    except BaseException:
+        for slot in slots:
+            slot.drop()
+        raise
 
 
 def _apply(rt, claim: Claim, fn: Apply) -> bool:
-    """Run `fn` on the row if we still hold it; returns False when the result was dropped."""
+    """Run `fn` on the row if we still hold it; returns False when the result was dropped.
+
+    Results are applied side by side now (one per pool thread), and PostgreSQL may pick one
+    of two activations of the same account as a deadlock victim: that transaction is simply
+    run again, a couple of times, instead of waiting for the next retry of the whole step."""
+    for attempt in range(RETRY_APPLY):
+        try:
+            return _apply_once(rt, claim, fn)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in RETRYABLE or attempt == RETRY_APPLY - 1:
+                raise
+            log.info("instance %s: applying %s again after %s", claim.inst.id, claim.op,
+                     type(exc.orig).__name__)
+    return False
+
+
+def _apply_once(rt, claim: Claim, fn: Apply) -> bool:
     with rt.db.write() as s:
         q = select(Instance).where(Instance.id == claim.inst.id, Instance.lock_token == claim.token)
         if not rt.db.is_sqlite:
@@ -107,25 +162,36 @@ def _apply(rt, claim: Claim, fn: Apply) -> bool:
     return True
 
 
-def _reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
-    """Unchanged watches: one UPDATE for the whole batch instead of a transaction each."""
+def reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
+    """Unchanged watches: one UPDATE per claim batch instead of a transaction each."""
+    by_token: dict[str, list[str]] = {}
+    for c in claims:
+        by_token.setdefault(c.token, []).append(c.inst.id)
     with rt.db.write() as s:
-        s.execute(update(Instance)
-                  .where(Instance.id.in_([c.inst.id for c in claims]),
-                         Instance.lock_token == claims[0].token, Instance.op == OP_WATCH)
-                  .values(next_check_at=at, lock_token=None, lock_expires_at=None)
-                  .execution_options(synchronize_session=False))
+        for token, ids in by_token.items():
+            s.execute(update(Instance)
+                      .where(Instance.id.in_(ids), Instance.lock_token == token,
+                             Instance.op == OP_WATCH)
+                      .values(next_check_at=at, lock_token=None, lock_expires_at=None)
+                      .execution_options(synchronize_session=False))
 
 
 # --- transitions (run inside _apply) ------------------------------------------------------
 
-def _retry(now: dt.datetime, cap: dt.datetime | None = None) -> Apply:
+def _retry(now: dt.datetime, cap: dt.datetime | None = None, note: str | None = None) -> Apply:
     def fn(s, inst: Instance) -> bool:
         at = now + _backoff(inst.attempts)
         inst.attempts += 1
         inst.next_check_at = min(at, cap) if cap and cap > now else at
+        if note:
+            events.record(s, inst.id, now, note)
         return False
     return fn
+
+
+def _no_answer(exc: CallTimeout) -> str:
+    what = str(exc)
+    return what[0].upper() + what[1:] + "; will retry"
 
 
 def _absorb(inst: Instance, st: WorkloadStatus) -> None:
@@ -193,6 +259,13 @@ def _driver(rt, claim: Claim):
     return rt.driver_for(p.id, p.driver, p.config or {})
 
 
+def _call(claim: Claim, driver, what: str, fn, *args):
+    """A driver call in the claim's provider slot, bounded by the driver's call timeout."""
+    if claim.slot is None:
+        return fn(*args)  # claimed without a pool (a test's direct claim)
+    return claim.slot.call(fn, *args, timeout=driver.call_timeout, what=what)
+
+
 def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
     inst = claim.inst
     deadline = inst.provision_deadline_at
@@ -208,7 +281,10 @@ def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
     except allocations.AllocationError as exc:
         return _fail(now, str(exc))
     try:
-        st = driver.create(spec)
+        st = _call(claim, driver, "create", driver.create, spec)
+    except CallTimeout as exc:
+        log.warning("instance %s: create will be retried: %s", inst.id, exc)
+        return _retry(now, deadline, _no_answer(exc))
     except DriverTransientError as exc:
         log.warning("instance %s: create will be retried: %s", inst.id, exc)
         return _retry(now, deadline)
@@ -230,7 +306,7 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
     driver = _driver(rt, claim)
     try:
         spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst, pending=True))
-        st = driver.update(spec, generation)
+        st = _call(claim, driver, "update", driver.update, spec, generation)
     except allocations.AllocationError as exc:
         st = WorkloadStatus(phase="running", reason=str(exc))
     except DriverTransientError as exc:
@@ -265,7 +341,8 @@ def _step_delete(rt, claim: Claim, now: dt.datetime) -> Apply:
     if machine is not None:  # the machine is the control plane's record, not the driver's
         state = {**(state or {}), "machine": machine}
     try:
-        _driver(rt, claim).delete(inst.id, state)
+        driver = _driver(rt, claim)
+        _call(claim, driver, "delete", driver.delete, inst.id, state)
     except CleanupFailed as exc:
         reason = str(exc)
 
@@ -297,13 +374,13 @@ def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
         return _done_with_op
     driver = _driver(rt, claim)
     try:
-        st = driver.status(inst.id, inst.driver_state)
+        st = _call(claim, driver, "status", driver.status, inst.id, inst.driver_state)
     except DriverError as exc:
         log.warning("instance %s: status unavailable: %s", inst.id, exc)
         return None
     if st.phase == "gone":
         if inst.workload == service.CONTAINER and inst.container:
-            return _recreate(rt, driver, inst, st, now)
+            return _recreate(rt, claim, driver, st, now)
         return _end(now, st.reason or "The provider lost the workload")
     started = st.container_started if st.phase == "running" else False
     if inst.workload != service.CONTAINER or started == inst.container_started:
@@ -321,14 +398,17 @@ def _step_watch(rt, claim: Claim, now: dt.datetime) -> Apply | None:
     return fn
 
 
-def _recreate(rt, driver, inst: Instance, gone: WorkloadStatus, now: dt.datetime) -> Apply:
+def _recreate(rt, claim: Claim, driver, gone: WorkloadStatus,
+              now: dt.datetime) -> Apply | None:
     """A container that vanished under an ACTIVE instance (removed by hand, engine host
     reinstalled…) is made again from the instance's config, on the same host ports (the
     allocation is the instance's until it ends): the customer's endpoint keeps working.
     Only when that fails is the workload gone and the instance ENDED."""
     try:
-        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst))
-        st = driver.create(spec)
+        spec = allocations.for_spec(rt, driver, service.workload_spec(rt, claim.inst))
+        st = _call(claim, driver, "create", driver.create, spec)
+    except CallTimeout:
+        return None  # no answer is no verdict: look again at the next watch
     except (DriverError, allocations.AllocationError) as exc:
         st = WorkloadStatus(phase="failed", reason=str(exc))
     if st.phase != "running":
@@ -358,27 +438,28 @@ STEPS = {OP_CREATE: _step_create, OP_UPDATE: _step_update, OP_DELETE: _step_dele
 
 # --- entry points used by workers/runner.py --------------------------------------------------
 
-def process_due(rt) -> int:
-    """Claim one batch of due rows and run their steps. Returns how many rows were handled."""
-    now = rt.clock.now()
-    claims = _claim(rt, now)
-    quiet: list[Claim] = []
-    for claim in claims:
+def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
+    """One claimed row's step: driver call(s), then its result applied. Returns False when
+    nothing changed (an unchanged watch, left to `reschedule_many`)."""
+    try:
+        fn = STEPS[claim.op](rt, claim, now)
+        if fn is None:
+            return False
+        _apply(rt, claim, fn)
+    except Exception:  # a bug or a database hiccup must not stall the whole queue
+        log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
         try:
-            fn = STEPS[claim.op](rt, claim, now)
-            if fn is None:
-                quiet.append(claim)
-            else:
-                _apply(rt, claim, fn)
-        except Exception:  # a bug or a database hiccup must not stall the whole queue
-            log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
-            try:
-                _apply(rt, claim, _retry(now))
-            except Exception:  # the lease will expire and the step run again
-                log.exception("instance %s: could not reschedule", claim.inst.id)
-    if quiet:
-        _reschedule_many(rt, quiet, now + dt.timedelta(seconds=rt.settings.watch_interval_seconds))
-    return len(claims)
+            _apply(rt, claim, _retry(now))
+        except Exception:  # the lease will expire and the step run again
+            log.exception("instance %s: could not reschedule", claim.inst.id)
+    return True
+
+
+def process_due(rt) -> int:
+    """Claim what the pool has room for, run every step and wait for them (the manual clock's
+    drain and tests; the background worker dispatches without waiting). Returns how many
+    rows were handled."""
+    return rt.dispatcher.dispatch(wait=True)
 
 
 def next_due(rt) -> dt.datetime | None:

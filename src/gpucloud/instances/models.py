@@ -5,7 +5,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -133,25 +132,6 @@ class GpuAllocation(Base):
         UniqueConstraint("provider_id", "device", name="uq_gpu_allocation"),
         Index("ix_gpu_allocations_instance", "instance_id"),
     )
-
-
-class SimWorkload(Base):
-    """State of the simulated provider's far side, kept in the database so it survives
-    restarts and is shared by several server processes, like a real provider would be."""
-
-    __tablename__ = "sim_workloads"
-
-    instance_id: Mapped[str] = mapped_column(UUIDStr, primary_key=True)
-    provider_id: Mapped[str] = mapped_column(UUIDStr)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    ready_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    lost_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    domain: Mapped[str] = mapped_column(String(255))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    ports: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
-    generation: Mapped[int] = mapped_column(BigInteger, default=1)
-    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 # Machine states (bare metal): rentable only when FREE, which a machine becomes only after

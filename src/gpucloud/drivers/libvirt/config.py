@@ -89,6 +89,10 @@ class LibvirtConfig(BaseModel):
     tb_cache_mib: int = Field(
         128, ge=16, le=4096, description="domain_type qemu: size of TCG's translation cache "
         "(QEMU's default reserves 1 GiB per VM).")
+    call_timeout_seconds: float = Field(
+        120.0, gt=0, le=3600, description="How long the control plane waits for one driver "
+        "operation (a create writes the overlay and seed and starts the domain; it never waits "
+        "for the boot) before it gives up on that attempt and retries.")
     boot_timeout_seconds: float = Field(
         900.0, gt=0, le=7200,
         description="A guest whose SSH server has not answered this long after start failed.")

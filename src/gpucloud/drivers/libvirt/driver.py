@@ -15,6 +15,7 @@ docs/libvirt-driver.md for the operator's view.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import time
@@ -37,6 +38,7 @@ from gpucloud.drivers.libvirt.config import ImageConfig, normalized, parse_confi
 from gpucloud.drivers.libvirt.hypervisor import Hypervisor, message, reraise
 from gpucloud.drivers.libvirt.storage import InstanceFiles, StorageError
 
+log = logging.getLogger("gpucloud.drivers.libvirt")
 # Terminal control in the console (colours, cursor moves, title OSCs) and other control bytes.
 ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[()#][0-9A-Za-z]|.)"
                   r"|[\x00-\x08\x0b-\x1f\x7f]")
@@ -108,11 +110,11 @@ class LibvirtDriver(Driver):
         if dom is None:
             reason = self._define(spec)
             if reason is not None:
-                return WorkloadStatus(phase="failed", reason=reason)
+                return self._failed(spec.instance_id, reason)
             dom = self.hv.domain(name)
             if dom is None:
-                return WorkloadStatus(phase="failed", reason="The domain vanished right after "
-                                      "it was defined")
+                return self._failed(spec.instance_id, "The domain vanished right after it "
+                                    "was defined")
         if not self._active(dom):
             # Defined but never started (a crash between the two), or start refused.
             try:
@@ -121,7 +123,7 @@ class LibvirtDriver(Driver):
                 err = reraise(exc, "The VM could not start")
                 if isinstance(err, DriverTransientError):
                     raise err from None
-                return WorkloadStatus(phase="failed", reason=self._with_console(
+                return self._failed(spec.instance_id, self._with_console(
                     spec.instance_id, str(err)))
         return self.status(spec.instance_id, None)
 
@@ -210,8 +212,8 @@ class LibvirtDriver(Driver):
         ready = bool(state.get("ready_at"))
         if not self._active(dom):
             if not ready:
-                return WorkloadStatus(phase="failed", state=state, reason=self._with_console(
-                    instance_id, "The VM stopped before its SSH server answered"))
+                return self._failed(instance_id, self._with_console(
+                    instance_id, "The VM stopped before its SSH server answered"), state)
             # Powered off from inside after it served: bring it back like a reboot would.
             try:
                 dom.create()
@@ -224,9 +226,9 @@ class LibvirtDriver(Driver):
         banner = probe.ssh_banner(host, port) if host else None
         if banner is None:
             if not ready and time.time() - created > self.cfg.boot_timeout_seconds:
-                return WorkloadStatus(phase="failed", state=state, reason=self._with_console(
+                return self._failed(instance_id, self._with_console(
                     instance_id, f"The VM's SSH server did not answer within "
-                    f"{self.cfg.boot_timeout_seconds:.0f} s of its start"))
+                    f"{self.cfg.boot_timeout_seconds:.0f} s of its start"), state)
             return WorkloadStatus(phase="pending", state=state, check_again_at=self._soon())
         if not ready:
             state["ready_at"] = _iso(time.time())
@@ -317,6 +319,12 @@ class LibvirtDriver(Driver):
 
     def close(self) -> None:
         self.hv.close()
+
+    def _failed(self, instance_id: str, reason: str,
+                state: dict[str, Any] | None = None) -> WorkloadStatus:
+        # The server log gets the reason too: the operator may not read instance events.
+        log.warning("provider %s, VM %s failed: %s", self.provider_id, instance_id, reason)
+        return WorkloadStatus(phase="failed", reason=reason, state=state)
 
     def _soon(self) -> dt.datetime | None:
         # No context: the driver used on its own (tests, bench), and nobody schedules.

@@ -60,6 +60,12 @@ class RedfishDriver(Driver):
         self._bmcs: dict[str, Bmc] = {}
         self.journal = Path(self.cfg.media_dir) / "journal" / provider_id
 
+    @property
+    def call_timeout(self) -> float:
+        """A release waits for the whole wipe: the call may take that long."""
+        c = self.cfg
+        return c.graceful_off_seconds + c.wipe_timeout_seconds + 10 * c.confirm_seconds + 120
+
     # -- registration ----------------------------------------------------------------------------
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:

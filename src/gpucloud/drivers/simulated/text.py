@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from gpucloud.instances.models import SimWorkload
+from gpucloud.drivers.simulated.models import SimWorkload
 
 HEARTBEAT = dt.timedelta(minutes=10)
 

@@ -1,14 +1,18 @@
 """How a container is made from a WorkloadSpec: limits, env, ports, GPUs, labels.
 
-A mixin of DockerDriver (it uses the driver's engine, config and provider id)."""
+A collaborator of DockerDriver: it holds the provider's engine, config and id. Host ports and
+GPU devices come in the spec, allocated by the control plane."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import docker
+
 from gpucloud.drivers.base import WorkloadSpec
-from gpucloud.drivers.docker_engine import EngineError
-from gpucloud.drivers.docker_labels import (
+from gpucloud.drivers.docker.config import DockerConfig
+from gpucloud.drivers.docker.engine import Engine, EngineError
+from gpucloud.drivers.docker.labels import (
     L_EXPOSE,
     L_GENERATION,
     L_GPUS,
@@ -21,10 +25,12 @@ from gpucloud.drivers.docker_labels import (
 
 
 class ContainerBuilder:
-    # Set by DockerDriver: engine, cfg, provider_id. GPU devices come in the spec, assigned
-    # by the control plane.
+    def __init__(self, engine: Engine, cfg: DockerConfig, provider_id: str):
+        self.engine = engine
+        self.cfg = cfg
+        self.provider_id = provider_id
 
-    def _make_container(
+    def make(
         self,
         spec: WorkloadSpec,
         generation: int,
@@ -75,8 +81,6 @@ class ContainerBuilder:
         return self._create_named(kwargs, spec.instance_id, name)
 
     def _create_named(self, kwargs: dict[str, Any], instance_id: str, name: str):
-        import docker
-
         client = self.engine.client
         try:
             return self.engine.call(client.containers.create, **kwargs)
@@ -90,8 +94,6 @@ class ContainerBuilder:
                 raise exc from None
 
     def _gpu_kwargs(self, kwargs: dict[str, Any], count: int, devices: list[str]) -> None:
-        import docker
-
         if self.cfg.gpu_mode == "nvidia":
             if devices:
                 req = docker.types.DeviceRequest(

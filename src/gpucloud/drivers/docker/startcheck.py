@@ -17,7 +17,7 @@ import os
 import time
 
 from gpucloud.drivers.base import DriverTransientError
-from gpucloud.drivers.docker_labels import EXEC_FAILED
+from gpucloud.drivers.docker.labels import EXEC_FAILED
 
 LOCAL_LIMIT = 10.0  # seconds: even a loaded host execs a command sooner than this
 LOG_PATIENCE = 0.5

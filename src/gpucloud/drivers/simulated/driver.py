@@ -12,6 +12,11 @@ Provider config (all optional):
   provisioning (an image that cannot be pulled).
 - `lose_after_seconds` (default null): a workload vanishes this long after it became ready,
   as if its node died — the way to exercise "the provider lost the workload".
+- `call_latency_seconds` (default 0): every driver call blocks this long in wall-clock time,
+  like a slow provider API.
+- `hang_calls` (default false): every driver call blocks until its timeout, like a provider
+  that never answers.
+- `call_timeout_seconds` (default 60): how long the control plane waits for one call.
 - `domain_suffix` (default "sim.gpucloud.local"): workloads get `{id8}.{region}.{suffix}`.
 - `port_range` (default [30000, 32767]): external ports, unique per provider (allocated by
   the control plane).
@@ -24,25 +29,28 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from typing import Any
 
 from sqlalchemy import select
 
-from gpucloud.drivers import simulated_text
 from gpucloud.drivers.base import (
     Driver,
     DriverContext,
     DriverEvent,
+    DriverTransientError,
     ForwardedPort,
     WorkloadSpec,
     WorkloadStatus,
 )
-from gpucloud.instances.models import SimWorkload
+from gpucloud.drivers.simulated import text as simulated_text
+from gpucloud.drivers.simulated.models import SimWorkload
 from gpucloud.jsonresp import isoformat_z
 
 DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
                             "lose_after_seconds": None, "domain_suffix": "sim.gpucloud.local",
-                            "port_range": [30000, 32767]}
+                            "port_range": [30000, 32767], "call_latency_seconds": 0,
+                            "hang_calls": False, "call_timeout_seconds": 60}
 MAX_HEARTBEATS = 2000  # older heartbeats are not worth regenerating for a log tail
 _SUFFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -79,6 +87,10 @@ class SimulatedDriver(Driver):
             raise ValueError("fail_provisioning must be true or false")
         if out["lose_after_seconds"] is not None:
             _number(out["lose_after_seconds"], "lose_after_seconds", 0, 10 * 365 * 86400)
+        _number(out["call_latency_seconds"], "call_latency_seconds", 0, 3600)
+        _number(out["call_timeout_seconds"], "call_timeout_seconds", 0.01, 86400)
+        if not isinstance(out["hang_calls"], bool):
+            raise ValueError("hang_calls must be true or false")
         suffix = out["domain_suffix"]
         if not isinstance(suffix, str) or len(suffix) > 200 or not _SUFFIX_RE.match(suffix):
             raise ValueError("domain_suffix must be a lowercase DNS name")
@@ -121,13 +133,25 @@ class SimulatedDriver(Driver):
             applied_generation=row.generation, state={"node": cfg["node"]})
 
     # -- contract ------------------------------------------------------------------------
+    def _far_side(self) -> None:
+        """What the provider's API costs: `call_latency_seconds` of wall time per call, or
+        no answer at all (`hang_calls`) until the caller has given up."""
+        if self.cfg["hang_calls"]:
+            time.sleep(self.call_timeout + 1)
+            raise DriverTransientError("the simulated provider hung")
+        if self.cfg["call_latency_seconds"]:
+            time.sleep(self.cfg["call_latency_seconds"])
+
     def create(self, spec: WorkloadSpec) -> WorkloadStatus:
+        self._far_side()
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, spec.instance_id)
             if row is None:
                 row = self._new_row(s, spec, now)
                 s.add(row)
+            # Counted so tests can tell how many creates reached the provider.
+            row.config = {**row.config, "create_calls": row.config.get("create_calls", 0) + 1}
             return self._status(row, now)
 
     def _new_row(self, s, spec: WorkloadSpec, now: dt.datetime) -> SimWorkload:
@@ -157,11 +181,13 @@ class SimulatedDriver(Driver):
             config=config, ports=ports, generation=1, updated_at=now)
 
     def status(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
+        self._far_side()
         with self._db.read() as s:
             row = s.get(SimWorkload, instance_id)
             return self._status(row, self._now())
 
     def update(self, spec: WorkloadSpec, generation: int) -> WorkloadStatus:
+        self._far_side()
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, spec.instance_id)
@@ -179,6 +205,7 @@ class SimulatedDriver(Driver):
             return self._status(row, now)
 
     def delete(self, instance_id: str, state: dict[str, Any] | None) -> None:
+        self._far_side()
         now = self._now()
         with self._db.write() as s:
             row = s.get(SimWorkload, instance_id)
@@ -186,6 +213,7 @@ class SimulatedDriver(Driver):
                 row.deleted_at = now
 
     def list_owned(self) -> list[str]:
+        self._far_side()
         with self._db.read() as s:
             return list(s.scalars(select(SimWorkload.instance_id).where(
                 SimWorkload.provider_id == self.provider_id, SimWorkload.deleted_at.is_(None))))
@@ -196,6 +224,7 @@ class SimulatedDriver(Driver):
             return s.get(SimWorkload, instance_id)
 
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
+        self._far_side()
         row = self._row(instance_id)
         if row is None:
             return []
@@ -203,6 +232,7 @@ class SimulatedDriver(Driver):
         return [DriverEvent(at, msg) for at, msg in simulated_text.events(row) if at <= now]
 
     def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]:
+        self._far_side()
         row = self._row(instance_id)
         if row is None:
             return []

@@ -56,6 +56,10 @@ class DockerConfig(BaseModel):
         "as NOT_STARTED instead of a restart loop.")
     timeout_seconds: float = Field(30.0, gt=0, le=600,
                                    description="Timeout of one Engine API call.")
+    call_timeout_seconds: float = Field(
+        900.0, gt=0, le=86400, description="How long the control plane waits for one driver "
+        "operation (a create includes pulling the image) before it gives up on that attempt "
+        "and retries; the lease on the instance is renewed meanwhile.")
     stop_timeout_seconds: int = Field(10, ge=0, le=300,
                                       description="Grace period before SIGKILL on stop.")
     pids_limit: int = Field(4096, ge=16, description="PIDs limit of each container.")

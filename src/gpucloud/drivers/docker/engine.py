@@ -11,8 +11,12 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import docker
+import requests
+from docker.tls import TLSConfig
+
 from gpucloud.drivers.base import DriverError, DriverTransientError
-from gpucloud.drivers.docker_config import DockerConfig
+from gpucloud.drivers.docker.config import DockerConfig
 
 T = TypeVar("T")
 
@@ -21,11 +25,8 @@ class EngineError(DriverError):
     """The engine answered and refused (bad image, bad config…): not worth retrying."""
 
 
-def _requests_errors() -> tuple[type[BaseException], ...]:
-    import requests
-
-    return (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-            ConnectionError, TimeoutError)
+_UNREACHABLE = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                ConnectionError, TimeoutError)
 
 
 def short_error(exc: BaseException) -> str:
@@ -47,14 +48,10 @@ class Engine:
 
     @property
     def client(self):
-        import docker
-
         with self._lock:
             if self._client is None:
                 tls: Any = False
                 if self.cfg.tls is not None:
-                    from docker.tls import TLSConfig
-
                     t = self.cfg.tls
                     cert = (t.client_cert, t.client_key) if t.client_cert else None
                     tls = TLSConfig(client_cert=cert, ca_cert=t.ca_cert,
@@ -74,8 +71,6 @@ class Engine:
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run one engine call; unreachable/slow engine → DriverTransientError (retried until
         the provisioning deadline), engine refusal → EngineError (a final answer)."""
-        import docker
-
         try:
             return fn(*args, **kwargs)
         except docker.errors.NotFound:
@@ -89,7 +84,7 @@ class Engine:
                 raise DriverTransientError(f"Container engine error: {short_error(exc)}") \
                     from None
             raise EngineError(short_error(exc)) from None
-        except _requests_errors() as exc:
+        except _UNREACHABLE as exc:
             raise DriverTransientError(f"Container engine not reachable: {short_error(exc)}") \
                 from None
         except docker.errors.DockerException as exc:

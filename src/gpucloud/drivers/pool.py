@@ -1,0 +1,130 @@
+"""How driver calls run: on a bounded pool, a few at a time per provider, each with a timeout.
+
+A provider that is slow or dead (an image pull of 20 GB, a BMC that never answers) must hold
+only its own slots: the pool has `size` step threads in all, and a provider at most
+`per_provider` slots. A slot is taken when work for the provider is dispatched and given back
+when its last driver call has really returned — a call that times out keeps its slot until the
+driver gives the thread back, so a hung provider cannot pile up threads; the caller gets a
+`CallTimeout` at once and goes on.
+
+The call itself runs on a thread of its own (threads cannot be interrupted in Python: waiting
+on it with a timeout is the only way to stop waiting).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from gpucloud.drivers.base import DriverTransientError
+
+T = TypeVar("T")
+
+
+class CallTimeout(DriverTransientError):
+    """The provider did not answer within the driver's call timeout."""
+
+
+class Slot:
+    """One of a provider's slots, held by a step and by each driver call it makes."""
+
+    def __init__(self, pool: CallPool, provider_id: str):
+        self.pool = pool
+        self.provider_id = provider_id
+        self._holders = 1
+        self._lock = threading.Lock()
+        self.timed_out = False
+
+    def _hold(self) -> None:
+        with self._lock:
+            self._holders += 1
+
+    def drop(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            last = self._holders == 0
+        if last:
+            self.pool._release(self.provider_id)
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float, what: str = "call") -> T:
+        """Run `fn(*args)` and wait at most `timeout` seconds for it."""
+        if self.timed_out:  # a call of this step is still stuck: don't stack another on it
+            raise CallTimeout(f"the provider did not answer a previous {what}")
+        self._hold()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn(*args)
+            except BaseException as exc:  # handed to the waiting step below
+                box["error"] = exc
+            finally:
+                self.drop()
+
+        thread = threading.Thread(target=run, name=f"driver-{what}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            self.timed_out = True
+            raise CallTimeout(f"the provider did not answer within {timeout:g} s ({what})")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+
+class CallPool:
+    def __init__(self, size: int, per_provider: int):
+        self.size = size
+        self.per_provider = per_provider
+        self._busy: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(size, thread_name_prefix="gpucloud-step")
+        self._running = 0  # steps submitted and not finished
+        self.changed = threading.Event()  # set whenever a slot or a step thread frees up
+
+    def free_steps(self) -> int:
+        with self._lock:
+            return max(0, self.size - self._running)
+
+    def saturated(self) -> set[str]:
+        """Providers that have no free slot right now."""
+        with self._lock:
+            return {p for p, n in self._busy.items() if n >= self.per_provider}
+
+    def free_slots(self, provider_id: str) -> int:
+        with self._lock:
+            return max(0, self.per_provider - self._busy[provider_id])
+
+    def acquire(self, provider_id: str) -> Slot | None:
+        with self._lock:
+            if self._busy[provider_id] >= self.per_provider:
+                return None
+            self._busy[provider_id] += 1
+        return Slot(self, provider_id)
+
+    def _release(self, provider_id: str) -> None:
+        with self._lock:
+            self._busy[provider_id] -= 1
+            if self._busy[provider_id] <= 0:
+                del self._busy[provider_id]
+        self.changed.set()
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        with self._lock:
+            self._running += 1
+
+        def run() -> Any:
+            try:
+                return fn()
+            finally:
+                with self._lock:
+                    self._running -= 1
+                self.changed.set()
+
+        return self._executor.submit(run)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
