@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from typer.testing import CliRunner
 
 from gpucloud.catalog.models import Provider
+from gpucloud.cli.main import app as cli_app
 from gpucloud.instances.models import Machine
 from tests import libvirt_env as le
 from tests import redfish_env as re_
+from tests.conftest import ADMIN_KEY
 from tests.factories import money
 from tests.procs import free_port
 
@@ -68,7 +71,7 @@ def machines(api, provider_id: str) -> dict[str, tuple[str, str | None]]:
                 s.query(Machine).filter(Machine.provider_id == provider_id)}
 
 
-def test_deploy_ssh_terminate_wipes_the_disk_and_frees_the_machine(api, site, tmp_path):
+def test_two_deploys_ssh_terminate_wipe_the_disks_and_free_the_machines(api, site, tmp_path):
     pid = site["provider"]["id"]
     # The BMC password is sealed at rest and shown nowhere.
     pw = re_.password()
@@ -79,34 +82,49 @@ def test_deploy_ssh_terminate_wipes_the_disk_and_frees_the_machine(api, site, tm
     assert pw not in str(stored)
     assert all(m["bmc"]["password_enc"] for m in stored["machines"])
 
-    key = le.Key()
-    iid = deploy(api, site, "alpha", key)
-    d = settle(api, site, iid)
-    assert d["status"] == "ACTIVE", events(api, site, iid)
-    assert machines(api, pid)["bm1"] == ("rented", iid)
-    assert d["ssh_connection"] == f"ssh -p {re_.SSH_BASE + 1} root@127.0.0.1", d
-    out = le.ssh_run(key, "127.0.0.1", re_.SSH_BASE + 1, "root",
-                     "hostname; dd if=/dev/urandom of=/dev/vda bs=1M count=8 conv=fsync 2>&1 >/dev/null | tail -1 >&2")
-    assert out.splitlines()[0] == "alpha", out  # the instance name, from the seed inside the ISO
-    assert any(b != 0 for b in re_.disk_bytes(1, tmp_path)[:8 << 20])
-    # Another key does not open it.
+    keys = {"alpha": le.Key(), "beta": le.Key()}
+    ids = {name: deploy(api, site, name, key) for name, key in keys.items()}  # at once
+    # Two machines, two deploys: a third has no capacity (the contract's 400).
+    r = api.client.post("/gpu/instances/baremetal", headers=site["headers"], json={
+        "plan_id": site["offer_id"], "name": "third", "ssh_key": le.Key().public,
+        "os_image": re_.IMAGE})
+    assert r.status_code == 400, r.text
+    details = {name: settle(api, site, iid) for name, iid in ids.items()}
+    rented = machines(api, pid)
+    assert {rented["bm1"], rented["bm2"]} == {("rented", ids["alpha"]), ("rented", ids["beta"])}
+    for name, iid in ids.items():
+        d = details[name]
+        assert d["status"] == "ACTIVE", events(api, site, iid)
+        i = 1 if rented["bm1"][1] == iid else 2
+        assert d["ssh_connection"] == f"ssh -p {re_.SSH_BASE + i} root@127.0.0.1", d
+        out = le.ssh_run(keys[name], "127.0.0.1", re_.SSH_BASE + i, "root",
+                         "hostname; dd if=/dev/urandom of=/dev/vda bs=1M count=8 conv=fsync "
+                         "2>&1 >/dev/null | tail -1 >&2")
+        assert out.splitlines()[0] == name, out  # the instance name, from the ISO's seed
+        assert any(b != 0 for b in re_.disk_bytes(i, tmp_path)[:8 << 20])
+        log = events(api, site, iid)
+        for step in ("Powered off", "Boot media inserted", "Booting", "SSH ready"):
+            assert any(step in e for e in log), log
+    # The other customer's key does not open a machine.
+    a = 1 if rented["bm1"][1] == ids["alpha"] else 2
     with pytest.raises(AssertionError, match="could not log in"):
-        le.ssh_run(le.Key(), "127.0.0.1", re_.SSH_BASE + 1, "root", "true", attempts=1)
-    log = events(api, site, iid)
-    for step in ("Powered off", "Boot media inserted", "Booting", "SSH ready"):
-        assert any(step in e for e in log), log
+        le.ssh_run(keys["beta"], "127.0.0.1", re_.SSH_BASE + a, "root", "true", attempts=1)
 
-    r = api.client.delete(f"/gpu/instances/baremetal/{iid}", headers=site["headers"])
-    assert r.status_code == 204
-    assert machines(api, pid)["bm1"] == ("dirty", iid)  # not rentable before its wipe
-    api.advance(1)  # the delete step: power off, wipe, boot back to disk
-    assert re_.domstate(1) == "shut off"
-    assert set(re_.disk_bytes(1, tmp_path)) == {0}  # every byte zero, read back from outside
-    assert machines(api, pid)["bm1"] == ("free", None)
-    log = events(api, site, iid)
-    assert any("Wiped in" in e for e in log) and any("bm1 wiped and offered again" in e
-                                                      for e in log), log
-    spent = api.instance(site["headers"], iid, "baremetal")["billing"]["total_spendings"]
+    for iid in ids.values():
+        r = api.client.delete(f"/gpu/instances/baremetal/{iid}", headers=site["headers"])
+        assert r.status_code == 204
+    assert {s for s, _ in machines(api, pid).values()} == {"dirty"}  # not rentable unwiped
+    api.advance(1)  # the delete steps: power off, wipe, boot back to disk
+    for i in (1, 2):
+        assert re_.domstate(i) == "shut off"
+        assert set(re_.disk_bytes(i, tmp_path)) == {0}  # every byte zero, read from outside
+    assert machines(api, pid) == {"bm1": ("free", None), "bm2": ("free", None)}
+    for iid in ids.values():
+        log = events(api, site, iid)
+        assert any("Wiped in" in e for e in log) and any("wiped and offered again" in e
+                                                          for e in log), log
+    spent = sum(api.instance(site["headers"], iid, "baremetal")["billing"]["total_spendings"]
+                for iid in ids.values())
     after = api.money(site["account_id"])
     assert after["reserved"] == money(0) and after["balance"] == money(100) - spent
 
@@ -152,7 +170,8 @@ def test_registration_refuses_nonsense_configs(api, change, where):
     assert where in r.json()["detail"][0]["msg"]
 
 
-def test_a_wipe_that_never_powers_off_puts_the_machine_in_maintenance(api):
+def test_a_wipe_that_never_powers_off_puts_the_machine_in_maintenance(api, live_server,
+                                                                    tmp_path):
     """A deploy that times out before SSH fails; its release then boots a "wipe" image that
     never powers off (the test OS stands in for a broken one): the machine goes to maintenance
     with the reason, and nobody can rent it."""
@@ -180,6 +199,11 @@ def test_a_wipe_that_never_powers_off_puts_the_machine_in_maintenance(api):
     [row] = [m for m in listed if m["provider_id"] == pid]
     assert row["state"] == "maintenance" and "did not finish within 15 s" in row["reason"]
     assert any("Machine put in maintenance" in e for e in events(api, site, iid))
+    out = CliRunner().invoke(cli_app, [
+        "admin", "machines", "--url", live_server.url, "--admin-key", ADMIN_KEY],
+        env={"GPUCLOUD_CONFIG_DIR": str(tmp_path)})
+    assert out.exit_code == 0, (out.stdout, out.stderr)
+    assert "bm3" in out.stdout and "maintenance" in out.stdout, out.stdout
     assert re_.domstate(3) == "shut off"  # forced off, not left running the bad image
     # Nobody rents it: the next deploy waits for a clean machine, then fails at its deadline.
     nxt = deploy(api, site, "next", le.Key())

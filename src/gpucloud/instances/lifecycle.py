@@ -338,8 +338,12 @@ def _step_delete(rt, claim: Claim, now: dt.datetime) -> Apply:
     inst = claim.inst
     state = inst.driver_state
     machine = allocations.machine_of(rt, inst.id)
-    if machine is not None:  # the machine is the control plane's record, not the driver's
+    # Which machine to wipe is the control plane's record, never the driver's own note: a
+    # machine already wiped and rented again must not be wiped a second time.
+    if machine is not None:
         state = {**(state or {}), "machine": machine}
+    elif state and "machine" in state:
+        state = {k: v for k, v in state.items() if k != "machine"}
     try:
         driver = _driver(rt, claim)
         _call(claim, driver, "delete", driver.delete, inst.id, state)
