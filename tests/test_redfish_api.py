@@ -214,3 +214,37 @@ def test_a_wipe_that_never_powers_off_puts_the_machine_in_maintenance(api, live_
     assert api.instance(headers, nxt, "baremetal")["status"] == "FAILED"
     after = api.money(account_id)
     assert after["balance"] == money(100) and after["reserved"] == money(0)
+
+
+def test_a_deploy_resumes_from_the_machines_state_after_the_driver_is_lost(api):
+    """The server's driver objects (and media server) are dropped mid-deploy, as a restart
+    would: the next step finds the machine powered on from this instance's ISO and waits for
+    SSH instead of power-cycling it again."""
+    found = re_.systems()
+    cfg = re_.config(free_port(), [re_.machine(3, found)])
+    r = api.client.post("/admin/providers", headers=api.admin, json={
+        "name": "rack-resume", "driver": "redfish", "config": cfg})
+    assert r.status_code == 201, r.text
+    offer = api.offer(r.json()["id"], workload="baremetal", vcpu=1, memory_gib=1,
+                      storage_gib=1, price=PRICE, capacity=1, os_options=[re_.IMAGE])
+    _, headers = api.account(balance=100)
+    site = {"offer_id": offer, "headers": headers}
+    key = le.Key()
+    iid = deploy(api, site, "phoenix", key)
+    api.advance(1)  # the first create step: force off, insert, boot CD, power on
+    assert sum("Booting" in e for e in events(api, site, iid)) == 1
+    assert re_.domstate(3) == "running"
+    with api.rt._drivers_lock:  # what a restart loses: every driver object and its server
+        for drv in api.rt._drivers.values():
+            drv.close()
+        api.rt._drivers.clear()
+    d = settle(api, site, iid)
+    assert d["status"] == "ACTIVE", events(api, site, iid)
+    log = events(api, site, iid)
+    assert sum("Booting" in e for e in log) == 1 and sum("Powered off" in e for e in log) == 1
+    assert le.ssh_run(key, "127.0.0.1", re_.SSH_BASE + 3, "root", "hostname").strip() \
+        == "phoenix"
+    r = api.client.delete(f"/gpu/instances/baremetal/{iid}", headers=headers)
+    assert r.status_code == 204
+    api.advance(1)
+    assert re_.domstate(3) == "shut off"
