@@ -187,7 +187,10 @@ EOF
   say "images ready: $CACHE/{vmlinuz,testos.img,wipe.img} (kernel $kver)"
 fi
 
-# 3. The machines and the pool the emulator uploads media into.
+# 3. The machines and the pool the emulator uploads media into. Boot ISOs that earlier test
+#    runs left behind (18 MB each) go once they are an hour old.
+find "$(dirname "$STATE")/redfish-media" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + \
+  2>/dev/null || true
 $SUDO mkdir -p "$STATE/pool"
 $SUDO chmod 0755 "$STATE" "$STATE/pool" "$(dirname "$STATE")"
 if ! virsh -c "$URI" pool-info "$POOL" >/dev/null 2>&1; then
