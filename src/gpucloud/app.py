@@ -116,7 +116,8 @@ def _include_routers(app: FastAPI) -> None:
     # instance id.
     for router in (catalog.router, vm_routes.router, container_routes.router, accounts.public,
                    billing.router, accounts.admin, billing.admin, catalog_admin.router,
-                   instances_admin.router, admin.router, console.router):
+                   instances_admin.router, instances_admin.machines, admin.router,
+                   console.router):
         add_slash_twins(router)
         app.include_router(router)
 

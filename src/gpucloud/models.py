@@ -11,5 +11,6 @@ from gpucloud.instances.models import (  # noqa: F401
     GpuAllocation,
     Instance,
     InstanceEvent,
+    Machine,
     PortAllocation,
 )

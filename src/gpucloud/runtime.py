@@ -69,7 +69,10 @@ class Runtime:
                 cls = driver_class(driver_name)
                 # Only a driver that keeps its own far side in the database gets it.
                 ctx = DriverContext(clock=self.clock, db=self.db if cls.uses_database else None)
-                drv = Instrumented(cls(provider_id, config, ctx), driver_name)
+                # Sealed secrets of the stored config (BMC passwords) opened for the driver.
+                drv = Instrumented(cls(provider_id, cls.open_config(config,
+                                                                    self.secrets.open_text), ctx),
+                                   driver_name)
                 self._drivers[key] = drv
             return drv
 

@@ -39,6 +39,13 @@ class SecretBox:
             return None
         return self._fernet.encrypt(json.dumps(value).encode())
 
+    def seal_text(self, value: str) -> str:
+        """A secret inside a stored config (BMC passwords): the Fernet token as text."""
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def open_text(self, token: str) -> str:
+        return self._fernet.decrypt(token.encode()).decode()
+
     def open(self, token: bytes | None) -> dict[str, Any] | None:
         if token is None:
             return None

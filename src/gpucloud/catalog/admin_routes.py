@@ -39,7 +39,8 @@ def create_provider(body: ProviderCreate, request: Request):
     try:
         with rt.db.write() as s:
             provider = service.create_provider(s, body.name, body.driver, body.config,
-                                               body.enabled, rt.clock.now())
+                                               body.enabled, rt.clock.now(),
+                                               seal=rt.secrets.seal_text)
             out = service.provider_json(provider)
     except IntegrityError:
         # Lost a race with a concurrent create of the same name.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, select, text, update
@@ -117,16 +118,19 @@ def offer_countries(f: OfferFields) -> list[str]:
 
 # --- providers -----------------------------------------------------------------------------------
 
-def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any]) -> dict[str, Any]:
-    """The driver's normalized config, or a 422 at `loc + [driver|config]`."""
+def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
+                          seal: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """The driver's normalized config (its secrets sealed with `seal` when given), or a 422
+    at `loc + [driver|config]`."""
     try:
         cls = driver_class(driver)
     except ValueError as exc:
         raise FieldError(loc + ["driver"], str(exc), driver) from None
     try:
-        return cls.validate_config(dict(config))
+        out = cls.validate_config(dict(config))
     except ValueError as exc:
         raise FieldError(loc + ["config"], str(exc), config) from None
+    return cls.seal_config(out, seal) if seal is not None else out
 
 
 def public_config(provider: Provider) -> dict[str, Any]:
@@ -159,9 +163,9 @@ def offer_problem(provider: Provider, f: OfferFields) -> tuple[str, str] | None:
 
 
 def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], enabled: bool,
-                    now: dt.datetime) -> Provider:
+                    now: dt.datetime, seal: Callable[[str], str] | None = None) -> Provider:
     reject_nul(config, ["body", "config"])
-    config = checked_driver_config(driver, config, ["body"])
+    config = checked_driver_config(driver, config, ["body"], seal)
     if s.scalar(select(Provider.id).where(Provider.name == name)) is not None:
         raise BadRequest(f"Provider {name} already exists")
     provider = Provider(name=name, driver=driver, config=config, enabled=enabled, created_at=now)

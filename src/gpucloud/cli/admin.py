@@ -330,6 +330,19 @@ def console(instance_id: str = typer.Argument(..., metavar="ID"),
         typer.echo(line)
 
 
+@app.command("machines")
+@connected
+def machines(as_json: bool = JSON_OPT, *, client: Client) -> None:
+    """Bare-metal machines: free, rented, dirty (wipe pending) or in maintenance, and why."""
+    items = client.machines()
+    if as_json:
+        print_json(items)
+        return
+    table(["Provider", "Machine", "State", "Instance", "Reason"],
+          [[m["provider_id"], m["name"], m["state"], m["instance_id"] or "", m["reason"] or ""]
+           for m in items])
+
+
 # -- the books -----------------------------------------------------------------------------------
 @app.command("audit")
 @connected

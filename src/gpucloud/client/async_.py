@@ -88,6 +88,10 @@ class AsyncClient:
         """A VM's lifecycle events (an extension beyond the Fluence API)."""
         return await self.send(ep.vm_events(instance_id, last))
 
+    async def machines(self) -> list[dict]:
+        """Operator: bare-metal machines (free, rented, dirty, maintenance with the reason)."""
+        return await self.send(ep.machines())
+
     async def console(self, instance_id: str, last: int | None = None) -> list[str]:
         """Operator: a VM's serial console log."""
         return await self.send(ep.console(instance_id, last))

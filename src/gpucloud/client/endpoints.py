@@ -116,6 +116,14 @@ def console(instance_id: str, last: int | None = None) -> Call[list[str]]:
                 admin=True)
 
 
+def _dicts(body: Any) -> list[dict[str, Any]]:
+    return [dict(x) for x in body or []]
+
+
+def machines() -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/admin/machines", _dicts, admin=True)
+
+
 def terminate_container(instance_id: str) -> Call[None]:
     return Call("DELETE", f"/gpu/instances/{_id(instance_id)}", _none)
 

@@ -86,6 +86,10 @@ class Client:
         """A VM's lifecycle events (an extension beyond the Fluence API)."""
         return self.send(ep.vm_events(instance_id, last))
 
+    def machines(self) -> list[dict]:
+        """Operator: bare-metal machines (free, rented, dirty, maintenance with the reason)."""
+        return self.send(ep.machines())
+
     def console(self, instance_id: str, last: int | None = None) -> list[str]:
         """Operator: a VM's serial console log."""
         return self.send(ep.console(instance_id, last))

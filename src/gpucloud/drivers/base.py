@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -35,6 +36,11 @@ class DriverError(Exception):
 
 class DriverTransientError(DriverError):
     """Retry later (engine unreachable, timeout…)."""
+
+
+class CleanupFailed(DriverError):
+    """`delete` removed the workload but could not prove the machine clean (a bare-metal wipe
+    that failed): the control plane must not rent the machine again (maintenance)."""
 
 
 @dataclass
@@ -74,6 +80,9 @@ class WorkloadSpec:
     ports: list[ForwardedPort] = field(default_factory=list)
     # …and GPU device ids out of `gpu_pool` (empty when the provider lists none).
     gpu_devices: list[str] = field(default_factory=list)
+    # …and, for a driver with a `machine_pool`, the machine (bare metal) it deploys on.
+    machine: str | None = None
+    offer_id: str | None = None
     generation: int = 1  # containers: the config generation this spec describes
 
 
@@ -156,9 +165,25 @@ class Driver(abc.ABC):
                 out.append(str(device))
         return out
 
+    def machine_pool(self, spec: WorkloadSpec) -> list[str]:
+        """Names of the whole servers that may serve the spec (bare metal); the control plane
+        rents one that is clean and free and hands it over as `spec.machine`. Empty: this
+        driver does not deploy on machines."""
+        return []
+
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Return the normalized config or raise ValueError (→ 422 at registration)."""
+        return config
+
+    @classmethod
+    def seal_config(cls, config: dict[str, Any], seal: Callable[[str], str]) -> dict[str, Any]:
+        """The config as stored: secrets in it (BMC passwords…) sealed with `seal`."""
+        return config
+
+    @classmethod
+    def open_config(cls, config: dict[str, Any], unseal: Callable[[str], str]) -> dict[str, Any]:
+        """The stored config with its sealed secrets opened, for the driver object."""
         return config
 
     @classmethod

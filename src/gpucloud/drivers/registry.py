@@ -18,6 +18,14 @@ except ImportError as exc:  # libvirt-python builds against libvirt-dev: not eve
 else:
     DRIVERS["libvirt"] = LibvirtDriver
 
+try:
+    from gpucloud.drivers.redfish import RedfishDriver
+except ImportError as exc:  # sushy is the `redfish` extra
+    UNAVAILABLE["redfish"] = (f"The redfish driver needs sushy ({exc}); install "
+                              "gpucloud[redfish]")
+else:
+    DRIVERS["redfish"] = RedfishDriver
+
 DRIVER_NAMES = tuple(DRIVERS)
 
 

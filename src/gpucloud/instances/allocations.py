@@ -14,14 +14,23 @@ Everything is released in the transaction that closes the instance (`release`).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpucloud.drivers.base import Driver, ForwardedPort, WorkloadSpec
-from gpucloud.instances.models import GpuAllocation, PortAllocation
+from gpucloud.instances.models import (
+    MACHINE_DIRTY,
+    MACHINE_FREE,
+    MACHINE_MAINTENANCE,
+    MACHINE_RENTED,
+    GpuAllocation,
+    Machine,
+    PortAllocation,
+)
 
 Key = tuple[int, str]  # (internal port, protocol as exposed: tcp | udp | http)
 
@@ -36,6 +45,10 @@ class PortsExhausted(AllocationError):
 
 class GpusExhausted(AllocationError):
     pass
+
+
+class MachinesBusy(AllocationError):
+    """No clean free machine right now (some may be wiping): worth waiting for."""
 
 
 def for_spec(rt, driver: Driver, spec: WorkloadSpec) -> WorkloadSpec:
@@ -53,6 +66,9 @@ def for_spec(rt, driver: Driver, spec: WorkloadSpec) -> WorkloadSpec:
     if pool and spec.gpu_count > 0:
         spec.gpu_devices = allocate_gpus(rt, spec.provider_id, spec.instance_id, pool,
                                          spec.gpu_count)
+    machines = driver.machine_pool(spec)
+    if machines:
+        spec.machine = rent_machine(rt, spec.provider_id, spec.instance_id, machines)
     return spec
 
 
@@ -129,6 +145,61 @@ def allocate_gpus(rt, provider_id: str, instance_id: str, pool: list[str],
     raise GpusExhausted("Could not allocate GPUs (too much contention)")
 
 
+def rent_machine(rt, provider_id: str, instance_id: str, pool: list[str]) -> str:
+    """The machine the instance rents (the one it already has, else the first free one of
+    `pool`). Rows for machines named in the config appear here the first time they are seen.
+    The rent is a compare-and-set on `state = free`, so two processes never rent one machine."""
+    for _ in range(8):
+        try:
+            with rt.db.write() as s:
+                rows = {m.name: m for m in s.scalars(
+                    select(Machine).where(Machine.provider_id == provider_id))}
+                for name in pool:
+                    if name not in rows:
+                        rows[name] = Machine(provider_id=provider_id, name=name,
+                                             state=MACHINE_FREE)
+                        s.add(rows[name])
+                s.flush()
+                mine = [m for m in rows.values()
+                        if m.instance_id == instance_id and m.state == MACHINE_RENTED]
+                if mine:
+                    return mine[0].name
+                for name in pool:
+                    if rows[name].state != MACHINE_FREE:
+                        continue
+                    taken = s.execute(
+                        update(Machine).where(Machine.id == rows[name].id,
+                                              Machine.state == MACHINE_FREE)
+                        .values(state=MACHINE_RENTED, instance_id=instance_id, reason=None)
+                        .execution_options(synchronize_session=False)).rowcount
+                    if taken == 1:
+                        return name
+                raise MachinesBusy("No clean machine is free at the provider")
+        except IntegrityError:
+            continue  # another process added the same rows first: look again
+    raise MachinesBusy("Could not rent a machine (too much contention)")
+
+
+def machine_of(rt, instance_id: str) -> str | None:
+    """The machine the instance rents or last rented (dirty, maintenance)."""
+    with rt.db.read() as s:
+        return s.scalar(select(Machine.name).where(Machine.instance_id == instance_id))
+
+
+def machine_wiped(s: Session, instance_id: str, now: dt.datetime) -> None:
+    """The instance's machine is clean: offer it again."""
+    s.execute(update(Machine).where(Machine.instance_id == instance_id,
+                                    Machine.state.in_([MACHINE_DIRTY, MACHINE_RENTED]))
+              .values(state=MACHINE_FREE, instance_id=None, reason=None, updated_at=now)
+              .execution_options(synchronize_session=False))
+
+
+def machine_maintenance(s: Session, instance_id: str, reason: str, now: dt.datetime) -> None:
+    s.execute(update(Machine).where(Machine.instance_id == instance_id)
+              .values(state=MACHINE_MAINTENANCE, reason=reason, updated_at=now)
+              .execution_options(synchronize_session=False))
+
+
 def allocated(rt, instance_id: str) -> dict[Key, int]:
     with rt.db.read() as s:
         rows = s.scalars(select(PortAllocation)
@@ -144,4 +215,10 @@ def release(s: Session, instance_ids) -> None:
     s.execute(delete(PortAllocation).where(PortAllocation.instance_id.in_(instance_ids))
               .execution_options(synchronize_session=False))
     s.execute(delete(GpuAllocation).where(GpuAllocation.instance_id.in_(instance_ids))
+              .execution_options(synchronize_session=False))
+    # A machine is not free when its renter ends: it still holds the customer's data until
+    # the driver's delete (the wipe) succeeded (`machine_wiped`).
+    s.execute(update(Machine).where(Machine.instance_id.in_(instance_ids),
+                                    Machine.state == MACHINE_RENTED)
+              .values(state=MACHINE_DIRTY)
               .execution_options(synchronize_session=False))

@@ -35,7 +35,12 @@ from sqlalchemy.exc import OperationalError
 
 from gpucloud.catalog.models import Provider
 from gpucloud.clock import utcnow
-from gpucloud.drivers.base import DriverError, DriverTransientError, WorkloadStatus
+from gpucloud.drivers.base import (
+    CleanupFailed,
+    DriverError,
+    DriverTransientError,
+    WorkloadStatus,
+)
 from gpucloud.drivers.pool import CallPool, CallTimeout, Slot
 from gpucloud.instances import allocations, events, service, transitions
 from gpucloud.instances.models import (
@@ -255,6 +260,8 @@ def _step_create(rt, claim: Claim, now: dt.datetime) -> Apply:
     driver = _driver(rt, claim)
     try:
         spec = allocations.for_spec(rt, driver, service.workload_spec(rt, inst))
+    except allocations.MachinesBusy:
+        return _wait(now, None, deadline)  # a machine being wiped is free soon
     except allocations.AllocationError as exc:
         return _fail(now, str(exc))
     try:
@@ -313,17 +320,38 @@ def _step_update(rt, claim: Claim, now: dt.datetime) -> Apply:
 
 def _step_delete(rt, claim: Claim, now: dt.datetime) -> Apply:
     inst = claim.inst
-    driver = _driver(rt, claim)
+    state = inst.driver_state
+    machine = allocations.machine_of(rt, inst.id)
+    # Which machine to wipe is the control plane's record, never the driver's own note: a
+    # machine already wiped and rented again must not be wiped a second time.
+    if machine is not None:
+        state = {**(state or {}), "machine": machine}
+    elif state and "machine" in state:
+        state = {k: v for k, v in state.items() if k != "machine"}
     try:
-        _call(claim, driver, "delete", driver.delete, inst.id, inst.driver_state)
+        driver = _driver(rt, claim)
+        _call(claim, driver, "delete", driver.delete, inst.id, state)
+    except CleanupFailed as exc:
+        reason = str(exc)
+
+        def maintenance(s, inst: Instance) -> bool:
+            inst.op, inst.next_check_at, inst.attempts = None, None, 0
+            allocations.machine_maintenance(s, inst.id, reason, now)
+            events.record(s, inst.id, now, f"Machine put in maintenance: {reason}")
+            return False
+        return maintenance
     except DriverError as exc:  # delete is safe to repeat: keep trying, slower and slower
         log.warning("instance %s: delete will be retried: %s", inst.id, exc)
         return _retry(now)
 
     def fn(s, inst: Instance) -> bool:
         inst.op, inst.next_check_at, inst.attempts = None, None, 0
-        events.record(s, inst.id, now, "Workload removed at the provider")
-        return False
+        if machine is not None:
+            allocations.machine_wiped(s, inst.id, now)
+            events.record(s, inst.id, now, f"Machine {machine} wiped and offered again")
+        else:
+            events.record(s, inst.id, now, "Workload removed at the provider")
+        return True if machine is not None else False
     return fn
 
 

@@ -351,6 +351,7 @@ def workload_spec(rt, inst: Instance, pending: bool = False) -> WorkloadSpec:
         location=inst.location,
         ssh_key=inst.ssh_key,
         os_image=inst.os_image,
+        offer_id=inst.offer_id,
     )
     if inst.workload != CONTAINER:
         return spec
