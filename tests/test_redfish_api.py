@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from gpucloud.catalog.models import Provider
@@ -248,3 +249,20 @@ def test_a_deploy_resumes_from_the_machines_state_after_the_driver_is_lost(api):
     assert r.status_code == 204
     api.advance(1)
     assert re_.domstate(3) == "shut off"
+
+
+def test_a_catalog_import_seals_bmc_passwords_too(api):
+    """POST /admin/catalog (and `gpucloud admin catalog import`) stores a redfish provider's
+    BMC passwords sealed exactly like POST /admin/providers."""
+    found = re_.systems()
+    cfg = re_.config(free_port(), [re_.machine(1, found)])
+    pw = re_.password()
+    r = api.client.post("/admin/catalog", headers=api.admin, json={
+        "providers": [{"name": "imported-bm", "driver": "redfish", "config": cfg}]})
+    assert r.status_code == 200, r.text
+    with api.rt.db.read() as s:
+        stored = s.scalars(select(Provider).where(Provider.name == "imported-bm")).one().config
+    assert pw not in str(stored)
+    assert all(m["bmc"]["password_enc"] for m in stored["machines"])
+    listed = api.client.get("/admin/providers", headers=api.admin).text
+    assert pw not in listed and "password" not in listed

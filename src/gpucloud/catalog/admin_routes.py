@@ -107,7 +107,7 @@ def import_catalog(body: CatalogDoc, request: Request):
     rt = request.app.state.rt
     try:
         with rt.db.write() as s:
-            summary = importer.import_catalog(s, body, rt.clock.now())
+            summary = importer.import_catalog(s, body, rt.clock.now(), rt.secrets.seal_text)
     except IntegrityError:
         raise BadRequest("The catalog changed concurrently; apply the document again") from None
     return JSON(summary)

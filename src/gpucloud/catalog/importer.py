@@ -12,6 +12,7 @@ makes the import all-or-nothing.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -99,7 +100,8 @@ def _offer_key(o: Offer) -> tuple:
             o.gpu_count, o.vcpu, o.memory_gib, o.storage_gib, o.location)
 
 
-def _validate(s: Session, doc: CatalogDoc) -> dict[str, dict[str, Any]]:
+def _validate(s: Session, doc: CatalogDoc,
+              seal: Callable[[str], str]) -> dict[str, dict[str, Any]]:
     """Every rule the document can break, checked before the first write. Returns the
     normalized driver configs by provider name."""
     errs: list[tuple[list[Any], str, Any]] = []
@@ -114,7 +116,7 @@ def _validate(s: Session, doc: CatalogDoc) -> dict[str, dict[str, Any]]:
             continue
         try:
             configs[p.name] = checked_driver_config(p.driver, p.config,
-                                                    ["body", "providers", i])
+                                                    ["body", "providers", i], seal)
         except FieldError as exc:  # collect, keep checking the rest
             errs.extend((e["loc"], e["msg"].removeprefix("Value error, "), e["input"])
                         for e in exc.errors)
@@ -139,11 +141,14 @@ def _validate(s: Session, doc: CatalogDoc) -> dict[str, dict[str, Any]]:
     return configs
 
 
-def import_catalog(s: Session, doc: dict[str, Any] | CatalogDoc, now: dt.datetime) -> dict:
-    """Upsert a catalog document in the caller's transaction; returns the summary."""
+def import_catalog(s: Session, doc: dict[str, Any] | CatalogDoc, now: dt.datetime,
+                   seal: Callable[[str], str]) -> dict:
+    """Upsert a catalog document in the caller's transaction; returns the summary. Driver
+    secrets in provider configs (BMC passwords) are sealed with `seal`, as on
+    POST /admin/providers."""
     if not isinstance(doc, CatalogDoc):
         doc = CatalogDoc.model_validate(doc)
-    configs = _validate(s, doc)
+    configs = _validate(s, doc, seal)
     summary = ImportSummary()
     after_commit(s, PLANS_CHANGED)
 

@@ -59,13 +59,14 @@ def _ensure(s, rt, url: str, kind: str, gpus: list[dict[str, Any]]) -> str | Non
         config.update(gpu_mode="nvidia", gpus=[g["index"] for g in gpus])
     provider = s.scalar(select(Provider).where(Provider.name == PROVIDER_NAME))
     if provider is None:
-        provider = catalog.create_provider(s, PROVIDER_NAME, "docker", config, True, now)
+        provider = catalog.create_provider(s, PROVIDER_NAME, "docker", config, True, now,
+                                           rt.secrets.seal_text)
     elif provider.driver != "docker":
         return (f"A provider named {PROVIDER_NAME!r} exists with driver {provider.driver}; "
                 "the local container engine was not registered.")
     elif provider.config.get("engine_url") != url:
         provider.config = catalog.checked_driver_config(
-            "docker", {**provider.config, "engine_url": url}, ["config"])
+            "docker", {**provider.config, "engine_url": url}, ["config"], rt.secrets.seal_text)
     offers = s.scalar(select(func.count()).select_from(Offer)
                       .where(Offer.provider_id == provider.id))
     if not offers:

@@ -119,9 +119,10 @@ def offer_countries(f: OfferFields) -> list[str]:
 # --- providers -----------------------------------------------------------------------------------
 
 def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
-                          seal: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """The driver's normalized config (its secrets sealed with `seal` when given), or a 422
-    at `loc + [driver|config]`."""
+                          seal: Callable[[str], str]) -> dict[str, Any]:
+    """The driver's normalized config with its secrets sealed by `seal` (never optional: a
+    path that forgot it would store BMC passwords in clear), or a 422 at
+    `loc + [driver|config]`."""
     try:
         cls = driver_class(driver)
     except ValueError as exc:
@@ -130,7 +131,7 @@ def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
         out = cls.validate_config(dict(config))
     except ValueError as exc:
         raise FieldError(loc + ["config"], str(exc), config) from None
-    return cls.seal_config(out, seal) if seal is not None else out
+    return cls.seal_config(out, seal)
 
 
 def public_config(provider: Provider) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def offer_problem(provider: Provider, f: OfferFields) -> tuple[str, str] | None:
 
 
 def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], enabled: bool,
-                    now: dt.datetime, seal: Callable[[str], str] | None = None) -> Provider:
+                    now: dt.datetime, seal: Callable[[str], str]) -> Provider:
     reject_nul(config, ["body", "config"])
     config = checked_driver_config(driver, config, ["body"], seal)
     if s.scalar(select(Provider.id).where(Provider.name == name)) is not None:
