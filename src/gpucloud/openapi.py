@@ -176,6 +176,10 @@ for _kind, _path in (("VM", "vms"), ("Baremetal", "baremetal")):
         "provider's: boot, SSH ready, failures with their reason), oldest first; `last` keeps "
         "the last N. An extension beyond the Fluence API.",
     })
+DESCRIPTIONS["adminListMachines"] = (
+    "The bare-metal machines of every redfish provider with their state: free, rented (and to "
+    "which instance), dirty (released, wipe pending) or maintenance (a wipe failed; the reason "
+    "says why). Only free machines are rented out.")
 DESCRIPTIONS["adminGetConsole"] = (
     "The serial console log of a VM (the driver's capture of the guest's ttyS0), oldest line "
     "first; `last` keeps the last N. For operators diagnosing a guest that never answered SSH.")
