@@ -33,10 +33,11 @@ from gpucloud.drivers.base import (
     WorkloadSpec,
     WorkloadStatus,
 )
-from gpucloud.drivers.libvirt import domain_xml, probe, storage
+from gpucloud.drivers.libvirt import domain_xml, storage
 from gpucloud.drivers.libvirt.config import ImageConfig, normalized, parse_config, warnings
 from gpucloud.drivers.libvirt.hypervisor import Hypervisor, message, reraise
 from gpucloud.drivers.libvirt.storage import InstanceFiles, StorageError
+from gpucloud.drivers.ssh_probe import ssh_banner
 
 log = logging.getLogger("gpucloud.drivers.libvirt")
 # Terminal control in the console (colours, cursor moves, title OSCs) and other control bytes.
@@ -223,7 +224,7 @@ class LibvirtDriver(Driver):
             return WorkloadStatus(phase="pending", state=state,
                                   reason="The VM was off and is starting again")
         host, port = self._endpoint(dom, meta)
-        banner = probe.ssh_banner(host, port) if host else None
+        banner = ssh_banner(host, port) if host else None
         if banner is None:
             if not ready and time.time() - created > self.cfg.boot_timeout_seconds:
                 return self._failed(instance_id, self._with_console(
