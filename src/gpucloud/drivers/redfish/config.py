@@ -12,7 +12,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gpucloud.drivers.configs import parse_model
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SECRET_MARK = "password_enc"
@@ -128,15 +130,8 @@ class RedfishConfig(BaseModel):
 
 
 def parse_config(config: dict[str, Any]) -> RedfishConfig:
-    try:
-        return RedfishConfig.model_validate(config)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {msg}" if where else msg)
-        raise ValueError("; ".join(problems)) from None
+    """The typed config, or ValueError with a one-line reason per problem."""
+    return parse_model(RedfishConfig, config)
 
 
 def normalized(config: dict[str, Any]) -> dict[str, Any]:
