@@ -135,7 +135,7 @@ def test_container_lifecycle(gc, api, live_server, market, user):
     assert gc.account().reserved == Decimal("2.25")  # 3 upfront hours of 0.75
 
     with ticking(live_server.url):
-        inst = gc.wait(created.instance_id, "container", interval=0.05, timeout=20)
+        inst = gc.wait(created.instance_id, "container", interval=0.05, timeout=90)
     assert inst.status == "ACTIVE"
     d = inst.details
     assert isinstance(d, models.ContainerDetails)
@@ -181,7 +181,7 @@ def test_vm_and_baremetal(gc, live_server, market):
     bm = gc.deploy_vm({"plan_id": market["bm"], "name": "bm1", "ssh_key": SSH_ED25519,
                        "os_image": "Ubuntu Server 24.04"}, kind="baremetal")
     with ticking(live_server.url):
-        inst = gc.wait(vm.instance_id, "vm", interval=0.05, timeout=20)
+        inst = gc.wait(vm.instance_id, "vm", interval=0.05, timeout=90)
     assert inst.status == "ACTIVE" and inst.details.ssh_connection.startswith("ssh ")
     assert ssh_command(inst) == inst.details.ssh_connection
     located = gc.locate(bm.instance_id)
