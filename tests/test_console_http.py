@@ -112,7 +112,8 @@ def test_a_revoked_key_ends_its_console_session(demo):
         (first,) = [k.id for k in list_api_keys(s, account_id)]
     assert client.delete(f"/admin/api-keys/{first}", headers=demo.admin).status_code == 204
     assert client.get("/console/", follow_redirects=False).headers["location"] \
-        == "/console/login"
+        == "/console/login?ended=1"
+    assert "its key was revoked" in client.get("/console/login?ended=1").text
 
 
 def test_operator_pages_need_the_admin_key(demo):
@@ -121,6 +122,7 @@ def test_operator_pages_need_the_admin_key(demo):
     sign_in(client, headers["X-API-KEY"])
     assert client.get("/console/admin/", follow_redirects=False).headers["location"] \
         == "/console/admin/login"
+    assert client.get("/console/", follow_redirects=False).status_code == 200  # kept
     assert sign_in(client, "wrong", admin=True).status_code == 400
     assert sign_in(client, ADMIN_KEY, admin=True).status_code == 303
     assert re.search(r"<th scope=\"row\">Containers</th><td>0</td><td>0</td>",
