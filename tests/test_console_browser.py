@@ -11,7 +11,7 @@ import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from tests.browser import PHONE, Page, start_browser
+from tests.browser import PHONE, SWAPS, Page, start_browser
 from tests.conftest import ADMIN_KEY
 from tests.factories import SSH_ED25519
 
@@ -247,3 +247,67 @@ def test_pages_fit_a_phone(page, demo):
                  "/console/admin/accounts", "/console/admin/audit"]:
         page.go(path, "phone-" + path.strip("/").replace("/", "-"))
         assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
+
+
+def test_the_keyboard_alone_reaches_every_control_and_keeps_focus_while_pages_refresh(page,
+                                                                                     demo):
+    _, headers = demo.account(balance="200", name="keys")
+    page.secret(headers["X-API-KEY"])
+    offer = demo.offer(demo.provider(name="kb"))
+    iid = demo.deploy(headers, offer, name="kb-box", ssh_key=SSH_ED25519)
+    demo.advance(30)
+    sign_in(page, headers["X-API-KEY"])
+    # Every control of every customer page is reached by Tab, in order, and shows its focus.
+    for path in ["/console/", "/console/plans", "/console/plans?kind=vms",
+                 f"/console/deploy?plan={offer}", "/console/instances",
+                 f"/console/instances/{iid}", "/console/account"]:
+        page.go(path, "kb-" + path.strip("/").replace("/", "-"))
+        assert page.tab_walk(), path
+
+    # The list refreshes itself every 2 s; a person who tabbed to a row keeps their place.
+    page.go("/console/instances", "kb-instances")
+    page.b.execute_script(SWAPS)
+    page.tab_to(f"A:open-{iid}")
+    page.wait_for(lambda: page.b.execute_script("return window.__swaps") >= 2, "refreshed")
+    assert page.focused()[0] == f"A:open-{iid}"
+    page.key(Keys.ENTER)
+    page.wait_for(lambda: page.path == f"/console/instances/{iid}", "instance by keyboard")
+    page.visited("kb-instance")
+
+    # So does one who tabbed to "Terminate…" on the live instance page; then Enter, Tab to
+    # the confirming button, Enter.
+    page.b.execute_script(SWAPS)
+    page.tab_to("A:terminate-link")
+    page.wait_for(lambda: page.b.execute_script("return window.__swaps") >= 3, "refreshed")
+    assert page.focused()[0] == "A:terminate-link"
+    page.key(Keys.ENTER)
+    page.wait_for(lambda: page.path.endswith("/terminate"), "confirmation by keyboard")
+    page.visited("kb-terminate")
+    page.tab_to("BUTTON:confirm-terminate")
+    page.key(Keys.ENTER)
+    page.wait_for(lambda: page.path.startswith(f"/console/instances/{iid}?done="),
+                  "terminated")
+    page.wait_for(lambda: page.attr("#status", "data-status") == "ENDED", "ENDED")
+    page.visited("kb-terminated")
+
+
+def test_a_form_without_its_csrf_token_is_refused_in_the_browser(page, demo):
+    _, headers = demo.account(balance="200", name="forged")
+    page.secret(headers["X-API-KEY"])
+    offer = demo.offer(demo.provider(name="csrf"))
+    sign_in(page, headers["X-API-KEY"])
+    page.go(f"/console/deploy?plan={offer}", "deploy-form")
+    page.fill("Name", "no-token")
+    page.b.execute_script("document.querySelectorAll('input[name=csrf]')"
+                          ".forEach(e => e.remove());")
+    page.press("Review", "refused-without-token")
+    assert "Form refused" in page.text("h1")
+    assert "security token (CSRF)" in page.text("main")
+    page.go(f"/console/deploy?plan={offer}", "deploy-form-again")
+    page.b.execute_script("document.querySelectorAll('input[name=csrf]')"
+                          ".forEach(e => e.value = 'forged');")
+    page.press("Sign out", "sign-out-forged")
+    assert "Form refused" in page.text("h1")
+    page.go("/console/account", "still-signed-in")  # the forged sign-out did nothing
+    assert page.path == "/console/account"
+    assert demo.client.get("/gpu/instances/", headers=headers).json() == []
