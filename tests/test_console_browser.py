@@ -223,7 +223,7 @@ def test_operator_creates_an_account_deposits_issues_a_key_and_the_customer_sign
 
 
 def test_pages_fit_a_phone(page, demo):
-    _, headers = demo.account(balance="50", name="phone")
+    account_id, headers = demo.account(balance="50", name="phone")
     page.secret(headers["X-API-KEY"])
     iid = demo.deploy(headers, demo.offer(demo.provider(name="tiny")), name="pocket")
     demo.advance(30)
@@ -234,8 +234,11 @@ def test_pages_fit_a_phone(page, demo):
         .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
         .filter(e => !e.closest('.overflow-auto'))
         .map(e => e.tagName + '.' + e.className).slice(0, 5);"""
-    for path in ["/console/", "/console/plans", "/console/instances",
-                 f"/console/instances/{iid}", "/console/account"]:
+    offer = demo.offer(demo.provider(name="small"))
+    for path in ["/console/", "/console/plans", "/console/plans?kind=vms",
+                 "/console/plans?kind=baremetal", f"/console/deploy?plan={offer}",
+                 "/console/instances", f"/console/instances/{iid}",
+                 f"/console/instances/{iid}/terminate", "/console/account"]:
         page.go(path, "phone-" + path.strip("/").replace("/", "-"))
         assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
     assert page.all("nav a[href='/console/account']")[0].is_displayed()
@@ -244,7 +247,8 @@ def test_pages_fit_a_phone(page, demo):
     page.fill("Admin key", ADMIN_KEY)
     page.press("Sign in", "phone-admin-home")
     for path in ["/console/admin/", "/console/admin/providers", "/console/admin/offers",
-                 "/console/admin/accounts", "/console/admin/audit"]:
+                 "/console/admin/accounts", f"/console/admin/accounts/{account_id}",
+                 "/console/admin/audit"]:
         page.go(path, "phone-" + path.strip("/").replace("/", "-"))
         assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
 
@@ -311,3 +315,22 @@ def test_a_form_without_its_csrf_token_is_refused_in_the_browser(page, demo):
     page.go("/console/account", "still-signed-in")  # the forged sign-out did nothing
     assert page.path == "/console/account"
     assert demo.client.get("/gpu/instances/", headers=headers).json() == []
+
+
+def test_operator_pages_work_from_the_keyboard(page, demo):
+    account_id, _ = demo.account(balance="5", name="kb-customer")
+    page.go("/console/admin/login", "admin-sign-in")
+    page.labelled("Admin key").send_keys(ADMIN_KEY + Keys.ENTER)
+    page.wait_for(lambda: page.path == "/console/admin/", "admin home by keyboard")
+    page.visited("admin-home")
+    for path in ["/console/admin/", "/console/admin/providers", "/console/admin/offers",
+                 "/console/admin/accounts", f"/console/admin/accounts/{account_id}",
+                 "/console/admin/audit"]:
+        page.go(path, "kb-" + path.strip("/").replace("/", "-"))
+        assert page.tab_walk(), path
+    # A deposit typed and sent from the keyboard.
+    page.go(f"/console/admin/accounts/{account_id}", "kb-account")
+    page.tab_to("INPUT:amount")
+    page.key("7.25" + Keys.ENTER)
+    page.wait_for(lambda: page.text("#balance") == "12.25 USDC", "deposited by keyboard")
+    page.visited("kb-deposited")
