@@ -130,6 +130,10 @@ def test_failed_sign_ins_are_rate_limited_per_address(api):
     assert r.headers["cache-control"] == "no-store"
     # While the bucket is empty even the right key is not looked at…
     assert sign_in(client, ADMIN_KEY, admin=True).status_code == 429
+    # The other spelling of the path is the same form, and the same bucket.
+    token = _csrf(client.get("/console/login").text)
+    assert client.post("/console/login/", data={"csrf": token, "key": "gpc_wrong-4"}
+                       ).status_code == 429
     r = sign_in(client, good)
     assert r.status_code == 429
     assert _rows(api) == sessions_before

@@ -122,7 +122,8 @@ class GuardMiddleware:
             await _answer(send, 413, f"Request body too large (limit {self.max_body} bytes)")
             return
         path = scope["path"]
-        if path in _SIGN_IN and scope["method"] == "POST" and self.enabled:
+        # Either spelling: every route has a slash twin (routing.py).
+        if path.rstrip("/") in _SIGN_IN and scope["method"] == "POST" and self.enabled:
             await self._sign_in(scope, receive, send)
             return
         kind = "admin" if path.startswith("/admin") or path == "/metrics" else \
