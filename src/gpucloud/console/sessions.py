@@ -19,7 +19,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts import service as accounts
@@ -110,28 +110,37 @@ class Ended(Exception):
         self.session_id = session_id
 
 
-def find(s: Session, token: str | None, now: dt.datetime, life: Lifetime) -> Who | None:
+# Every console request runs this one lookup (pages and each 2-second poll), so it is built
+# once and read as plain rows on a Core connection (db.query: a fraction of an ORM session's
+# cost per read).
+_FIND = (
+    select(ConsoleSession.id, ConsoleSession.csrf, ConsoleSession.account_id,
+           ConsoleSession.api_key_id, ConsoleSession.admin, ConsoleSession.last_seen_at,
+           ConsoleSession.expires_at, ApiKey.revoked_at,
+           ApiKey.expires_at.label("key_expires_at"))
+    .join(ApiKey, ApiKey.id == ConsoleSession.api_key_id, isouter=True)
+    .where(ConsoleSession.id == bindparam("id"))
+)
+
+
+def find(conn: Connection, token: str | None, now: dt.datetime,
+         life: Lifetime) -> Who | None:
     """The session of this cookie if it is still good (and so is its API key); None for an
     unknown cookie; raises `Ended` for a session that has ended."""
     if not token or len(token) > 128:
         return None
-    row = s.execute(
-        select(ConsoleSession, ApiKey.revoked_at, ApiKey.expires_at)
-        .join(ApiKey, ApiKey.id == ConsoleSession.api_key_id, isouter=True)
-        .where(ConsoleSession.id == _digest(token))
-    ).one_or_none()
+    row = conn.execute(_FIND, {"id": _digest(token)}).one_or_none()
     if row is None:
         return None
-    sess, revoked_at, key_expires = row
-    if sess.expires_at <= now or sess.last_seen_at + life.idle <= now:
-        raise Ended(sess.id)
-    if not sess.admin:
-        if sess.api_key_id is None or revoked_at is not None:
-            raise Ended(sess.id)
-        if key_expires is not None and key_expires <= now:
-            raise Ended(sess.id)
-    return Who(session_id=sess.id, csrf=sess.csrf, account_id=sess.account_id,
-               api_key_id=sess.api_key_id, admin=sess.admin, last_seen_at=sess.last_seen_at)
+    if row.expires_at <= now or row.last_seen_at + life.idle <= now:
+        raise Ended(row.id)
+    if not row.admin:
+        if row.api_key_id is None or row.revoked_at is not None:
+            raise Ended(row.id)
+        if row.key_expires_at is not None and row.key_expires_at <= now:
+            raise Ended(row.id)
+    return Who(session_id=row.id, csrf=row.csrf, account_id=row.account_id,
+               api_key_id=row.api_key_id, admin=row.admin, last_seen_at=row.last_seen_at)
 
 
 def needs_touch(who: Who, now: dt.datetime, life: Lifetime) -> bool:

@@ -154,8 +154,8 @@ def current(request: Request) -> Who | None:
     life = sessions.Lifetime.of(rt.settings)
     now = rt.clock.now()
     try:
-        with rt.db.read() as s:
-            who = sessions.find(s, token, now, life)
+        with rt.db.query() as conn:
+            who = sessions.find(conn, token, now, life)
     except sessions.Ended as ended:
         with rt.db.write() as s:
             sessions.close(s, ended.session_id)
