@@ -28,8 +28,9 @@ from gpucloud.console.models import ConsoleSession
 
 COOKIE = "gpucloud_console"
 LOGIN_CSRF_COOKIE = "gpucloud_console_login"
-# Activity moves `last_seen_at` at most this often (and at least four times per idle period),
-# so that an active person costs one write a minute, not one per page.
+# Activity moves `last_seen_at` at most this often (or every quarter of the idle period if
+# that is shorter), so that an active person costs one write a minute, not one per page; the
+# idle end comes at most that much early.
 TOUCH_EVERY = dt.timedelta(seconds=60)
 
 
