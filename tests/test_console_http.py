@@ -253,3 +253,25 @@ def test_the_session_cookie_is_secure_over_https(api):
     api.client.base_url = "http://testserver"
     assert "; secure" not in sign_in(api.client, headers["X-API-KEY"]).headers[
         "set-cookie"].lower()
+
+
+def test_the_providers_page_shows_public_config_and_never_a_secret(api, tmp_path):
+    password = "bmc-pass-" + "x7Qz" * 4
+    for name in ("k", "i", "w"):  # boot files the config names must exist
+        (tmp_path / name).write_bytes(b"")
+    k, i, w = (str(tmp_path / n) for n in ("k", "i", "w"))
+    config = {"media_url": "http://127.0.0.1:8470", "media_listen": "127.0.0.1:8470",
+              "media_dir": str(tmp_path / "media"),
+              "images": {"Ubuntu Server 22.04": {"kernel": k, "initrd": i}},
+              "wipe": {"kernel": k, "initrd": w},
+              "machines": [{"name": "rack-1", "ssh": {"host": "10.0.0.9"},
+                            "bmc": {"url": "https://10.0.0.8", "username": "ops",
+                                    "system": "/redfish/v1/Systems/1",
+                                    "password": password}}]}
+    r = api.client.post("/admin/providers", json={"name": "metal", "driver": "redfish",
+                                                  "config": config}, headers=api.admin)
+    assert r.status_code == 201, r.text
+    sign_in(api.client, ADMIN_KEY, admin=True)
+    page = api.client.get("/console/admin/providers").text
+    assert "metal" in page and "redfish" in page and "10.0.0.8" in page  # public config
+    assert password not in page and "password" not in page  # neither clear nor sealed
