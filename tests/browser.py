@@ -21,7 +21,9 @@ from selenium.common.exceptions import (
     WebDriverException,
 )
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
@@ -38,6 +40,52 @@ return [...document.querySelectorAll('input:not([type=hidden]), select, textarea
                && !(e.tagName === 'BUTTON' && e.textContent.trim()))
   .map(e => e.outerHTML.slice(0, 120));
 """
+
+
+# Keyboard: what a person can reach with Tab, in order, and whether focus shows. Each control
+# is known by a key that survives an htmx swap (id, else name/href/text), and its look
+# unfocused is kept to compare with its look under focus.
+CONTROLS = """
+window.__controls = [...document.querySelectorAll(
+    'a[href], button, input:not([type=hidden]), select, textarea, summary, [tabindex]')]
+  .filter(e => e.checkVisibility() && !e.disabled && e.tabIndex >= 0);
+const key = e => e.tagName + ':' + (e.id || e.name || e.getAttribute('href')
+                                    || e.textContent.trim().slice(0, 40));
+const look = e => { const s = getComputedStyle(e);
+  return [s.outlineStyle, s.outlineWidth, s.outlineColor, s.boxShadow, s.borderColor,
+          s.backgroundColor, s.textDecorationLine].join('|'); };
+window.__key = key; window.__look = look;
+window.__unfocused = Object.fromEntries(window.__controls.map(e => [key(e), look(e)]));
+// Start from the top, as on a fresh load: focus an unreachable marker before everything.
+let start = document.getElementById('kb-start');
+if (!start) {
+  start = document.createElement('span'); start.id = 'kb-start'; start.tabIndex = -1;
+  document.body.prepend(start);
+}
+start.focus();
+return window.__controls.map(key);
+"""
+FOCUSED = """
+const e = document.activeElement;
+if (!e || e === document.body || e === document.documentElement) return null;
+const k = window.__key(e);
+const s = getComputedStyle(e);
+// Chromium lets Tab stop on a scrolled box with nothing focusable inside, to scroll it.
+const scroller = /auto|scroll/.test(s.overflowX + s.overflowY)
+  && (e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight);
+return [k, window.__look(e) !== window.__unfocused[k], scroller];
+"""
+SWAPS = """
+window.__swaps = 0;
+document.body.addEventListener('htmx:afterSwap', () => { window.__swaps += 1; });
+"""
+
+
+OVERFLOW = "return document.documentElement.scrollWidth - window.innerWidth;"
+WIDE = """return [...document.querySelectorAll('body *')]
+    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+    .filter(e => !e.closest('.overflow-auto'))
+    .map(e => e.tagName + '.' + e.className).slice(0, 5);"""
 
 
 def chromium_paths() -> tuple[str, str]:
@@ -101,6 +149,10 @@ class Page:
         for secret in self.secrets:
             assert secret not in html, f"page {self.b.current_url} contains a key"
         assert self.b.execute_script(UNLABELLED) == [], self.b.current_url
+        # Usable at this width (1280×800 or 390×844): nothing pushes the page sideways; wide
+        # tables scroll inside their own box.
+        assert self.b.execute_script(OVERFLOW) <= 0, (self.b.current_url,
+                                                      self.b.execute_script(WIDE))
         # Nothing on the page (htmx, Pico, our script) may need what the CSP forbids.
         refused = [e["message"] for e in self.b.get_log("browser")
                    if "Content Security Policy" in e["message"]]
@@ -199,6 +251,48 @@ class Page:
             return bool(found) and text in found[0].text  # stale: retried by wait_for
 
         self.wait_for(has, f"{text!r} in {selector}", timeout)
+
+    # -- keyboard -----------------------------------------------------------------------
+    def tab(self, times: int = 1) -> None:
+        for _ in range(times):
+            ActionChains(self.b).send_keys(Keys.TAB).perform()
+
+    def focused(self) -> tuple[str, bool, bool] | None:
+        """(key of the focused control, whether it looks different from unfocused, whether
+        it is a scrolled box rather than a control)."""
+        found = self.b.execute_script(FOCUSED)
+        return None if found is None else (found[0], found[1], found[2])
+
+    def tab_walk(self) -> list[str]:
+        """Tab from the top of the page through every control and back out; checks that Tab
+        reaches each visible control once, in document order, each with a visible focus."""
+        expected = self.b.execute_script(CONTROLS)
+        reached = []
+        for _ in range(len(expected) + 10):
+            self.tab()
+            now = self.focused()
+            if now is None or (reached and now[0] == reached[0]):
+                break  # out of the page (to the browser) or round to the start
+            key, shows, scroller = now
+            if scroller and key not in expected:
+                continue
+            assert shows, f"no visible focus on {key} at {self.b.current_url}"
+            reached.append(key)
+        assert reached == expected, (self.b.current_url, reached, expected)
+        return reached
+
+    def tab_to(self, key: str, limit: int = 80) -> None:
+        """Press Tab until the control known by `key` has focus."""
+        self.b.execute_script(CONTROLS)
+        for _ in range(limit):
+            self.tab()
+            now = self.focused()
+            if now is not None and now[0] == key:
+                return
+        raise AssertionError(f"Tab never reached {key} on {self.b.current_url}")
+
+    def key(self, key: str) -> None:
+        ActionChains(self.b).send_keys(key).perform()
 
     def field_error(self, field: str) -> str:
         return self.text(f'small.error[data-field="{field}"]')

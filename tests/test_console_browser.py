@@ -11,7 +11,7 @@ import pytest
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys
 
-from tests.browser import PHONE, Page, start_browser
+from tests.browser import PHONE, SWAPS, Page, start_browser
 from tests.conftest import ADMIN_KEY
 from tests.factories import SSH_ED25519
 
@@ -223,7 +223,7 @@ def test_operator_creates_an_account_deposits_issues_a_key_and_the_customer_sign
 
 
 def test_pages_fit_a_phone(page, demo):
-    _, headers = demo.account(balance="50", name="phone")
+    account_id, headers = demo.account(balance="50", name="phone")
     page.secret(headers["X-API-KEY"])
     iid = demo.deploy(headers, demo.offer(demo.provider(name="tiny")), name="pocket")
     demo.advance(30)
@@ -234,8 +234,11 @@ def test_pages_fit_a_phone(page, demo):
         .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
         .filter(e => !e.closest('.overflow-auto'))
         .map(e => e.tagName + '.' + e.className).slice(0, 5);"""
-    for path in ["/console/", "/console/plans", "/console/instances",
-                 f"/console/instances/{iid}", "/console/account"]:
+    offer = demo.offer(demo.provider(name="small"))
+    for path in ["/console/", "/console/plans", "/console/plans?kind=vms",
+                 "/console/plans?kind=baremetal", f"/console/deploy?plan={offer}",
+                 "/console/instances", f"/console/instances/{iid}",
+                 f"/console/instances/{iid}/terminate", "/console/account"]:
         page.go(path, "phone-" + path.strip("/").replace("/", "-"))
         assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
     assert page.all("nav a[href='/console/account']")[0].is_displayed()
@@ -244,6 +247,90 @@ def test_pages_fit_a_phone(page, demo):
     page.fill("Admin key", ADMIN_KEY)
     page.press("Sign in", "phone-admin-home")
     for path in ["/console/admin/", "/console/admin/providers", "/console/admin/offers",
-                 "/console/admin/accounts", "/console/admin/audit"]:
+                 "/console/admin/accounts", f"/console/admin/accounts/{account_id}",
+                 "/console/admin/audit"]:
         page.go(path, "phone-" + path.strip("/").replace("/", "-"))
         assert page.b.execute_script(overflow) <= 0, (path, page.b.execute_script(wide))
+
+
+def test_the_keyboard_alone_reaches_every_control_and_keeps_focus_while_pages_refresh(page,
+                                                                                     demo):
+    _, headers = demo.account(balance="200", name="keys")
+    page.secret(headers["X-API-KEY"])
+    offer = demo.offer(demo.provider(name="kb"))
+    iid = demo.deploy(headers, offer, name="kb-box", ssh_key=SSH_ED25519)
+    demo.advance(30)
+    sign_in(page, headers["X-API-KEY"])
+    # Every control of every customer page is reached by Tab, in order, and shows its focus.
+    for path in ["/console/", "/console/plans", "/console/plans?kind=vms",
+                 f"/console/deploy?plan={offer}", "/console/instances",
+                 f"/console/instances/{iid}", "/console/account"]:
+        page.go(path, "kb-" + path.strip("/").replace("/", "-"))
+        assert page.tab_walk(), path
+
+    # The list refreshes itself every 2 s; a person who tabbed to a row keeps their place.
+    page.go("/console/instances", "kb-instances")
+    page.b.execute_script(SWAPS)
+    page.tab_to(f"A:open-{iid}")
+    page.wait_for(lambda: page.b.execute_script("return window.__swaps") >= 2, "refreshed")
+    assert page.focused()[0] == f"A:open-{iid}"
+    page.key(Keys.ENTER)
+    page.wait_for(lambda: page.path == f"/console/instances/{iid}", "instance by keyboard")
+    page.visited("kb-instance")
+
+    # So does one who tabbed to "Terminate…" on the live instance page; then Enter, Tab to
+    # the confirming button, Enter.
+    page.b.execute_script(SWAPS)
+    page.tab_to("A:terminate-link")
+    page.wait_for(lambda: page.b.execute_script("return window.__swaps") >= 3, "refreshed")
+    assert page.focused()[0] == "A:terminate-link"
+    page.key(Keys.ENTER)
+    page.wait_for(lambda: page.path.endswith("/terminate"), "confirmation by keyboard")
+    page.visited("kb-terminate")
+    page.tab_to("BUTTON:confirm-terminate")
+    page.key(Keys.ENTER)
+    page.wait_for(lambda: page.path.startswith(f"/console/instances/{iid}?done="),
+                  "terminated")
+    page.wait_for(lambda: page.attr("#status", "data-status") == "ENDED", "ENDED")
+    page.visited("kb-terminated")
+
+
+def test_a_form_without_its_csrf_token_is_refused_in_the_browser(page, demo):
+    _, headers = demo.account(balance="200", name="forged")
+    page.secret(headers["X-API-KEY"])
+    offer = demo.offer(demo.provider(name="csrf"))
+    sign_in(page, headers["X-API-KEY"])
+    page.go(f"/console/deploy?plan={offer}", "deploy-form")
+    page.fill("Name", "no-token")
+    page.b.execute_script("document.querySelectorAll('input[name=csrf]')"
+                          ".forEach(e => e.remove());")
+    page.press("Review", "refused-without-token")
+    assert "Form refused" in page.text("h1")
+    assert "security token (CSRF)" in page.text("main")
+    page.go(f"/console/deploy?plan={offer}", "deploy-form-again")
+    page.b.execute_script("document.querySelectorAll('input[name=csrf]')"
+                          ".forEach(e => e.value = 'forged');")
+    page.press("Sign out", "sign-out-forged")
+    assert "Form refused" in page.text("h1")
+    page.go("/console/account", "still-signed-in")  # the forged sign-out did nothing
+    assert page.path == "/console/account"
+    assert demo.client.get("/gpu/instances/", headers=headers).json() == []
+
+
+def test_operator_pages_work_from_the_keyboard(page, demo):
+    account_id, _ = demo.account(balance="5", name="kb-customer")
+    page.go("/console/admin/login", "admin-sign-in")
+    page.labelled("Admin key").send_keys(ADMIN_KEY + Keys.ENTER)
+    page.wait_for(lambda: page.path == "/console/admin/", "admin home by keyboard")
+    page.visited("admin-home")
+    for path in ["/console/admin/", "/console/admin/providers", "/console/admin/offers",
+                 "/console/admin/accounts", f"/console/admin/accounts/{account_id}",
+                 "/console/admin/audit"]:
+        page.go(path, "kb-" + path.strip("/").replace("/", "-"))
+        assert page.tab_walk(), path
+    # A deposit typed and sent from the keyboard.
+    page.go(f"/console/admin/accounts/{account_id}", "kb-account")
+    page.tab_to("INPUT:amount")
+    page.key("7.25" + Keys.ENTER)
+    page.wait_for(lambda: page.text("#balance") == "12.25 USDC", "deposited by keyboard")
+    page.visited("kb-deposited")

@@ -112,7 +112,8 @@ def test_a_revoked_key_ends_its_console_session(demo):
         (first,) = [k.id for k in list_api_keys(s, account_id)]
     assert client.delete(f"/admin/api-keys/{first}", headers=demo.admin).status_code == 204
     assert client.get("/console/", follow_redirects=False).headers["location"] \
-        == "/console/login"
+        == "/console/login?ended=1"
+    assert "its key was revoked" in client.get("/console/login?ended=1").text
 
 
 def test_operator_pages_need_the_admin_key(demo):
@@ -121,6 +122,7 @@ def test_operator_pages_need_the_admin_key(demo):
     sign_in(client, headers["X-API-KEY"])
     assert client.get("/console/admin/", follow_redirects=False).headers["location"] \
         == "/console/admin/login"
+    assert client.get("/console/", follow_redirects=False).status_code == 200  # kept
     assert sign_in(client, "wrong", admin=True).status_code == 400
     assert sign_in(client, ADMIN_KEY, admin=True).status_code == 303
     assert re.search(r"<th scope=\"row\">Containers</th><td>0</td><td>0</td>",
@@ -251,3 +253,25 @@ def test_the_session_cookie_is_secure_over_https(api):
     api.client.base_url = "http://testserver"
     assert "; secure" not in sign_in(api.client, headers["X-API-KEY"]).headers[
         "set-cookie"].lower()
+
+
+def test_the_providers_page_shows_public_config_and_never_a_secret(api, tmp_path):
+    password = "bmc-pass-" + "x7Qz" * 4
+    for name in ("k", "i", "w"):  # boot files the config names must exist
+        (tmp_path / name).write_bytes(b"")
+    k, i, w = (str(tmp_path / n) for n in ("k", "i", "w"))
+    config = {"media_url": "http://127.0.0.1:8470", "media_listen": "127.0.0.1:8470",
+              "media_dir": str(tmp_path / "media"),
+              "images": {"Ubuntu Server 22.04": {"kernel": k, "initrd": i}},
+              "wipe": {"kernel": k, "initrd": w},
+              "machines": [{"name": "rack-1", "ssh": {"host": "10.0.0.9"},
+                            "bmc": {"url": "https://10.0.0.8", "username": "ops",
+                                    "system": "/redfish/v1/Systems/1",
+                                    "password": password}}]}
+    r = api.client.post("/admin/providers", json={"name": "metal", "driver": "redfish",
+                                                  "config": config}, headers=api.admin)
+    assert r.status_code == 201, r.text
+    sign_in(api.client, ADMIN_KEY, admin=True)
+    page = api.client.get("/console/admin/providers").text
+    assert "metal" in page and "redfish" in page and "10.0.0.8" in page  # public config
+    assert password not in page and "password" not in page  # neither clear nor sealed

@@ -133,6 +133,18 @@ class Settings(BaseSettings):
         description="FastAPI's native OpenTelemetry tracing/metrics/logs (uses the globally "
         "configured providers). Off by default: it costs a provider lookup per request.",
     )
+    # --- console (console/sessions.py) ---------------------------------------------------------
+    console_session_idle_seconds: int = Field(
+        1800, ge=1,
+        description="A console session ends after this long without the person's activity "
+        "(a page opened or a form sent; the console's own refreshes do not count), on the "
+        "server clock.",
+    )
+    console_session_max_seconds: int = Field(
+        12 * 3600, ge=1,
+        description="A console session ends this long after sign-in however active it is, on "
+        "the server clock; also the session cookie's Max-Age.",
+    )
     # --- limits (web/guard.py, web/server.py) -----------------------------------------------
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024,

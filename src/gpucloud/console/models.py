@@ -26,8 +26,12 @@ class ConsoleSession(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     # Every form carries this token; a POST without the session's token is refused.
     csrf: Mapped[str] = mapped_column(String(64))
+    # All three on the server clock (console/sessions.py says why). `expires_at` is the
+    # absolute end (sign-in + console_session_max_seconds); the idle end is computed from
+    # `last_seen_at` with the current setting, so changing the setting applies at once.
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-    # Wall-clock expiry (not the server clock: a manual clock must not keep sessions alive).
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
-    __table_args__ = (Index("ix_console_sessions_expires", "expires_at"),)
+    __table_args__ = (Index("ix_console_sessions_expires", "expires_at"),
+                      Index("ix_console_sessions_last_seen", "last_seen_at"))

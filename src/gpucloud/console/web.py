@@ -41,9 +41,13 @@ SECURITY_HEADERS = {
 
 
 class SignInRequired(Exception):
-    def __init__(self, admin: bool = False):
+    """`ended`: the browser had a session cookie but its session has ended (not a customer
+    knocking at an operator page, whose own session must be left alone)."""
+
+    def __init__(self, admin: bool = False, ended: bool = False):
         super().__init__("sign in required")
         self.admin = admin
+        self.ended = ended
 
 
 class FormRefused(Exception):
@@ -102,52 +106,83 @@ class ConsoleRoute(APIRoute):
             try:
                 response = await handler(request)
             except SignInRequired as exc:
-                response = _to_sign_in(request, exc.admin)
+                response = _to_sign_in(request, exc.admin, exc.ended)
             except FormRefused:
                 response = render(request, "refused.html", status_code=403)
             except APIError as exc:  # a rule a page did not expect to meet: its words, as a page
                 response = render(request, "error.html", status_code=exc.status_code,
                                   message=exc.detail,
                                   heading="Not found" if exc.status_code == 404 else "Refused")
-            for name, value in SECURITY_HEADERS.items():
-                response.headers.setdefault(name, value)
-            response.headers.setdefault("Cache-Control", "no-store")
-            return response
+            return secure(response)
 
         return wrapped
 
 
-def _to_sign_in(request: Request, admin: bool) -> Response:
+def secure(response: Response) -> Response:
+    """The headers every console answer carries (unless the route set its own)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _to_sign_in(request: Request, admin: bool, ended: bool) -> Response:
     url = "/console/admin/login" if admin else "/console/login"
+    if ended:
+        url += "?ended=1"  # say why they are asked again
     if request.headers.get("hx-request"):
         # A poll from a page whose session ended: send the whole tab to the sign-in page.
-        return Response(status_code=204, headers={"HX-Redirect": url})
-    return redirect(url)
+        response: Response = Response(status_code=204, headers={"HX-Redirect": url})
+    else:
+        response = redirect(url)
+    if ended:
+        response.delete_cookie(sessions.COOKIE, path="/console")
+    return response
 
 
 # --- who is signed in ---------------------------------------------------------------------
 
 def current(request: Request) -> Who | None:
-    """Sync: FastAPI runs it in the threadpool, so the session lookup never blocks the loop."""
+    """Sync: FastAPI runs it in the threadpool, so the session lookup never blocks the loop.
+
+    A read, plus a write only when the session has ended (its row is deleted) or when a
+    person's activity restarts its idle period (at most once a minute, sessions.touch)."""
     rt = request.app.state.rt
     token = request.cookies.get(sessions.COOKIE)
     if not token:
         return None
-    with rt.db.read() as s:
-        return sessions.find(s, token, rt.clock.now())
+    life = sessions.Lifetime.of(rt.settings)
+    now = rt.clock.now()
+    try:
+        with rt.db.query() as conn:
+            who = sessions.find(conn, token, now, life)
+    except sessions.Ended as ended:
+        with rt.db.write() as s:
+            sessions.close(s, ended.session_id)
+        return None
+    # The console's own refreshes (htmx) are not the person's activity.
+    if who is not None and not request.headers.get("hx-request") \
+            and sessions.needs_touch(who, now, life):
+        with rt.db.write() as s:
+            sessions.touch(s, who.session_id, now)
+    return who
+
+
+def _ended(request: Request, who: Who | None) -> bool:
+    return who is None and sessions.COOKIE in request.cookies
 
 
 def customer(request: Request) -> Who:
     who = current(request)
     if who is None or who.admin:
-        raise SignInRequired(admin=False)
+        raise SignInRequired(admin=False, ended=_ended(request, who))
     return who
 
 
 def operator(request: Request) -> Who:
     who = current(request)
     if who is None or not who.admin:
-        raise SignInRequired(admin=True)
+        raise SignInRequired(admin=True, ended=_ended(request, who))
     return who
 
 

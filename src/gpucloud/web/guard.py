@@ -13,6 +13,9 @@ line) and before routing, so nothing below it parses a byte it refuses:
   valid key. An empty bucket is a 429 with Retry-After; every answer under /gpu and /admin
   carries X-RateLimit-Limit/-Remaining/-Reset. Buckets live in this process (several
   processes each keep their own: a client may get up to N times the rate).
+- The console's sign-in forms draw on the same per-address bucket: an attempt takes a token
+  before its key is checked (an empty bucket is the console's 429 page, the key unread) and
+  gets it back unless the key was refused, so only failed sign-ins spend the budget.
 
 The client address is the connection's peer, or what a trusted proxy says it is: uvicorn
 rewrites it from X-Forwarded-For only for `trusted_proxies` (web/server.py).
@@ -26,13 +29,16 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from gpucloud.accounts.auth import caller_of, check_admin_async
+from gpucloud.console import signin
 from gpucloud.errors import Forbidden
 from gpucloud.jsonresp import dumps
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _OPEN = ("/gpu/api-docs", "/gpu/openapi.json")  # the document needs no key
+_SIGN_IN = frozenset({"/console/login", "/console/admin/login"})
 
 
 @dataclass
@@ -63,6 +69,12 @@ class Limiter:
             self._buckets.popitem(last=False)
         wait = 0.0 if bucket.tokens >= 1 else (1 - bucket.tokens) / self.rate
         return allowed, int(bucket.tokens), wait
+
+    def give_back(self, name: str) -> None:
+        """Return a token `take` handed out for work that turned out not to count."""
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1)
 
 
 class _TooLarge(HTTPException):
@@ -110,6 +122,10 @@ class GuardMiddleware:
             await _answer(send, 413, f"Request body too large (limit {self.max_body} bytes)")
             return
         path = scope["path"]
+        # Either spelling: every route has a slash twin (routing.py).
+        if path.rstrip("/") in _SIGN_IN and scope["method"] == "POST" and self.enabled:
+            await self._sign_in(scope, receive, send)
+            return
         kind = "admin" if path.startswith("/admin") or path == "/metrics" else \
             "api" if path.startswith("/gpu") and not path.startswith(_OPEN) else None
         limit_headers: list[tuple[bytes, bytes]] = []
@@ -132,8 +148,7 @@ class GuardMiddleware:
                 limiter, name = self.admin, "admin"
             refused = None
         except Forbidden as exc:
-            client = scope.get("client")
-            limiter, name = self.anonymous, "a:" + (client[0] if client else "?")
+            limiter, name = self.anonymous, _address(scope)
             # With a body, refuse now rather than read it; without one the route says the
             # same, so requests look alike to the caller whatever they carry.
             refused = (403, exc.detail) if scope["method"] in _BODY_METHODS else None
@@ -147,6 +162,31 @@ class GuardMiddleware:
                 retry = (b"retry-after", str(max(1, math.ceil(wait))).encode())
                 return (429, "Too many requests; slow down"), [*headers, retry]
         return refused, headers
+
+    async def _sign_in(self, scope, receive, send) -> None:
+        name = _address(scope)
+        allowed, left, wait = self.anonymous.take(name)
+        headers = [(b"x-ratelimit-limit", str(self.anonymous.burst).encode()),
+                   (b"x-ratelimit-remaining", str(left).encode()),
+                   (b"x-ratelimit-reset", str(math.ceil(wait)).encode())]
+        if not allowed:
+            page = signin.too_many_attempts(Request(scope), max(1, math.ceil(wait)))
+            page.raw_headers.extend(headers)
+            await page(scope, receive, send)
+            return
+        status = 0
+
+        async def watch(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._run(scope, receive, watch, headers)
+        finally:
+            if status != signin.REFUSED_STATUS:
+                self.anonymous.give_back(name)
 
     async def _run(self, scope, receive, send, limit_headers) -> None:
         seen = 0
@@ -174,6 +214,11 @@ class GuardMiddleware:
         except _TooLarge as exc:
             if not started:
                 await _answer(send, 413, exc.detail)
+
+
+def _address(scope) -> str:
+    client = scope.get("client")
+    return "a:" + (client[0] if client else "?")
 
 
 async def _answer(send, status: int, detail: str, headers=()) -> None:
