@@ -94,6 +94,7 @@ class _Headers:
 class GuardMiddleware:
     def __init__(self, app, settings):
         self.app = app
+        self.on = settings.guard
         self.max_body = settings.max_body_bytes
         self.enabled = settings.rate_limits
         self.keys = Limiter(settings.rate_limit_key, settings.rate_limit_key_burst)
@@ -102,7 +103,7 @@ class GuardMiddleware:
                                  settings.rate_limit_anonymous_burst)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.on:
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
