@@ -307,7 +307,7 @@ def test_a_large_body_is_judged_off_the_event_loop(world, live_server, monkeypat
             held.clear()
             release.clear()
             answer: list[httpx.Response] = []
-            sender = threading.Thread(target=lambda b=body: answer.append(
+            sender = threading.Thread(target=lambda b=body, out=answer: out.append(
                 c.post("/gpu/instances/", json=b, headers=headers)))
             sender.start()
             assert held.wait(30)
