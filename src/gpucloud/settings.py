@@ -145,10 +145,12 @@ class Settings(BaseSettings):
         "`json_too_deep` past it). gpucloud's own bodies nest at most 6 deep.",
     )
     max_json_values: int = Field(
-        50_000, ge=100,
+        10_000, ge=100,
         description="Most values (scalars, arrays and objects) accepted in one JSON body (422 "
-        "`json_too_many_values` past it). A catalog document of a few hundred offers holds "
-        "a few thousand.",
+        "`json_too_many_values` past it), counted before parsing as the body's commas and "
+        "opening brackets (in strings too). Parsing holds the interpreter lock, so this bounds "
+        "how long one body can keep other requests waiting (a few ms at 10,000). A catalog "
+        "document holds about 15 per offer or provider.",
     )
     json_offload_bytes: int = Field(
         16 * 1024, ge=0,
