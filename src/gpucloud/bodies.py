@@ -7,7 +7,7 @@ API router uses `BodyRoute`, which does that work itself before FastAPI's handle
 - A body in anything but JSON (`application/json` or `…+json`) is a 415; so is a body sent
   without a Content-Type (a browser form posted cross-site would otherwise be read as JSON).
 - Bodies of at least `json_offload_bytes` are parsed, checked and validated in a worker
-  thread, a few at a time (`_PARSERS`), and a 422 is rendered there too; smaller ones stay on
+  thread, one at a time (`_PARSERS`), and a 422 is rendered there too; smaller ones stay on
   the loop, where they cost less than the hop to a thread.
 - More than `max_json_values` values is a 422 at `["body"]` before the body is parsed (a
   count of its commas and brackets), nesting deeper than `max_json_depth` one before it is
@@ -30,14 +30,15 @@ from typing import Any
 import anyio
 from fastapi import Request, params
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from gpucloud.errors import UnsupportedMediaType, validation_detail
+from gpucloud.errors import BadRequest, UnsupportedMediaType, validation_detail
 from gpucloud.jsonresp import dumps
 
-# Threads parsing at once per process: parsing holds the interpreter lock, so more would not
-# go faster and would take threads the database work of other requests needs.
-_PARSERS = 2
+# Threads parsing at once per process: parsing holds the interpreter lock, so a second one would
+# only take turns with the first, and each turn is one the event loop waits for.
+_PARSERS = 1
 
 
 def is_json(content_type: str | None) -> bool:
@@ -137,7 +138,11 @@ class BodyRoute(APIRoute):
 
         async def app(request: Request) -> Response:
             content_type = request.headers.get("content-type")
-            raw = await request.body()
+            try:
+                raw = await request.body()
+            except ClientDisconnect:
+                # Nobody is left to answer; a 400 rather than an unhandled error in the log.
+                raise BadRequest("The connection closed before the whole body arrived") from None
             if (raw or content_type) and not is_json(content_type):
                 raise UnsupportedMediaType("Send the request body as application/json")
             if raw:

@@ -107,8 +107,14 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
+        # An answer given before the body is read closes the connection: kept alive, the
+        # server would go on reading (and throwing away) the rest of the body on the event
+        # loop, 13 MB a request, while the other clients wait.
+        unread = [(b"connection", b"close")] if length not in (None, "0") or \
+            _header(scope, b"transfer-encoding") is not None else []
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _answer(send, 413, f"Request body too large (limit {self.max_body} bytes)")
+            await _answer(send, 413, f"Request body too large (limit {self.max_body} bytes)",
+                          unread)
             return
         path = scope["path"]
         kind = "admin" if path.startswith("/admin") or path == "/metrics" else \
@@ -117,7 +123,7 @@ class GuardMiddleware:
         if kind is not None:
             refusal, limit_headers = await self._admit(scope, kind)
             if refusal is not None:
-                await _answer(send, *refusal, limit_headers)
+                await _answer(send, *refusal, [*limit_headers, *unread])
                 return
         await self._run(scope, receive, send, limit_headers)
 
@@ -174,7 +180,7 @@ class GuardMiddleware:
             await self.app(scope, counted_receive, send_with_limits)
         except _TooLarge as exc:
             if not started:
-                await _answer(send, 413, exc.detail)
+                await _answer(send, 413, exc.detail, [(b"connection", b"close")])
 
 
 async def _answer(send, status: int, detail: str, headers=()) -> None:
