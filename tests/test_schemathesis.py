@@ -26,7 +26,9 @@ CHECKS = ",".join([
     # a request without its key is refused; a deleted thing stays gone, a created one is there
     "ignored_auth", "use_after_free", "ensure_resource_availability",
     "missing_required_header", "unsupported_method"])
-SECONDS = int(os.environ.get("GPUCLOUD_TEST_SCHEMATHESIS_SECONDS", "22"))  # per database; the phases after the first ones repeat until it is spent
+# Per database; the phases after the first ones repeat until it is spent. Raise it to search
+# longer.
+SECONDS = int(os.environ.get("GPUCLOUD_TEST_SCHEMATHESIS_SECONDS", "20"))
 
 
 @pytest.fixture
@@ -63,7 +65,7 @@ def test_the_whole_openapi_holds_under_schemathesis(api, world, live_server, tmp
     output = run.stdout + run.stderr
     print(output[-20_000:])
     assert run.returncode == 0, output[-20_000:]
-    # It did reach the API: every operation tested, the stateful phase ran along links.
+    # It read the whole document and ran.
     assert "Selected: 43/43" in output and "Examples" in output
     # And the books still hold after whatever it did.
     audit = api.client.get("/admin/audit", headers=api.admin).json()

@@ -9,6 +9,8 @@ line) and before routing, so nothing below it parses a byte it refuses:
   a body is answered 403 before its body is read (parsing 13 MB of JSON for a caller we would
   refuse anyway stalled every other client); one without a body goes on to its route, which
   answers the same 403.
+- Either answer, given before the body was read, closes the connection: kept alive, the
+  server would read the rest of the body just to throw it away.
 - Token buckets: per API key, per admin key, and per client address for requests without a
   valid key. An empty bucket is a 429 with Retry-After; every answer under /gpu and /admin
   carries X-RateLimit-Limit/-Remaining/-Reset. Buckets live in this process (several
@@ -16,6 +18,8 @@ line) and before routing, so nothing below it parses a byte it refuses:
 
 The client address is the connection's peer, or what a trusted proxy says it is: uvicorn
 rewrites it from X-Forwarded-For only for `trusted_proxies` (web/server.py).
+
+`GPUCLOUD_GUARD=0` passes everything through, for bench/abuse.py's figures without the guard.
 """
 
 from __future__ import annotations
