@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 
+import httpx
 import pytest
 from sqlalchemy import text
 
+from gpucloud import bodies
 from gpucloud.db import Database
 from gpucloud.settings import Settings
 from tests.conftest import ADMIN_KEY
@@ -45,7 +48,8 @@ def _bodies(world):
     return [
         ("POST", "/gpu/instances/", headers), ("PUT", f"/gpu/instances/{cid}", headers),
         ("POST", "/gpu/instances/vms", headers), ("PUT", f"/gpu/instances/vms/{vid}", headers),
-        ("POST", "/gpu/instances/baremetal", headers), ("POST", "/admin/accounts", admin),
+        ("POST", "/gpu/instances/baremetal", headers),
+        ("PUT", f"/gpu/instances/baremetal/{vid}", headers), ("POST", "/admin/accounts", admin),
         ("POST", f"/admin/accounts/{account_id}/deposits", admin),
         ("POST", f"/admin/accounts/{account_id}/api-keys", admin),
         ("POST", "/admin/providers", admin), ("PATCH", f"/admin/providers/{pid}", admin),
@@ -193,3 +197,126 @@ def test_sqlite_files_are_private(tmp_path):
     (data / "gpucloud.db").chmod(0o644)  # an older release's file is narrowed at start
     Database(settings).dispose()
     assert stat.S_IMODE(os.stat(data / "gpucloud.db").st_mode) == 0o600
+
+
+# --- bodies: content type, shape, parsing off the event loop (gpucloud/bodies.py) ----------
+
+def _operations_with_a_body(api) -> set[tuple[str, str]]:
+    doc = api.client.get("/gpu/api-docs/openapi.json").json()
+    return {(method.upper(), path) for path, ops in doc["paths"].items()
+            for method, op in ops.items() if "requestBody" in op}
+
+
+def test_wrong_content_types_are_415_on_every_body_operation(world):
+    api = world[0]
+    bodies = _bodies(world)
+    # Every operation of the document that takes a body is in the list tried here.
+    templates = {(m, p) for m, p in _operations_with_a_body(api)}
+    assert len(templates) == len(bodies)
+    before = api.client.get("/admin/audit", headers=api.admin).json()
+    for method, path, headers in bodies:
+        for content_type in ("text/plain", "application/x-www-form-urlencoded",
+                             "multipart/form-data; boundary=x", "application/xml", None):
+            sent = {**headers, **({"Content-Type": content_type} if content_type else {})}
+            r = api.client.request(method, path, content=b'{"name": "x", "amount": 1}',
+                                   headers=sent)
+            assert r.status_code == 415, (method, path, content_type, r.text)
+            assert r.json() == {"detail": "Send the request body as application/json"}
+        # JSON with parameters, or a +json type, is read as JSON (whatever it then says).
+        for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+            r = api.client.request(method, path, content=b"[]",
+                                   headers={**headers, "Content-Type": content_type})
+            assert r.status_code == 422, (method, path, content_type, r.text)
+    after = api.client.get("/admin/audit", headers=api.admin).json()
+    assert after["ok"] and after["deposits"] == before["deposits"]
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_deep_and_wide_json_is_422_at_the_body(world):
+    api, _, headers, _, container, *_ = world
+    settings = api.rt.settings
+    cases = [
+        # one level too deep, and far too deep for any parser's recursion
+        (f'{{"name": "x", "plan_id": {_nested(settings.max_json_depth)}}}', "json_too_deep"),
+        (_nested(5_000), "json_too_deep"),
+        # more values than allowed, in one object, spread over arrays, or far more (a
+        # count before parsing refuses them all)
+        ("{" + ",".join(f'"k{i}": {i}' for i in range(settings.max_json_values)) + "}",
+         "json_too_many_values"),
+        ("[" + ",".join("[1, 2]" for _ in range(settings.max_json_values // 3 + 1)) + "]",
+         "json_too_many_values"),
+        (_nested(100_000), "json_too_many_values"),
+        # not JSON at all: bytes that are not UTF-8, an integer of 5,000 digits
+        ('{"name": "\xff"}'.encode("latin-1"), "json_invalid"),
+        ('{"name": ' + "9" * 5000 + "}", "json_invalid"),
+    ]
+    for raw, kind in cases:
+        for method, path, hdrs in (("POST", "/gpu/instances/", headers),
+                                   ("POST", "/admin/accounts", api.admin)):
+            r = _send(api, method, path, raw, hdrs)
+            assert r.status_code == 422, (kind, r.text[:300])
+            (error,) = r.json()["detail"]
+            assert error["type"] == kind and error["loc"][0] == "body", error
+            assert len(r.content) < 1000
+    # At the limit, the body is judged by its fields as usual.
+    r = _send(api, "POST", "/admin/accounts",
+              f'{{"name": {_nested(settings.max_json_depth - 1)}}}', api.admin)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "name"]
+    assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_json_depth": 4,
+                                                 "max_json_values": 200}])
+def test_json_bounds_are_settings(world):
+    api, _, headers, _, container, *_ = world
+    r = _send(api, "POST", "/admin/accounts", '{"name": [[[[1]]]]}', api.admin)
+    assert r.json()["detail"][0]["type"] == "json_too_deep"
+    assert r.json()["detail"][0]["ctx"] == {"max_depth": 4}
+    r = _send(api, "POST", "/admin/accounts", '{"name": [[[1]]]}', api.admin)
+    assert r.json()["detail"][0]["loc"] == ["body", "name"]
+    r = api.client.post("/admin/accounts", headers=api.admin,
+                        json={"name": "x", "pad": list(range(200))})
+    assert r.json()["detail"][0]["type"] == "json_too_many_values"
+    r = api.client.post("/admin/accounts", headers=api.admin, json={"name": "bounded-ok"})
+    assert r.status_code == 201
+
+
+def test_a_large_body_is_judged_off_the_event_loop(world, live_server, monkeypatch):
+    """While a large body is being parsed and validated, the server answers others: the
+    judging is held mid-way here, and another client still gets its answer."""
+    api, _, headers, _, container, *_ = world
+    _, other = api.account(name="other")
+    held, release = threading.Event(), threading.Event()
+    real = bodies.judge
+
+    def held_judge(route, raw, *limits):
+        if len(raw) > 100_000:
+            held.set()
+            release.wait(30)
+        return real(route, raw, *limits)
+
+    monkeypatch.setattr(bodies, "judge", held_judge)
+    big_valid = {"plan_id": container, "name": "big",
+                 "container_settings": {"image": "docker.io/library/ubuntu:22.04",
+                                        "expose": [{"port": 22}]},
+                 "unused": "x" * 800_000}
+    big_invalid = {f"k{i}": i for i in range(60_000)}  # over max_json_values
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        for body, expected in ((big_valid, 201), (big_invalid, 422)):
+            held.clear()
+            release.clear()
+            answer: list[httpx.Response] = []
+            sender = threading.Thread(target=lambda b=body, out=answer: out.append(
+                c.post("/gpu/instances/", json=b, headers=headers)))
+            sender.start()
+            assert held.wait(30)
+            with httpx.Client(base_url=live_server.url, timeout=10) as c2:
+                r = c2.get("/gpu/account", headers=other)  # answered meanwhile
+            assert r.status_code == 200 and not answer
+            release.set()
+            sender.join(30)
+            assert answer[0].status_code == expected, answer[0].text[:300]
+    assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 2

@@ -145,3 +145,38 @@ def test_connections_without_headers_or_idle_are_closed(tmp_path):
     finally:
         server.stop()
         print(server.output()[-3000:])
+
+
+def _refused_then_closed(port: int, head: bytes, partial: bytes) -> bytes:
+    """Send request headers and only part of the body; what the server answered, read until
+    it closed the connection (an error if it did not within 10 s)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(head + partial)
+    sock.settimeout(10)
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return answer
+
+
+def test_an_answer_before_the_body_closes_the_connection(api, live_server):
+    """Kept alive, the server would read and throw away the rest of a refused body (13 MB a
+    request) on its event loop; it closes the connection instead."""
+    _, headers = api.account()
+    for length, key, status in ((13_000_000, headers["X-API-KEY"], b"413"),
+                                (50_000, "gpc_wrong", b"403")):
+        head = (f"POST /gpu/instances/ HTTP/1.1\r\nHost: x\r\nX-API-KEY: {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+        answer = _refused_then_closed(live_server.port, head, b"{" + b" " * 1000)
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status in status_line, answer[:300]
+        assert b"connection: close" in rest.lower()
+    # A body that was read and judged keeps its connection alive as usual.
+    with httpx.Client(base_url=live_server.url) as c:
+        r = c.post("/gpu/instances/", json={"plan_id": "x"}, headers=headers)
+        assert r.status_code == 422 and r.headers.get("connection") != "close"

@@ -20,7 +20,7 @@ from gpucloud.billing import routes as billing
 from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.console import routes as console
-from gpucloud.errors import APIError, FieldError, safe_error
+from gpucloud.errors import APIError, FieldError, safe_error, validation_detail
 from gpucloud.instances import admin_routes as instances_admin
 from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
@@ -36,7 +36,6 @@ from gpucloud.web.middleware import RequestMiddleware
 from gpucloud.workers.runner import BackgroundWorker
 
 log = logging.getLogger("gpucloud")
-MAX_ERRORS = 100  # 422 entries shown; the rest are the same mistakes again
 
 DESCRIPTION = """\
 A self-hostable GPU cloud marketplace. `/gpu` is the Fluence GPU Cloud API (header
@@ -133,10 +132,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        # Bounded: a body of 800,000 bad keys must not become a 40 MB answer.
-        errors = exc.errors()
-        shown = [safe_error(e) for e in errors[:MAX_ERRORS]]
-        return JSON({"detail": shown}, status_code=422)
+        return JSON(validation_detail(exc.errors()), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException):

@@ -5,7 +5,8 @@ here, for every operation at once, so no route can forget it:
 
 - the security schemes (an API key as `X-API-KEY` or `Authorization: Bearer` under `/gpu`, the
   admin key under `/admin`), declared per operation so Swagger UI's Authorize button covers all;
-- the error responses each operation can give (400, 403, 404, 422) with real error bodies;
+- the error responses each operation can give (400, 403, 404, 422, and the limits' 413, 415,
+  429) with real error bodies;
 - a description of every operation, and examples taken from real responses;
 - links from a deploy's `instance_id` to the operations on that instance, so tools (Swagger UI,
   schemathesis' stateful tests, client generators) can follow one to the other.
@@ -49,6 +50,9 @@ PORT_422 = {"detail": [{
 NOT_FOUND = {"instance_id": INSTANCE_NOT_FOUND, "account_id": "Account not found",
              "key_id": "API key not found", "provider_id": "Provider not found",
              "offer_id": "Offer not found"}
+
+# What an id in a body that names nothing answers.
+BODY_NOT_FOUND = {"adminCreateOffer": "Provider not found"}
 
 _OS_IMAGE = ("Provided OS image Debian 9 is not supported for the selected offer. "
              "Available OS images: Ubuntu Server 22.04, Ubuntu Server 24.04")
@@ -198,6 +202,36 @@ ACCOUNT_LINKS = {"GetAccount": "adminGetAccount", "Deposit": "adminDeposit",
                  "CreateApiKey": "adminCreateApiKey"}
 
 
+def _link(target: str, parameters: dict[str, str] | None = None,
+          body: dict[str, str] | None = None) -> dict[str, Any]:
+    link: dict[str, Any] = {"operationId": target}
+    if parameters:
+        link["parameters"] = parameters
+    if body:
+        link["requestBody"] = body  # the fields named here; tools fill in the rest
+    return link
+
+
+_OPTION = "$response.body#/data/0/availability_by_number/0/options/0"
+_FROM_OPTION = {"plan_id": f"{_OPTION}/id", "os_image": f"{_OPTION}/os_options/0"}
+# Where the ids that other operations need come from: a plan listed to its deploy, a created
+# provider, offer or API key to the operations on it.
+MORE_LINKS: dict[str, dict[str, dict[str, Any]]] = {
+    "listContainerPlans": {"DeployContainer": _link(
+        "deployContainer", body={"plan_id": "$response.body#/0/plan/id"})},
+    "listVmPlans": {"DeployVM": _link("deployVM", body=_FROM_OPTION)},
+    "listBaremetalPlans": {"DeployBaremetal": _link("deployBaremetal", body=_FROM_OPTION)},
+    "adminCreateProvider": {
+        "PatchProvider": _link("adminPatchProvider", {"provider_id": "$response.body#/id"}),
+        "CreateOffer": _link("adminCreateOffer", body={"provider_id": "$response.body#/id"})},
+    "adminCreateOffer": {
+        "GetOffer": _link("adminGetOffer", {"offer_id": "$response.body#/id"}),
+        "PatchOffer": _link("adminPatchOffer", {"offer_id": "$response.body#/id"})},
+    "adminCreateApiKey": {
+        "RevokeApiKey": _link("adminRevokeApiKey", {"key_id": "$response.body#/id"})},
+}
+
+
 def _json(example: Any, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     content: dict[str, Any] = {"example": example}
     if schema is not None:
@@ -248,12 +282,26 @@ def _errors(doc: dict[str, Any], path: str, op: dict[str, Any]) -> None:
         if name in NOT_FOUND:
             responses["404"] = {"description": NOT_FOUND[name],
                                 "content": _json({"detail": NOT_FOUND[name]}, _ERROR_REF)}
+    if op_id in BODY_NOT_FOUND:
+        responses["404"] = {"description": BODY_NOT_FOUND[op_id],
+                            "content": _json({"detail": BODY_NOT_FOUND[op_id]}, _ERROR_REF)}
     if op_id in BAD_REQUESTS:
         messages = BAD_REQUESTS[op_id]
         content = {"schema": _ERROR_REF, "examples": {
             f"e{i}": {"summary": m, "value": {"detail": m}} for i, m in enumerate(messages)}}
         responses["400"] = {"description": "A business rule refused the request",
                             "content": {"application/json": content}}
+    # The limits of web/guard.py and gpucloud/bodies.py, which any operation may meet.
+    responses["429"] = {"description": "Too many requests from this key or address; retry "
+                        "after `Retry-After` seconds",
+                        "content": _json({"detail": "Too many requests; slow down"}, _ERROR_REF)}
+    if "requestBody" in op:
+        responses["413"] = {"description": "The body is larger than the server accepts",
+                            "content": _json({"detail": "Request body too large (limit 1048576 "
+                                                        "bytes)"}, _ERROR_REF)}
+        responses["415"] = {"description": "The body is not sent as application/json",
+                            "content": _json({"detail": "Send the request body as "
+                                                        "application/json"}, _ERROR_REF)}
     # Path parameters are plain strings (an unknown one is a 404), so only a body or a query
     # can fail validation; FastAPI lists a 422 for path parameters too.
     queries = any(p.get("in") == "query" for p in op.get("parameters", []))
@@ -288,6 +336,7 @@ def _finish_operation(doc: dict[str, Any], path: str, op: dict[str, Any]) -> Non
     if op_id == "adminCreateAccount":
         links = {name: {"operationId": target, "parameters": {"account_id": "$response.body#/id"}}
                  for name, target in ACCOUNT_LINKS.items()}
+    links.update(MORE_LINKS.get(op_id, {}))
     if ok and links:
         op["responses"][ok]["links"] = links
 

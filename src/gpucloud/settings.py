@@ -151,6 +151,30 @@ class Settings(BaseSettings):
         description="Largest request body accepted; a larger one is answered 413 without being "
         "read whole. gpucloud's own bodies are a few KiB; a catalog document is the largest.",
     )
+    max_json_depth: int = Field(
+        32, ge=2, le=500,
+        description="Deepest nesting of arrays and objects accepted in a JSON body (422 "
+        "`json_too_deep` past it). gpucloud's own bodies nest at most 6 deep.",
+    )
+    max_json_values: int = Field(
+        10_000, ge=100,
+        description="Most values (scalars, arrays and objects) accepted in one JSON body (422 "
+        "`json_too_many_values` past it), counted before parsing as the body's commas and "
+        "opening brackets (in strings too). Parsing holds the interpreter lock, so this bounds "
+        "how long one body can keep other requests waiting (a few ms at 10,000). A catalog "
+        "document holds about 15 per offer or provider.",
+    )
+    json_offload_bytes: int = Field(
+        16 * 1024, ge=0,
+        description="Bodies of at least this many bytes are parsed and validated in a worker "
+        "thread, so a large body never stalls other requests; smaller ones on the event loop, "
+        "where they cost less than the hop to a thread.",
+    )
+    guard: bool = Field(
+        True, description="The limits of web/guard.py (413 for large bodies, the key checked "
+        "before the body, rate limits). Turn off only to measure what they protect against "
+        "(bench/abuse.py), never in production.",
+    )
     rate_limits: bool = Field(
         True, description="Token-bucket rate limits per API key, per admin key and per client "
         "address (429 with Retry-After). Kept per process: with N processes a client may get "

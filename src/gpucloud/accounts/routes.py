@@ -18,11 +18,13 @@ from gpucloud.accounts.schemas import (
     DepositIn,
 )
 from gpucloud.billing import ledger
+from gpucloud.bodies import BodyRoute
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.money import from_micro, to_micro
 
-public = APIRouter(prefix="/gpu", tags=["account"])
-admin = APIRouter(prefix="/admin", tags=["admin: accounts"], dependencies=[Depends(require_admin)])
+public = APIRouter(prefix="/gpu", route_class=BodyRoute, tags=["account"])
+admin = APIRouter(prefix="/admin", route_class=BodyRoute, tags=["admin: accounts"],
+                   dependencies=[Depends(require_admin)])
 
 
 def account_json(summary: dict) -> dict:

@@ -10,12 +10,14 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gpucloud.accounts.auth import require_admin
+from gpucloud.bodies import BodyRoute
 from gpucloud.common import NumberIn, RequestModel
 from gpucloud.errors import BadRequest
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.workers.runner import drain
 
-router = APIRouter(prefix="/admin", tags=["admin: clock"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", route_class=BodyRoute, tags=["admin: clock"],
+                    dependencies=[Depends(require_admin)])
 
 
 class ClockMove(RequestModel):

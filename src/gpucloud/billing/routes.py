@@ -12,12 +12,14 @@ from pydantic import BaseModel, Field
 from gpucloud import metrics
 from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.billing import audit, service
+from gpucloud.bodies import BodyRoute
 from gpucloud.common import MoneyOut
 from gpucloud.jsonresp import JSON, isoformat_z
 from gpucloud.money import from_micro
 
-router = APIRouter(prefix="/gpu", tags=["account"])
-admin = APIRouter(prefix="/admin", tags=["admin: billing"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/gpu", route_class=BodyRoute, tags=["account"])
+admin = APIRouter(prefix="/admin", route_class=BodyRoute, tags=["admin: billing"],
+                   dependencies=[Depends(require_admin)])
 
 
 class TransactionOut(BaseModel):

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.exc import IntegrityError
 
 from gpucloud.accounts.auth import require_admin
+from gpucloud.bodies import BodyRoute
 from gpucloud.catalog import importer, service
 from gpucloud.catalog.importer import CatalogDoc, ImportSummary
 from gpucloud.catalog.schemas import (
@@ -24,7 +25,8 @@ from gpucloud.catalog.schemas import (
 from gpucloud.errors import BadRequest
 from gpucloud.jsonresp import JSON
 
-router = APIRouter(prefix="/admin", tags=["admin: catalog"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/admin", route_class=BodyRoute, tags=["admin: catalog"],
+                    dependencies=[Depends(require_admin)])
 
 
 def _provider_out(s, provider_id: str) -> dict:

@@ -17,12 +17,13 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from gpucloud.accounts.auth import api_key_of, authenticate, cached_caller
+from gpucloud.bodies import BodyRoute
 from gpucloud.catalog import plans
 from gpucloud.catalog.cache import plans_cache
 from gpucloud.catalog.schemas import ContainerPlan, DefaultImageOut, VmPlans
 from gpucloud.jsonresp import dumps
 
-router = APIRouter(prefix="/gpu", tags=["plans"])
+router = APIRouter(prefix="/gpu", route_class=BodyRoute, tags=["plans"])
 
 def _filter_params() -> list[dict[str, Any]]:
     schema = plans.PlanFilters.model_json_schema()["properties"]

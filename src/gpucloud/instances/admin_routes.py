@@ -8,15 +8,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 
 from gpucloud.accounts.auth import require_admin
+from gpucloud.bodies import BodyRoute
 from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
 from gpucloud.errors import BadRequest, NotFound
 from gpucloud.instances.models import Instance, Machine
 from gpucloud.jsonresp import JSON
 
-router = APIRouter(prefix="/admin/instances", tags=["admin: instances"],
+router = APIRouter(prefix="/admin/instances", route_class=BodyRoute, tags=["admin: instances"],
                    dependencies=[Depends(require_admin)])
-machines = APIRouter(prefix="/admin/machines", tags=["admin: instances"],
+machines = APIRouter(prefix="/admin/machines", route_class=BodyRoute, tags=["admin: instances"],
                      dependencies=[Depends(require_admin)])
 
 

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
+from gpucloud.bodies import BodyRoute
 from gpucloud.errors import INSTANCE_NOT_FOUND
 from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.schemas import (
@@ -24,7 +25,7 @@ from gpucloud.instances.schemas import (
 )
 from gpucloud.jsonresp import JSON
 
-router = APIRouter(prefix="/gpu/instances", tags=["instances: containers"])
+router = APIRouter(prefix="/gpu/instances", route_class=BodyRoute, tags=["instances: containers"])
 
 CONTAINER = ("container",)
 PATH_ID = {"parameters": [{"name": "instance_id", "in": "path", "required": True,

@@ -11,12 +11,13 @@ from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
+from gpucloud.bodies import BodyRoute
 from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
-router = APIRouter(prefix="/gpu/instances")
+router = APIRouter(prefix="/gpu/instances", route_class=BodyRoute)
 
 KINDS = {"vms": "vm", "baremetal": "baremetal"}
 

@@ -9,6 +9,8 @@ line) and before routing, so nothing below it parses a byte it refuses:
   a body is answered 403 before its body is read (parsing 13 MB of JSON for a caller we would
   refuse anyway stalled every other client); one without a body goes on to its route, which
   answers the same 403.
+- Either answer, given before the body was read, closes the connection: kept alive, the
+  server would read the rest of the body just to throw it away.
 - Token buckets: per API key, per admin key, and per client address for requests without a
   valid key. An empty bucket is a 429 with Retry-After; every answer under /gpu and /admin
   carries X-RateLimit-Limit/-Remaining/-Reset. Buckets live in this process (several
@@ -19,6 +21,8 @@ line) and before routing, so nothing below it parses a byte it refuses:
 
 The client address is the connection's peer, or what a trusted proxy says it is: uvicorn
 rewrites it from X-Forwarded-For only for `trusted_proxies` (web/server.py).
+
+`GPUCLOUD_GUARD=0` passes everything through, for bench/abuse.py's figures without the guard.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class _Headers:
 class GuardMiddleware:
     def __init__(self, app, settings):
         self.app = app
+        self.on = settings.guard
         self.max_body = settings.max_body_bytes
         self.enabled = settings.rate_limits
         self.keys = Limiter(settings.rate_limit_key, settings.rate_limit_key_burst)
@@ -114,12 +119,18 @@ class GuardMiddleware:
                                  settings.rate_limit_anonymous_burst)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not self.on:
             await self.app(scope, receive, send)
             return
         length = _header(scope, b"content-length")
+        # An answer given before the body is read closes the connection: kept alive, the
+        # server would go on reading (and throwing away) the rest of the body on the event
+        # loop, 13 MB a request, while the other clients wait.
+        unread = [(b"connection", b"close")] if length not in (None, "0") or \
+            _header(scope, b"transfer-encoding") is not None else []
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await _answer(send, 413, f"Request body too large (limit {self.max_body} bytes)")
+            await _answer(send, 413, f"Request body too large (limit {self.max_body} bytes)",
+                          unread)
             return
         path = scope["path"]
         # Either spelling: every route has a slash twin (routing.py).
@@ -132,7 +143,7 @@ class GuardMiddleware:
         if kind is not None:
             refusal, limit_headers = await self._admit(scope, kind)
             if refusal is not None:
-                await _answer(send, *refusal, limit_headers)
+                await _answer(send, *refusal, [*limit_headers, *unread])
                 return
         await self._run(scope, receive, send, limit_headers)
 
@@ -213,7 +224,7 @@ class GuardMiddleware:
             await self.app(scope, counted_receive, send_with_limits)
         except _TooLarge as exc:
             if not started:
-                await _answer(send, 413, exc.detail)
+                await _answer(send, 413, exc.detail, [(b"connection", b"close")])
 
 
 def _address(scope) -> str:
