@@ -43,7 +43,7 @@ def _item(e) -> dict:
 
 @router.get("/account/transactions", response_model=TransactionPage,
             operation_id="listAccountTransactions")
-def list_transactions(
+async def list_transactions(
     request: Request,
     limit: int = Query(50, ge=1, le=500, description="Page size."),
     cursor: str | None = Query(None, max_length=64,
@@ -52,9 +52,13 @@ def list_transactions(
 ):
     """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
     rt = request.app.state.rt
+    page, next_cursor = await rt.offload(_page, rt, caller.account_id, limit, cursor)
+    return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
+
+
+def _page(rt, account_id: str, limit: int, cursor: str | None) -> tuple[list, str | None]:
     with rt.db.query() as conn:
-        page, next_cursor = service.transactions(conn, caller.account_id, limit, cursor)
-        return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
+        return service.transactions(conn, account_id, limit, cursor)
 
 
 class CheckOut(BaseModel):
