@@ -303,12 +303,21 @@ class Reader:
         except Exception:  # already broken: nothing left to close
             pass
 
-    def execute(self, stmt, params: dict | None = None) -> Rows:
+    def execute(self, stmt, params: dict | None = None, raw: bool = False) -> Rows | list:
+        """The statement's rows; with `raw`, the driver's own tuples, unconverted (what
+        `convert` turns into a row later, e.g. only for rows not rendered before)."""
         compiled = self._prepared(stmt)
         held = self._checkout()
         if held is None:
+            # Every raw connection is busy: borrow a pooled one's driver connection.
             with self.fallback.connect() as conn:
-                return Rows(conn.execute(stmt, params or {}).all())
+                cur = conn.connection.dbapi_connection.cursor()
+                try:
+                    cur.execute(compiled.sql, compiled.parameters(params))
+                    fetched = cur.fetchall()
+                finally:
+                    cur.close()
+            return fetched if raw else compiled.rows(fetched)
         cur = held[1]
         try:
             if self.is_sqlite:
@@ -323,7 +332,11 @@ class Reader:
             self._discard(held)
             raise
         self._free.append(held)
-        return compiled.rows(fetched)
+        return fetched if raw else compiled.rows(fetched)
+
+    def convert(self, stmt, raw_row):
+        """One raw row of `execute(stmt, raw=True)` as `execute(stmt)` would have given it."""
+        return self._prepared(stmt).rows([raw_row])[0]
 
     def close(self) -> None:
         with self._lock:

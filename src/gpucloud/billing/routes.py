@@ -13,7 +13,7 @@ from gpucloud import metrics
 from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.billing import audit, service
 from gpucloud.common import MoneyOut
-from gpucloud.jsonresp import JSON, isoformat_z
+from gpucloud.jsonresp import JSON, RenderedRows, dumps, isoformat_z
 from gpucloud.money import from_micro
 
 router = APIRouter(prefix="/gpu", tags=["account"])
@@ -52,13 +52,22 @@ async def list_transactions(
 ):
     """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
     rt = request.app.state.rt
-    page, next_cursor = await rt.offload(_page, rt, caller.account_id, limit, cursor)
-    return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
+    return JSON(await rt.offload(_page, rt, caller.account_id, limit, cursor))
 
 
-def _page(rt, account_id: str, limit: int, cursor: str | None) -> tuple[list, str | None]:
+# Ledger entries never change: each is rendered once (keyed by the row as stored).
+_ITEMS = RenderedRows()
+
+
+def _page(rt, account_id: str, limit: int, cursor: str | None) -> bytes:
+    stmt, params = service.page_query(account_id, limit, cursor)
     with rt.db.query() as conn:
-        return service.transactions(conn, account_id, limit, cursor)
+        rows = conn.execute(stmt, params, raw=True)
+        page = rows[:limit]
+        next_cursor = service.encode_cursor(page[-1][0]) if len(rows) > limit else None
+        items = _ITEMS.join(page, lambda raw: dumps(_item(conn.convert(stmt, raw))))
+    # What dumps({"items": [...], "next_cursor": …}) writes, with the items already JSON.
+    return b'{"items":' + items + b',"next_cursor":' + dumps(next_cursor) + b"}"
 
 
 class CheckOut(BaseModel):

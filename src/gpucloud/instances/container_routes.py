@@ -41,10 +41,11 @@ def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
         return service.details_row(conn, account_id, instance_id, workload)
 
 
-def fetch_list(rt, account_id: str, workload: str) -> list:
+def list_body(rt, account_id: str, workload: str) -> bytes:
     """Blocking: call through `rt.offload`."""
     with rt.db.query() as conn:
-        return service.list_owned(conn, account_id, workload)
+        return views.list_body(conn, service.LIST_RAW,
+                               {"account_id": account_id, "workload": workload})
 
 
 def _now(rt):
@@ -72,8 +73,7 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
             summary="List containers, newest first")
 async def list_containers(request: Request, caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    rows = await rt.offload(fetch_list, rt, caller.account_id, "container")
-    return JSON([views.container_item(r) for r in rows])
+    return JSON(await rt.offload(list_body, rt, caller.account_id, "container"))
 
 
 @router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",

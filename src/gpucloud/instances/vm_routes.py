@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.instances import feed, service, transitions, views
-from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_list, fetch_row
+from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row, list_body
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
@@ -28,8 +28,7 @@ def _workload(request: Request) -> str:
 async def list_vms(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    rows = await rt.offload(fetch_list, rt, caller.account_id, _workload(request))
-    return JSON([views.vm_item(r) for r in rows])
+    return JSON(await rt.offload(list_body, rt, caller.account_id, _workload(request)))
 
 
 async def get_vm(request: Request):
