@@ -318,21 +318,34 @@ class Reader:
                 finally:
                     cur.close()
             return fetched if raw else compiled.rows(fetched)
-        cur = held[1]
         try:
-            if self.is_sqlite:
-                cur.execute(compiled.sql, compiled.parameters(params))
-            else:
-                cur.execute(compiled.sql, compiled.parameters(params), prepare=True)
-            fetched = cur.fetchall()
+            fetched = self._run(held[1], compiled, params)
+        except self.dialect.loaded_dbapi.Error:
+            # A broken connection (a database restart) is dropped and the read, which
+            # changes nothing, is tried once more on a new one. A statement error leaves an
+            # autocommit connection usable, but it is not worth telling the two apart on
+            # this rare path; it fails again on the retry.
+            self._discard(held)
+            held = self._checkout()
+            if held is None:
+                return self.execute(stmt, params, raw)
+            try:
+                fetched = self._run(held[1], compiled, params)
+            except BaseException:
+                self._discard(held)
+                raise
         except BaseException:
-            # A broken connection (a database restart) is dropped; the next read opens
-            # another. A statement error leaves an autocommit connection usable, but it is
-            # not worth telling the two apart on this rare path.
             self._discard(held)
             raise
         self._free.append(held)
         return fetched if raw else compiled.rows(fetched)
+
+    def _run(self, cur, compiled: _Compiled, params: dict | None) -> list:
+        if self.is_sqlite:
+            cur.execute(compiled.sql, compiled.parameters(params))
+        else:
+            cur.execute(compiled.sql, compiled.parameters(params), prepare=True)
+        return cur.fetchall()
 
     def convert(self, stmt, raw_row):
         """One raw row of `execute(stmt, raw=True)` as `execute(stmt)` would have given it."""
