@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import loadgen  # noqa: E402
 from servers import free_port, wait_ready  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(os.environ.get("GPUCLOUD_BENCH_ROOT", Path(__file__).resolve().parent.parent))
 ADMIN = "bench-admin-key"
 HOST = "127.0.0.1"
 N = 100
@@ -56,7 +56,12 @@ def start_gpucloud(tmp: Path, port: int, db_url: str | None, procs: int) -> subp
         cmd += ["--workers", str(procs)]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_ready(f"http://{HOST}:{port}/gpu/api-docs/openapi.json")
+    try:
+        wait_ready(f"http://{HOST}:{port}/gpu/api-docs/openapi.json", timeout=180)
+    except BaseException:
+        proc.terminate()  # never leave a server behind when it was slow to start
+        proc.wait(20)
+        raise
     return proc
 
 
@@ -94,7 +99,7 @@ def deploy_body(plan_id: str) -> dict:
 
 def setup(base: str) -> dict:
     admin = {"X-ADMIN-KEY": ADMIN}
-    with httpx.Client(base_url=base, timeout=60) as c:
+    with httpx.Client(base_url=base, timeout=300) as c:
         acct = c.post("/admin/accounts", json={"name": "bench", "balance": "1000000000"},
                       headers=admin).json()
         prov = c.post("/admin/providers", json={"name": "bench-sim", "driver": "simulated",
