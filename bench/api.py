@@ -10,7 +10,8 @@ production, the log going to /dev/null), fills one account with 100 containers, 
 and starts a bare Starlette app returning the same bytes as GET /gpu/plans/. Each endpoint is
 driven at 32 connections and at 1 connection (wrk when installed, else bench/loadgen.py's
 asyncio client). The table shows req/s, p50/p99 and the ratio to the bare app at 32
-connections, measured in the same run.
+connections, measured again right before each endpoint (the `bare` column), so that load
+from other processes moving during the run does not skew the ratios of later rows.
 
 Figures are noisy on a shared 2-core machine: compare the ratios within one run.
 """
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import loadgen  # noqa: E402
 from servers import free_port, wait_ready  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(os.environ.get("GPUCLOUD_BENCH_ROOT", Path(__file__).resolve().parent.parent))
 ADMIN = "bench-admin-key"
 HOST = "127.0.0.1"
 N = 100
@@ -55,7 +56,12 @@ def start_gpucloud(tmp: Path, port: int, db_url: str | None, procs: int) -> subp
         cmd += ["--workers", str(procs)]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    wait_ready(f"http://{HOST}:{port}/gpu/api-docs/openapi.json")
+    try:
+        wait_ready(f"http://{HOST}:{port}/gpu/api-docs/openapi.json", timeout=180)
+    except BaseException:
+        proc.terminate()  # never leave a server behind when it was slow to start
+        proc.wait(20)
+        raise
     return proc
 
 
@@ -93,7 +99,7 @@ def deploy_body(plan_id: str) -> dict:
 
 def setup(base: str) -> dict:
     admin = {"X-ADMIN-KEY": ADMIN}
-    with httpx.Client(base_url=base, timeout=60) as c:
+    with httpx.Client(base_url=base, timeout=300) as c:
         acct = c.post("/admin/accounts", json={"name": "bench", "balance": "1000000000"},
                       headers=admin).json()
         prov = c.post("/admin/providers", json={"name": "bench-sim", "driver": "simulated",
@@ -161,14 +167,19 @@ def run_backend(name: str, db_url: str | None, args) -> list[tuple]:
                 print(f"serving on {base} (pid {server.pid}), X-API-KEY {ctx['key']}, "
                       f"container {ctx['container']}; Ctrl-C to stop", flush=True)
                 server.wait()
-            todo = [("bare Starlette (plans bytes)", bare_port, loadgen.Request("GET", "/bare", {}))]
+            bare_req = loadgen.Request("GET", "/bare", {})
+            todo = [("bare Starlette (plans bytes)", bare_port, bare_req)]
             todo += [(label, port, req) for label, req in cases(ctx)
                      if not args.only or any(o in label for o in args.only.split(","))]
             for label, p, req in todo:
+                # The baseline again right before each endpoint: on a shared machine the load
+                # moves within a run, and the ratio should compare like with like.
+                base = loadgen.measure(HOST, bare_port, bare_req, seconds=args.seconds,
+                                       connections=32)
                 res = {c: loadgen.measure(HOST, p, req, seconds=args.seconds, connections=c)
                        for c in (32, 1)}
-                rows.append((name, label, res))
-                _print_row(rows[0][2][32].rps, label, res)
+                rows.append((name, label, res, base.rps))
+                _print_row(base.rps, label, res)
         finally:
             for proc in (server, bare):
                 if proc is not None:
@@ -186,8 +197,8 @@ def _print_row(bare_rps: float, label: str, res: dict) -> None:
     c32, c1 = res[32], res[1]
     print(f"{label:40} {c32.rps:8.0f} {c32.pct(50):7.2f} {c32.pct(99):7.2f} "
           f"{c1.rps:7.0f} {c1.pct(50):6.2f} {c1.pct(99):6.2f} "
-          f"{c32.rps / bare_rps:6.2f}x {c32.rps / c1.rps if c1.rps else 0:6.2f}  "
-          f"{_statuses(c32)}", flush=True)
+          f"{c32.rps / bare_rps:6.2f}x {c32.rps / c1.rps if c1.rps else 0:6.2f} "
+          f"{bare_rps:6.0f}  {_statuses(c32)}", flush=True)
 
 
 def main() -> None:
@@ -207,9 +218,11 @@ def main() -> None:
         url = None if name == "sqlite" else fresh_pg(args.pg_url)
         procs = f", {args.procs} processes" if args.procs > 1 else ""
         print(f"\n{name}{procs}")
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         print(f"{'endpoint':40} {'c32 r/s':>8} {'p50':>7} {'p99':>7} {'c1 r/s':>7} {'p50':>6} "
-              f"{'p99':>6} {'vs bare':>7} {'c32/c1':>6}  status")
+              f"{'p99':>6} {'vs bare':>7} {'c32/c1':>6} {'bare':>6}  status")
         run_backend(name, url, args)
+        print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

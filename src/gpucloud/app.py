@@ -25,7 +25,7 @@ from gpucloud.instances import admin_routes as instances_admin
 from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
 from gpucloud.request_context import request_id
-from gpucloud.routing import add_slash_twins
+from gpucloud.routing import add_slash_twins, include_flat
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
 from gpucloud.web import server
@@ -118,7 +118,8 @@ def _include_routers(app: FastAPI) -> None:
                    instances_admin.router, instances_admin.machines, admin.router,
                    console.router):
         add_slash_twins(router)
-        app.include_router(router)
+        if not include_flat(app, router):
+            app.include_router(router)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -6,8 +6,11 @@ as their argument. Tests build their own with other settings.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +43,8 @@ class Runtime:
     # Driver calls: a bounded pool with per-provider slots; the lifecycle's dispatcher.
     calls: CallPool = field(init=False)
     dispatcher: Dispatcher = field(init=False)
+    # The requests' blocking work (database reads and writes, driver calls of logs/events).
+    requests: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.calls = CallPool(self.settings.driver_pool_size,
@@ -47,6 +52,8 @@ class Runtime:
         # A freed slot is new room for work: the idle lifecycle loop looks again at once.
         self.calls.changed = self.wake
         self.dispatcher = Dispatcher(self)
+        self.requests = ThreadPoolExecutor(self.settings.threadpool_size,
+                                           thread_name_prefix="gpucloud-request")
         # What committed changes mean for this process (registered where they are made).
         self.db.on_effect(PLANS_CHANGED, lambda: self.invalidate("plans"))
         self.db.on_effect(NEW_WORK, self.wake.set)
@@ -59,6 +66,18 @@ class Runtime:
         clock: Clock = ManualClock(db) if settings.clock == "manual" else SystemClock()
         return cls(settings=settings, db=db, clock=clock,
                    secrets=SecretBox(load_or_create_key(settings)))
+
+    async def offload(self, fn, *args):
+        """Run blocking `fn(*args)` on the request threads and wait for it without blocking
+        the event loop, in a copy of the caller's context (the request id and account reach
+        the thread's log lines).
+
+        `loop.run_in_executor` on a plain ThreadPoolExecutor rather than anyio's
+        `to_thread`: measured here with 32 concurrent callers, ~21 µs of CPU per hop against
+        ~79 µs, and ~30 µs of latency against ~375 µs (docs/api-speed.md)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.requests, contextvars.copy_context().run, fn,
+                                          *args)
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
         """One driver object per provider (and config version), reused across calls."""
@@ -84,6 +103,7 @@ class Runtime:
                 cache.clear()
 
     def close(self) -> None:
+        self.requests.shutdown(wait=True)
         self.dispatcher.close()
         self.calls.shutdown()
         with self._drivers_lock:

@@ -9,12 +9,11 @@ import hmac
 from dataclasses import dataclass
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 
 from gpucloud.accounts import service
 from gpucloud.accounts.service import KeyCache, hash_key
 from gpucloud.errors import Forbidden
-from gpucloud.request_context import note_account
+from gpucloud.request_context import checked_caller, note_account, note_caller
 
 
 @dataclass(frozen=True)
@@ -70,15 +69,21 @@ def api_key_of(headers) -> str | None:
 
 async def caller_of(rt, headers) -> Caller:
     """The account a request's key names, or Forbidden. Async so a cached key costs no
-    threadpool hop; a cache miss reads the database in the threadpool."""
+    threadpool hop; a cache miss reads the database on the request threads. The result is
+    noted on the request, so a second check of the same request (the route after the limits
+    middleware) costs nothing."""
     key = api_key_of(headers)
     caller = cached_caller(rt, key)
     if caller is None:
-        caller = await run_in_threadpool(authenticate, rt, key)
+        caller = await rt.offload(authenticate, rt, key)
+    note_caller(caller)
     return caller
 
 
 async def current_account(request: Request) -> Caller:
+    caller = checked_caller()
+    if caller is not None:
+        return caller
     return await caller_of(request.app.state.rt, request.headers)
 
 
@@ -110,7 +115,7 @@ def check_admin(rt, key: str | None) -> None:
 async def check_admin_async(rt, key: str | None) -> None:
     """`check_admin` without blocking the event loop on the first (uncached) lookup."""
     if rt.caches.get("admin_key_hash") is None and key:
-        await run_in_threadpool(_admin_key_hash, rt)
+        await rt.offload(_admin_key_hash, rt)
     check_admin(rt, key)
 
 

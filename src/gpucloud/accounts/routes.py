@@ -34,10 +34,14 @@ def account_json(summary: dict) -> dict:
 
 
 @public.get("/account", response_model=AccountOut, operation_id="getAccount")
-def get_account(request: Request, caller: Caller = Depends(current_account)):
+async def get_account(request: Request, caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
+    return JSON(account_json(await rt.offload(_money, rt, caller.account_id)))
+
+
+def _money(rt, account_id: str) -> dict:
     with rt.db.query() as conn:
-        return JSON(account_json(service.money_summary(conn, caller.account_id)))
+        return service.money_summary(conn, account_id)
 
 
 @admin.post("/accounts", status_code=201, response_model=AccountCreated,

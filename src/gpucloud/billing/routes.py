@@ -14,7 +14,7 @@ from gpucloud.accounts.auth import Caller, current_account, require_admin
 from gpucloud.billing import audit, service
 from gpucloud.bodies import BodyRoute
 from gpucloud.common import MoneyOut
-from gpucloud.jsonresp import JSON, isoformat_z
+from gpucloud.jsonresp import JSON, RenderedRows, dumps, isoformat_z
 from gpucloud.money import from_micro
 
 router = APIRouter(prefix="/gpu", route_class=BodyRoute, tags=["account"])
@@ -45,7 +45,7 @@ def _item(e) -> dict:
 
 @router.get("/account/transactions", response_model=TransactionPage,
             operation_id="listAccountTransactions")
-def list_transactions(
+async def list_transactions(
     request: Request,
     limit: int = Query(50, ge=1, le=500, description="Page size."),
     cursor: str | None = Query(None, max_length=64,
@@ -54,9 +54,22 @@ def list_transactions(
 ):
     """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
     rt = request.app.state.rt
+    return JSON(await rt.offload(_page, rt, caller.account_id, limit, cursor))
+
+
+# Ledger entries never change: each is rendered once (keyed by the row as stored).
+_ITEMS = RenderedRows()
+
+
+def _page(rt, account_id: str, limit: int, cursor: str | None) -> bytes:
+    stmt, params = service.page_query(account_id, limit, cursor)
     with rt.db.query() as conn:
-        page, next_cursor = service.transactions(conn, caller.account_id, limit, cursor)
-        return JSON({"items": [_item(e) for e in page], "next_cursor": next_cursor})
+        rows = conn.execute(stmt, params, raw=True)
+        page = rows[:limit]
+        next_cursor = service.encode_cursor(page[-1][0]) if len(rows) > limit else None
+        items = _ITEMS.join(page, lambda raw: dumps(_item(conn.convert(stmt, raw))))
+    # What dumps({"items": [...], "next_cursor": …}) writes, with the items already JSON.
+    return b'{"items":' + items + b',"next_cursor":' + dumps(next_cursor) + b"}"
 
 
 class CheckOut(BaseModel):

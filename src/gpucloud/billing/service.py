@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -44,14 +45,21 @@ _FIRST_PAGE = (
 _NEXT_PAGE = _FIRST_PAGE.where(LedgerEntry.id < bindparam("before"))
 
 
+def page_query(account_id: str, limit: int, cursor: str | None) -> tuple[Any, dict]:
+    """The statement and parameters of one page: up to `limit` + 1 entries (the extra one says
+    whether there is a next page), the id first."""
+    params = {"account_id": account_id, "limit": limit + 1}
+    if cursor is not None:
+        params["before"] = decode_cursor(cursor)
+    return (_FIRST_PAGE if cursor is None else _NEXT_PAGE), params
+
+
 def transactions(conn, account_id: str, limit: int, cursor: str | None) -> tuple[list, str | None]:
     """Up to `limit` entries (rows with the columns the API shows) older than the cursor; the
     next cursor is None on the last page. Keyset on the id (index ix_ledger_account), so deep
     pages cost the same as the first."""
-    params = {"account_id": account_id, "limit": limit + 1}
-    if cursor is not None:
-        params["before"] = decode_cursor(cursor)
-    rows = conn.execute(_FIRST_PAGE if cursor is None else _NEXT_PAGE, params).all()
+    stmt, params = page_query(account_id, limit, cursor)
+    rows = conn.execute(stmt, params).all()
     page = list(rows[:limit])
     next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
     return page, next_cursor

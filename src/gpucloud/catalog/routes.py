@@ -11,12 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from gpucloud.accounts.auth import api_key_of, authenticate, cached_caller
+from gpucloud.accounts.auth import current_account
 from gpucloud.bodies import BodyRoute
 from gpucloud.catalog import plans
 from gpucloud.catalog.cache import plans_cache
@@ -24,6 +23,7 @@ from gpucloud.catalog.schemas import ContainerPlan, DefaultImageOut, VmPlans
 from gpucloud.jsonresp import dumps
 
 router = APIRouter(prefix="/gpu", route_class=BodyRoute, tags=["plans"])
+
 
 def _filter_params() -> list[dict[str, Any]]:
     schema = plans.PlanFilters.model_json_schema()["properties"]
@@ -62,9 +62,7 @@ def _render(rt, build: Callable, filters) -> bytes:
 
 async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: bool) -> Response:
     rt = request.app.state.rt
-    key = api_key_of(request.headers)
-    if cached_caller(rt, key) is None:
-        await run_in_threadpool(authenticate, rt, key)
+    await current_account(request)
     # Keyed on the raw query string: a hit skips parsing, and only queries that validated
     # were ever stored. Unknown parameters are ignored, so they only make more keys.
     scope = request.scope
@@ -73,7 +71,7 @@ async def _serve(request: Request, build: Callable[[Any, Any], Any], filtered: b
 
     async def render() -> bytes:
         filters = _parse_filters(request) if query else None
-        return await run_in_threadpool(_render, rt, build, filters)
+        return await rt.offload(_render, rt, build, filters)
 
     body = await plans_cache(rt).get_or_render(cache_key, render)
     return Response(content=body, media_type="application/json")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
@@ -38,9 +37,16 @@ NOT_FOUND_DOC = {404: {
 # --- shared with vm_routes -------------------------------------------------------------------
 
 def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
-    """Blocking: call through the threadpool."""
+    """Blocking: call through `rt.offload`."""
     with rt.db.query() as conn:
         return service.details_row(conn, account_id, instance_id, workload)
+
+
+def list_body(rt, account_id: str, workload: str) -> bytes:
+    """Blocking: call through `rt.offload`."""
+    with rt.db.query() as conn:
+        return views.list_body(conn, service.LIST_RAW,
+                               {"account_id": account_id, "workload": workload})
 
 
 def _now(rt):
@@ -66,11 +72,9 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
 
 @router.get("/", response_model=list[ContainerItem], operation_id="listContainers",
             summary="List containers, newest first")
-def list_containers(request: Request, caller: Caller = Depends(current_account)):
+async def list_containers(request: Request, caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    with rt.db.query() as conn:
-        rows = service.list_owned(conn, caller.account_id, "container")
-    return JSON([views.container_item(r) for r in rows])
+    return JSON(await rt.offload(list_body, rt, caller.account_id, "container"))
 
 
 @router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",
@@ -79,8 +83,8 @@ def list_containers(request: Request, caller: Caller = Depends(current_account))
 async def get_container(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = await run_in_threadpool(fetch_row, rt, caller.account_id,
-                                  request.path_params["instance_id"], "container")
+    row = await rt.offload(fetch_row, rt, caller.account_id,
+                           request.path_params["instance_id"], "container")
     return JSON(views.container_details(row))
 
 
@@ -111,14 +115,16 @@ LAST = Query(None, ge=1, description="Keep only the last N lines")
 
 @router.get("/{instance_id}/logs", response_model=list[str], operation_id="getContainerLogs",
             summary="Container stdout/stderr lines, oldest first", responses=NOT_FOUND_DOC)
-def container_logs(instance_id: str, request: Request, last: int | None = LAST,
-                   caller: Caller = Depends(current_account)):
-    return JSON(feed.logs(request.app.state.rt, caller.account_id, instance_id, last))
+async def container_logs(instance_id: str, request: Request, last: int | None = LAST,
+                         caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    return JSON(await rt.offload(feed.logs, rt, caller.account_id, instance_id, last))
 
 
 @router.get("/{instance_id}/events", response_model=list[str],
             operation_id="getContainerEvents", responses=NOT_FOUND_DOC,
             summary="Lifecycle events (gpucloud's and the provider's), oldest first")
-def container_events(instance_id: str, request: Request, last: int | None = LAST,
-                     caller: Caller = Depends(current_account)):
-    return JSON(feed.events(request.app.state.rt, caller.account_id, instance_id, last))
+async def container_events(instance_id: str, request: Request, last: int | None = LAST,
+                           caller: Caller = Depends(current_account)):
+    rt = request.app.state.rt
+    return JSON(await rt.offload(feed.events, rt, caller.account_id, instance_id, last))

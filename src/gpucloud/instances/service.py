@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Text, bindparam, cast, func, insert, select
 from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
@@ -225,8 +225,13 @@ _DETAILS = select(*_DETAIL_COLUMNS).where(
     Instance.account_id == bindparam("account_id"),
     Instance.workload == bindparam("workload"),
 )
-_LIST = (
-    select(*_LIST_COLUMNS)
+
+
+# The same list with the JSON column as the text the database holds, for RenderedRows: every
+# column a list item shows, hashable, unconverted (views.list_body converts only rows it has
+# not rendered before).
+LIST_RAW = (
+    select(*[cast(c, Text).label(c.key) if c.key == "resources" else c for c in _LIST_COLUMNS])
     .where(Instance.account_id == bindparam("account_id"),
            Instance.workload == bindparam("workload"))
     .order_by(Instance.created_at.desc(), Instance.id.desc())
@@ -243,10 +248,6 @@ def details_row(conn, account_id: str, instance_id: str, workload: str) -> Any:
     if row is None:
         raise NotFound(INSTANCE_NOT_FOUND)
     return row
-
-
-def list_owned(conn, account_id: str, workload: str) -> list[Any]:
-    return conn.execute(_LIST, {"account_id": account_id, "workload": workload}).all()
 
 
 _DRIVER_TARGET = (

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gpucloud.common import port_out
 from gpucloud.instances.models import ACTIVE
+from gpucloud.jsonresp import RenderedRows, dumps
 from gpucloud.money import from_micro
 
 ZERO = from_micro(0)
@@ -47,6 +50,21 @@ def vm_item(i: Any) -> dict[str, Any]:
     out = _base(i)
     out["status"] = i.status
     return out
+
+
+_LIST_ITEMS = RenderedRows()
+
+
+def list_body(conn, stmt, params: dict) -> bytes:
+    """GET /gpu/instances/, /vms, /baremetal: the JSON array of the account's instances of one
+    workload (`stmt`: service.LIST_RAW), each item rendered once per distinct row."""
+
+    def render(raw) -> bytes:
+        row = conn.convert(stmt, raw)
+        row = row._replace(resources=orjson.loads(row.resources))
+        return dumps(container_item(row) if row.workload == "container" else vm_item(row))
+
+    return _LIST_ITEMS.join(conn.execute(stmt, params, raw=True), render)
 
 
 def billing(i: Any) -> dict[str, Any]:

@@ -7,13 +7,12 @@ container routes, so GET /gpu/instances/vms is never taken for a container id.
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.bodies import BodyRoute
 from gpucloud.instances import feed, service, transitions, views
-from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row
+from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row, list_body
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
@@ -27,23 +26,17 @@ def _workload(request: Request) -> str:
     return KINDS[request.url.path.split("/")[3]]
 
 
-def _list(rt, account_id: str, workload: str) -> list:
-    with rt.db.query() as conn:
-        return service.list_owned(conn, account_id, workload)
-
-
 async def list_vms(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    rows = await run_in_threadpool(_list, rt, caller.account_id, _workload(request))
-    return JSON([views.vm_item(r) for r in rows])
+    return JSON(await rt.offload(list_body, rt, caller.account_id, _workload(request)))
 
 
 async def get_vm(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = await run_in_threadpool(fetch_row, rt, caller.account_id,
-                                  request.path_params["instance_id"], _workload(request))
+    row = await rt.offload(fetch_row, rt, caller.account_id,
+                           request.path_params["instance_id"], _workload(request))
     return JSON(views.vm_details(row))
 
 
@@ -79,12 +72,14 @@ def _routes(kind: str, workload: str) -> None:
             transitions.terminate(s, inst, rt.clock.now())
         return Response(status_code=204)
 
-    def events(instance_id: str, request: Request,
-               last: int | None = Query(None, ge=1, description="Keep only the last N lines"),
-               caller: Caller = Depends(current_account)):
+    async def events(instance_id: str, request: Request,
+                     last: int | None = Query(None, ge=1,
+                                              description="Keep only the last N lines"),
+                     caller: Caller = Depends(current_account)):
         # An extension beyond the Fluence API: why a VM failed, when it answered SSH.
         rt = request.app.state.rt
-        return JSON(feed.events(rt, caller.account_id, instance_id, last, workload))
+        return JSON(await rt.offload(feed.events, rt, caller.account_id, instance_id, last,
+                                     workload))
 
     base = f"/{kind}"
     router.add_api_route(base, deploy, methods=["POST"], status_code=201, tags=tags,

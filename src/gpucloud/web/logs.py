@@ -7,8 +7,10 @@ handler (`serve` passes `log_config=None`).
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
+import threading
 import time
 
 import orjson
@@ -57,6 +59,53 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class BufferedHandler(logging.StreamHandler):
+    """A stream handler that does not flush after every record.
+
+    Every request writes an access-log line; flushing each one is a write system call, and
+    the call releases the interpreter lock, which the event loop then waits to get back from
+    the threadpool. Here lines collect in a 64 KiB buffer written when it fills, by a
+    background thread every `interval` seconds, at once for warnings and errors, and at exit
+    (`logging.shutdown`). A line reaches the stream at most `interval` seconds late."""
+
+    def __init__(self, stream, interval: float = 0.2):
+        super().__init__(stream)
+        self.interval = interval
+        self._stop = threading.Event()
+        threading.Thread(target=self._flusher, name="gpucloud-log-flush", daemon=True).start()
+
+    def _flusher(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            if record.levelno >= logging.WARNING:
+                self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+
+
+def _handler() -> logging.Handler:
+    """Buffered on the process's own stderr file; a stand-in stream (a test's capture) is
+    written through as before."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return logging.StreamHandler(sys.stderr)
+    sys.stderr.flush()
+    stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w", closefd=False), 1 << 16),
+                              encoding="utf-8", errors="backslashreplace")
+    return BufferedHandler(stream)
+
+
 def use_json(fmt: str, stream=None) -> bool:
     if fmt == "auto":
         stream = stream or sys.stderr
@@ -77,7 +126,9 @@ def configure(level: str = "info", fmt: str = "auto", access_log: bool = True) -
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+            handler.flush()
+            handler.close()
+    handler = _handler()
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if use_json(fmt) else TextFormatter())

@@ -27,6 +27,9 @@ access_log = logging.getLogger("gpucloud.access")
 
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED = "<unmatched>"  # 404s: one label, whatever path was asked for
+# (method, route template, status) → its counter and histogram: `labels()` looks them up under
+# a lock with string conversions on every call. Bounded by the routes × methods × statuses.
+_series: dict[tuple, tuple] = {}
 
 
 def _incoming_id(headers) -> str | None:
@@ -66,9 +69,14 @@ class RequestMiddleware:
             duration = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
             method = scope["method"]
-            code = str(status)
-            metrics.REQUESTS.labels(method, route, code).inc()
-            metrics.REQUEST_SECONDS.labels(method, route, code).observe(duration)
+            labels = (method, route, status)
+            series = _series.get(labels)
+            if series is None:
+                code = str(status)
+                series = _series[labels] = (metrics.REQUESTS.labels(method, route, code),
+                                            metrics.REQUEST_SECONDS.labels(method, route, code))
+            series[0].inc()
+            series[1].observe(duration)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info("%s %s %s", method, route, status, extra={"access": {
                     "method": method, "route": route, "status": status,

@@ -32,7 +32,7 @@ import re
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from gpucloud.drivers.base import (
     Driver,
@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
                             "lose_after_seconds": None, "domain_suffix": "sim.gpucloud.local",
                             "port_range": [30000, 32767], "call_latency_seconds": 0,
                             "hang_calls": False, "call_timeout_seconds": 60}
+_ROW = select(*SimWorkload.__table__.columns).where(
+    SimWorkload.instance_id == bindparam("instance_id"))
 MAX_HEARTBEATS = 2000  # older heartbeats are not worth regenerating for a log tail
 _SUFFIX_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 
@@ -219,9 +221,11 @@ class SimulatedDriver(Driver):
                 SimWorkload.provider_id == self.provider_id, SimWorkload.deleted_at.is_(None))))
 
     # -- what a user can read ------------------------------------------------------------
-    def _row(self, instance_id: str) -> SimWorkload | None:
-        with self._db.read() as s:
-            return s.get(SimWorkload, instance_id)
+    def _row(self, instance_id: str) -> Any:
+        """The stored workload as a plain row (one pre-built SELECT; logs and events are
+        polled)."""
+        with self._db.query() as conn:
+            return conn.execute(_ROW, {"instance_id": instance_id}).one_or_none()
 
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
         self._far_side()

@@ -1,0 +1,122 @@
+"""The fast read path answers with what the database holds now, never with a stale copy.
+
+Lists of instances and pages of the ledger are assembled from per-row JSON rendered once and
+kept in memory (jsonresp.RenderedRows), keyed by the row as the database returns it. These
+tests change rows through the API, and behind the server's back through another connection
+(as another server process on the same database would), and read them back through the API
+at once. On SQLite and PostgreSQL (the conftest runs both).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, text
+
+from gpucloud.db import Database
+from tests.conftest import make_settings
+
+
+def _names(api, headers, path: str) -> dict[str, tuple[str, str]]:
+    r = api.client.get(path, headers=headers)
+    assert r.status_code == 200, r.text
+    key = "instance_status" if path == "/gpu/instances/" else "status"
+    return {i["id"]: (i["name"], i[key]) for i in r.json()}
+
+
+def _other_process(rt):
+    """A connection of its own, like another server process on the same database."""
+    return create_engine(rt.db.url.replace("postgresql://", "postgresql+psycopg://"))
+
+
+def test_instance_lists_follow_renames_terminations_and_changes_from_elsewhere(api, rt):
+    _, key = api.account(balance=500)
+    pid = api.provider()
+    vm_plan = api.offer(pid, "vm")
+    container_plan = api.offer(pid, "container")
+    vm = api.deploy_vm(key, vm_plan, name="before")
+    box = api.deploy(key, container_plan, name="box")
+    assert _names(api, key, "/gpu/instances/vms")[vm] == ("before", "INITIALIZED")
+    assert _names(api, key, "/gpu/instances/")[box] == ("box", "INITIALIZED")
+
+    api.advance(120)  # both become ACTIVE (the background steps run on the manual clock)
+    assert _names(api, key, "/gpu/instances/vms")[vm] == ("before", "ACTIVE")
+    assert _names(api, key, "/gpu/instances/")[box] == ("box", "ACTIVE")
+
+    r = api.client.put(f"/gpu/instances/vms/{vm}", json={"name": "after"}, headers=key)
+    assert r.status_code == 204, r.text
+    assert _names(api, key, "/gpu/instances/vms")[vm] == ("after", "ACTIVE")
+
+    assert api.client.delete(f"/gpu/instances/{box}", headers=key).status_code == 204
+    listed = _names(api, key, "/gpu/instances/")[box]
+    assert listed[1] != "ACTIVE", listed
+
+    # Another process renames the VM without touching updated_at: the list shows it at once.
+    other = _other_process(rt)
+    with other.begin() as conn:
+        conn.execute(text("UPDATE instances SET name = 'elsewhere' WHERE id = :id"), {"id": vm})
+    other.dispose()
+    assert _names(api, key, "/gpu/instances/vms")[vm] == ("elsewhere", "ACTIVE")
+    details = api.client.get(f"/gpu/instances/vms/{vm}", headers=key).json()
+    assert details["name"] == "elsewhere"
+
+
+def test_two_accounts_with_identical_rows_do_not_share_items(api):
+    lists = []
+    for name in ("one", "two"):
+        _, key = api.account(balance=100, name=name)
+        plan = api.offer(api.provider(f"sim-{name}"), "vm")
+        vm = api.deploy_vm(key, plan, name="same")
+        lists.append((key, vm))
+    for key, vm in lists:
+        assert list(_names(api, key, "/gpu/instances/vms")) == [vm]
+
+
+def test_ledger_pages_show_new_entries_and_their_balances_at_once(api):
+    account_id, key = api.account(balance=10)
+    first = api.client.get("/gpu/account/transactions", headers=key).json()
+    assert [e["kind"] for e in first["items"]] == ["deposit"]
+    api.deposit(account_id, "2.5")
+    page = api.client.get("/gpu/account/transactions", headers=key).json()
+    assert [e["kind"] for e in page["items"]] == ["deposit", "deposit"]
+    assert page["items"][0]["amount"] == 2.5 and page["items"][0]["balance_after"] == 12.5
+    assert page["items"][1] == first["items"][0]
+    two = api.client.get("/gpu/account/transactions?limit=1", headers=key).json()
+    assert [e["id"] for e in two["items"]] == [page["items"][0]["id"]]
+    rest = api.client.get(f"/gpu/account/transactions?limit=1&cursor={two['next_cursor']}",
+                          headers=key).json()
+    assert rest == {"items": [page["items"][1]], "next_cursor": None}
+
+
+def test_reads_keep_working_when_every_raw_connection_is_busy(rt, api):
+    """Past its limit the reader borrows a pooled connection: same rows."""
+    _, key = api.account(balance=5)
+    reader = rt.db.reader
+    held = [reader._checkout() for _ in range(reader.limit)]
+    try:
+        assert reader._checkout() is None
+        r = api.client.get("/gpu/account", headers=key)
+        assert r.status_code == 200 and r.json()["balance"] == 5
+        assert api.client.get("/gpu/account/transactions", headers=key).json()["items"]
+    finally:
+        for h in held:
+            if h is not None:
+                reader._free.append(h)
+
+
+def test_a_broken_raw_connection_is_dropped_and_the_read_retried(rt, api):
+    _, key = api.account(balance=7)
+    assert api.client.get("/gpu/account", headers=key).status_code == 200
+    reader = rt.db.reader
+    dead = reader._free[-1]
+    dead[0].dbapi_connection.close()  # as a database restart would leave it
+    r = api.client.get("/gpu/account", headers=key)
+    assert r.status_code == 200 and r.json()["balance"] == 7
+    assert dead not in reader._free
+
+
+def test_database_close_releases_the_raw_connections(rt, backend):
+    db = Database(make_settings(backend["url"], backend["data_dir"]))
+    with db.query() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert db.reader._count == 1
+    db.dispose()
+    assert db.reader._count == 0 and not db.reader._free
