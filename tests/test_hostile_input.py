@@ -180,6 +180,17 @@ def test_admin_bodies_take_strict_booleans_and_integers(world):
                             headers=api.admin).status_code == 200
 
 
+def test_a_key_expiry_is_a_date_string_not_a_number(world):
+    api, account_id, *_ = world
+    for bad in (0, 1893456000, True):
+        r = api.client.post(f"/admin/accounts/{account_id}/api-keys", json={"expires_at": bad},
+                            headers=api.admin)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "expires_at"], r.text
+    r = api.client.post(f"/admin/accounts/{account_id}/api-keys",
+                        json={"expires_at": "2031-01-01T00:00:00Z"}, headers=api.admin)
+    assert r.status_code == 201 and r.json()["expires_at"].startswith("2031-01-01T00:00:00")
+
+
 def test_sqlite_files_are_private(tmp_path):
     data = tmp_path / "fresh" / "data"
     settings = Settings(data_dir=data, admin_key=ADMIN_KEY, clock="manual", demo=False,

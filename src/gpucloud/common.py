@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -62,3 +63,13 @@ def _no_bool(value: Any) -> Any:
 # report, not something to guess at.
 StrictCount = Annotated[int, Field(strict=True)]
 NumberIn = BeforeValidator(_no_bool)
+
+
+def _date_text(value: Any) -> Any:
+    # pydantic reads a bare number as seconds since 1970: `{"expires_at": 0}` is a mistake.
+    if not isinstance(value, (str, dt.datetime)):
+        raise ValueError("Input should be an ISO 8601 date-time string")
+    return value
+
+
+DateTimeIn = Annotated[dt.datetime, BeforeValidator(_date_text)]

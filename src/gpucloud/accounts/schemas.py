@@ -1,10 +1,8 @@
 from __future__ import annotations
 
-import datetime as dt
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpucloud.common import MoneyIn, MoneyOut, PositiveMoneyIn, RequestModel
+from gpucloud.common import DateTimeIn, MoneyIn, MoneyOut, PositiveMoneyIn, RequestModel
 
 
 class AccountCreate(RequestModel):
@@ -35,7 +33,7 @@ class DepositIn(RequestModel):
 
 class ApiKeyCreate(RequestModel):
     model_config = ConfigDict(extra="forbid")
-    expires_at: dt.datetime | None = None
+    expires_at: DateTimeIn | None = None
 
 
 class ApiKeyCreated(BaseModel):
