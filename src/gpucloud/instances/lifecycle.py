@@ -232,6 +232,8 @@ def _wait(now: dt.datetime, st: WorkloadStatus | None, cap: dt.datetime | None) 
         inst.next_check_at = max(at, now + dt.timedelta(seconds=1))
         if st is not None and st.state is not None:
             inst.driver_state = st.state
+        if st is not None and st.progress and st.progress != events.last_message(s, inst.id):
+            events.record(s, inst.id, now, st.progress)  # "Pulling image …: 2 of 5 layers"
         return False
     return fn
 
@@ -399,6 +401,8 @@ def _recreate(rt, claim: Claim, driver, gone: WorkloadStatus,
         return None  # no answer is no verdict: look again at the next watch
     except (DriverError, allocations.AllocationError) as exc:
         st = WorkloadStatus(phase="failed", reason=str(exc))
+    if st.phase == "pending":  # under way (an image pulled again): ask again, keep watching
+        return _wait(now, st, None)
     if st.phase != "running":
         why = st.reason or gone.reason or "the provider lost it"
         return _end(now, f"The container vanished and could not be recreated: {why}")
