@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="How many of those run at once for one provider, so a slow or hung "
         "provider holds at most this many and never stalls the others.",
     )
+    driver_read_timeout_seconds: float = Field(
+        10.0, gt=0, le=600,
+        description="How long a logs or events request waits for its provider (capped by the "
+        "provider's own call timeout). Such reads run beside the lifecycle's calls, at most "
+        "`driver_calls_per_provider` at once per provider, and never hold a request thread.",
+    )
     provision_deadline_seconds: int = Field(
         900, description="An instance still provisioning after this long (server clock) FAILS."
     )

@@ -110,14 +110,15 @@ LAST = Query(None, ge=1, description="Keep only the last N lines")
 
 @router.get("/{instance_id}/logs", response_model=list[str], operation_id="getContainerLogs",
             summary="Container stdout/stderr lines, oldest first", responses=NOT_FOUND_DOC)
-def container_logs(instance_id: str, request: Request, last: int | None = LAST,
-                   caller: Caller = Depends(current_account)):
-    return JSON(feed.logs(request.app.state.rt, caller.account_id, instance_id, last))
+async def container_logs(instance_id: str, request: Request, last: int | None = LAST,
+                         caller: Caller = Depends(current_account)):
+    # Async: the provider is awaited through the driver-call pool, not in a request thread.
+    return JSON(await feed.logs(request.app.state.rt, caller.account_id, instance_id, last))
 
 
 @router.get("/{instance_id}/events", response_model=list[str],
             operation_id="getContainerEvents", responses=NOT_FOUND_DOC,
             summary="Lifecycle events (gpucloud's and the provider's), oldest first")
-def container_events(instance_id: str, request: Request, last: int | None = LAST,
-                     caller: Caller = Depends(current_account)):
-    return JSON(feed.events(request.app.state.rt, caller.account_id, instance_id, last))
+async def container_events(instance_id: str, request: Request, last: int | None = LAST,
+                           caller: Caller = Depends(current_account)):
+    return JSON(await feed.events(request.app.state.rt, caller.account_id, instance_id, last))
