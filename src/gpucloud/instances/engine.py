@@ -9,6 +9,13 @@ drain and tests call `dispatch(wait=True)`, which also waits for the steps it st
 Leases: a claim lasts `lease_seconds` of wall time. While a step runs, a heartbeat thread
 pushes the expiry forward every third of that, for exactly the rows this process still works
 on; when the process dies the heartbeat dies with it and the lease expires as before.
+
+Results: in the background (`wait=False`) a step gives its provider slot and its pool thread
+back as soon as its driver calls return, and hands what to apply to the applier thread, which
+applies everything that has come in since its last pass in one transaction
+(`lifecycle.apply_many`). So the next driver call never waits for a commit, and a thousand
+deploys finishing together cost a few transactions. The row stays leased (and renewed) until
+its result is applied. `wait=True` applies each result in its step, as before.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ class Dispatcher:
         self._quiet: list[lifecycle.Claim] = []
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._results: list[tuple[lifecycle.Claim, lifecycle.Apply]] = []
+        self._results_ready = threading.Condition(self._lock)
+        self._applier: threading.Thread | None = None
 
     # -- dispatch ------------------------------------------------------------------------------
     def dispatch(self, wait: bool) -> int:
@@ -51,25 +61,69 @@ class Dispatcher:
         with self._lock:
             for c in claims:
                 self._inflight[c.inst.id] = c.token
-        futures = [self.pool.submit(partial(self._run, c, now)) for c in claims]
+        if not wait:
+            self._ensure_applier()
+        futures = [self.pool.submit(partial(self._run, c, now, wait)) for c in claims]
         if wait:
             for f in futures:
                 f.result()
             self._flush_quiet()
         return len(claims)
 
-    def _run(self, claim: lifecycle.Claim, now: dt.datetime) -> None:
+    def _run(self, claim: lifecycle.Claim, now: dt.datetime, inline: bool) -> None:
         try:
-            changed = lifecycle.run_step(self.rt, claim, now)
+            fn = lifecycle.call_step(self.rt, claim, now)
+        except BaseException:
+            self._done(claim)
+            raise
         finally:
-            with self._lock:
-                if self._inflight.get(claim.inst.id) == claim.token:
-                    del self._inflight[claim.inst.id]
             if claim.slot is not None:
-                claim.slot.drop()
-        if not changed:
+                claim.slot.drop()  # the provider's slot is free for its next call now
+        if fn is None:
+            self._done(claim)
             with self._lock:
                 self._quiet.append(claim)
+            return
+        with self._lock:
+            batched = not inline and not self._stop.is_set()
+            if batched:
+                self._results.append((claim, fn))
+                self._results_ready.notify()
+        if not batched:
+            try:
+                lifecycle.finish_step(self.rt, claim, fn, now)
+            finally:
+                self._done(claim)
+
+    def _done(self, claim: lifecycle.Claim) -> None:
+        with self._lock:
+            if self._inflight.get(claim.inst.id) == claim.token:
+                del self._inflight[claim.inst.id]
+
+    # -- results -------------------------------------------------------------------------------
+    def _ensure_applier(self) -> None:
+        with self._lock:
+            if self._applier is None or not self._applier.is_alive():
+                self._applier = threading.Thread(target=self._apply_loop, daemon=True,
+                                                 name="gpucloud-lifecycle-apply")
+                self._applier.start()
+
+    def _apply_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._results and not self._stop.is_set():
+                    self._results_ready.wait(1.0)
+                batch, self._results = self._results, []
+            if not batch:
+                return  # stopped with nothing left
+            try:
+                lifecycle.apply_many(self.rt, batch)
+            except Exception:  # their leases expire and the steps run again
+                log.exception("could not apply %d results", len(batch))
+            finally:
+                for claim, _ in batch:
+                    self._done(claim)
+                self.rt.wake.set()  # applied rows may have new work due (a watch, a delete)
 
     def _flush_quiet(self) -> None:
         with self._lock:
@@ -126,4 +180,9 @@ class Dispatcher:
             return len(self._inflight)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
+            self._results_ready.notify_all()
+        applier = self._applier
+        if applier is not None:
+            applier.join(10)  # what has come in is applied before the process lets go

@@ -71,6 +71,7 @@ class Claim:
     token: str
     op: str
     slot: Slot | None = None  # the provider slot driver calls run in (None: no call allowed)
+    now: dt.datetime | None = None  # the server time the step ran at
 
 
 def _backoff(attempts: int) -> dt.timedelta:
@@ -85,7 +86,13 @@ def _past_deadline(now: dt.datetime):
 
 def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None) -> list[Claim]:
     """Take up to `limit` due rows. With a pool, only rows of providers with a free slot (a
-    slot is taken for each), plus creates past their deadline, which fail without a call."""
+    slot is taken for each), plus creates past their deadline, which fail without a call.
+
+    Candidates are chosen from a few narrow columns (a few times `limit` of them, so that a
+    provider whose slots fill up leaves room for the next ones); only the rows actually taken
+    are loaded whole. The background worker claims a row or two each time a slot frees, so
+    this runs about once per step: loading a hundred full rows (JSON columns and all) to take
+    one cost more than the step itself (bench/lifecycle.py)."""
     wall = utcnow()
     slots: list[Slot] = []
     try:
@@ -95,34 +102,40 @@ def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = Non
             saturated = pool.saturated() if pool is not None else set()
             if saturated:
                 due.append(or_(Instance.provider_id.notin_(saturated), _past_deadline(now)))
-            q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
-                 .where(*due).order_by(Instance.next_check_at).limit(max(limit, BATCH)))
+            q = (select(Instance.id, Instance.provider_id, Instance.op,
+                        Instance.provision_deadline_at)
+                 .where(*due).order_by(Instance.next_check_at)
+                 .limit(min(BATCH, max(4 * limit, 16))))
             if not rt.db.is_sqlite:
                 q = q.with_for_update(of=Instance, skip_locked=True)
-            chosen = []
-            for inst, prov in s.execute(q).all():
+            chosen: list[str] = []
+            slot_of: dict[str, Slot | None] = {}
+            for iid, provider_id, op, deadline in s.execute(q).all():
                 if len(chosen) >= limit:
                     break
                 slot = None
                 if pool is not None:
-                    slot = pool.acquire(prov.id)
-                    expired = (inst.op == OP_CREATE and inst.provision_deadline_at is not None
-                               and inst.provision_deadline_at <= now)
+                    slot = pool.acquire(provider_id)
+                    expired = op == OP_CREATE and deadline is not None and deadline <= now
                     if slot is None and not expired:
                         continue  # the provider is busy: its row waits, others go on
                     if slot is not None:
                         slots.append(slot)
-                chosen.append(Claim(inst, prov, "", inst.op, slot))
+                chosen.append(iid)
+                slot_of[iid] = slot
             if not chosen:
                 return []
             token = str(uuid.uuid4())
-            s.execute(update(Instance).where(Instance.id.in_([c.inst.id for c in chosen]))
+            s.execute(update(Instance).where(Instance.id.in_(chosen))
                       .values(lock_token=token, lock_expires_at=wall + dt.timedelta(
                           seconds=rt.settings.lease_seconds))
                       .execution_options(synchronize_session=False))
-            for c in chosen:
-                c.token = token
-            return chosen
+            rows = s.execute(select(Instance, Provider)
+                             .join(Provider, Provider.id == Instance.provider_id)
+                             .where(Instance.id.in_(chosen))).all()
+            claims = {inst.id: Claim(inst, prov, token, inst.op, slot_of[inst.id])
+                      for inst, prov in rows}
+            return [claims[iid] for iid in chosen]
     except BaseException:
         for slot in slots:
             slot.drop()
@@ -160,8 +173,49 @@ def _apply_once(rt, claim: Claim, fn: Apply) -> bool:
             return False
         inst.lock_token = None
         inst.lock_expires_at = None
+        transitions.locked(s, inst)
         fn(s, inst)
     return True
+
+
+def apply_many(rt, results: list[tuple[Claim, Apply]]) -> None:
+    """Results of many steps in ONE transaction (the dispatcher's applier): a thousand
+    deploys finishing side by side cost a few commits instead of a thousand. Rows are locked
+    in id order and accounts in a fixed order, as the one-by-one path does. When the batch
+    fails (a deadlock victim, one row's bug), every result is applied on its own instead."""
+    if not results:
+        return
+    results = sorted(results, key=lambda r: (r[0].inst.account_id, r[0].inst.id))
+    locks = sorted({hash(c.inst.account_id) % len(_ACCOUNT_LOCKS) for c, _ in results})
+    try:
+        for i in locks:
+            _ACCOUNT_LOCKS[i].acquire()
+        try:
+            with rt.db.write() as s:
+                q = (select(Instance).where(Instance.id.in_([c.inst.id for c, _ in results]))
+                     .order_by(Instance.id))
+                if not rt.db.is_sqlite:
+                    q = q.with_for_update()
+                rows = {inst.id: inst for inst in s.scalars(q)}
+                for claim, fn in results:
+                    inst = rows.get(claim.inst.id)
+                    if inst is None or inst.lock_token != claim.token or inst.op != claim.op:
+                        log.info("instance %s: lease lost during %s; result dropped",
+                                 claim.inst.id, claim.op)
+                        continue
+                    inst.lock_token = None
+                    inst.lock_expires_at = None
+                    transitions.locked(s, inst)
+                    fn(s, inst)
+            return
+        finally:
+            for i in reversed(locks):
+                _ACCOUNT_LOCKS[i].release()
+    except Exception:
+        log.warning("a batch of %d results failed; applying them one by one", len(results),
+                    exc_info=True)
+    for claim, fn in results:
+        finish_step(rt, claim, fn, claim_now(claim))
 
 
 def reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
@@ -427,13 +481,24 @@ STEPS = {OP_CREATE: _step_create, OP_UPDATE: _step_update, OP_DELETE: _step_dele
 
 # --- entry points used by workers/runner.py --------------------------------------------------
 
-def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
-    """One claimed row's step: driver call(s), then its result applied. Returns False when
-    nothing changed (an unchanged watch, left to `reschedule_many`)."""
+def call_step(rt, claim: Claim, now: dt.datetime) -> Apply | None:
+    """The driver part of a claimed row's step: what to apply, or None when nothing changed
+    (an unchanged watch, left to `reschedule_many`)."""
+    claim.now = now
     try:
-        fn = STEPS[claim.op](rt, claim, now)
-        if fn is None:
-            return False
+        return STEPS[claim.op](rt, claim, now)
+    except Exception:  # a bug or a database hiccup must not stall the whole queue
+        log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
+        return _retry(now)
+
+
+def claim_now(claim: Claim) -> dt.datetime:
+    return claim.now or utcnow()
+
+
+def finish_step(rt, claim: Claim, fn: Apply, now: dt.datetime) -> None:
+    """Apply one step's result in its own transaction."""
+    try:
         _apply(rt, claim, fn)
     except Exception:  # a bug or a database hiccup must not stall the whole queue
         log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
@@ -441,6 +506,15 @@ def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
             _apply(rt, claim, _retry(now))
         except Exception:  # the lease will expire and the step run again
             log.exception("instance %s: could not reschedule", claim.inst.id)
+
+
+def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
+    """One claimed row's step: driver call(s), then its result applied. Returns False when
+    nothing changed (an unchanged watch, left to `reschedule_many`)."""
+    fn = call_step(rt, claim, now)
+    if fn is None:
+        return False
+    finish_step(rt, claim, fn, now)
     return True
 
 
