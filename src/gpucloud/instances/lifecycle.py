@@ -72,6 +72,7 @@ class Claim:
     op: str
     slot: Slot | None = None  # the provider slot driver calls run in (None: no call allowed)
     now: dt.datetime | None = None  # the server time the step ran at
+    waiting: bool = False  # claimed ahead: runs once its provider has a free slot
 
 
 def _backoff(attempts: int) -> dt.timedelta:
@@ -84,9 +85,13 @@ def _past_deadline(now: dt.datetime):
     return and_(Instance.op == OP_CREATE, Instance.provision_deadline_at <= now)
 
 
-def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None) -> list[Claim]:
+def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None,
+           backlog: int = 0, room: Callable[[str], int] | None = None) -> list[Claim]:
     """Take up to `limit` due rows. With a pool, only rows of providers with a free slot (a
     slot is taken for each), plus creates past their deadline, which fail without a call.
+    And up to `backlog` more rows of providers whose slots are all taken, at most `room(p)`
+    of provider p (`Claim.waiting`: the dispatcher starts them as slots free up, without
+    claiming again).
 
     Candidates are chosen from a few narrow columns (a few times `limit` of them, so that a
     provider whose slots fill up leaves room for the next ones); only the rows actually taken
@@ -99,28 +104,45 @@ def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = Non
         with rt.db.write() as s:
             due = [Instance.op.isnot(None), Instance.next_check_at <= now,
                    or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall)]
+            room_left: dict[str, int] = {}
+
+            def may_wait(provider_id: str) -> bool:
+                if provider_id not in room_left:
+                    room_left[provider_id] = room(provider_id) if room is not None else 0
+                return room_left[provider_id] > 0
+
             saturated = pool.saturated() if pool is not None else set()
-            if saturated:
-                due.append(or_(Instance.provider_id.notin_(saturated), _past_deadline(now)))
+            closed = {p for p in saturated if not (backlog and may_wait(p))}
+            if closed:
+                due.append(or_(Instance.provider_id.notin_(closed), _past_deadline(now)))
             q = (select(Instance.id, Instance.provider_id, Instance.op,
                         Instance.provision_deadline_at)
                  .where(*due).order_by(Instance.next_check_at)
-                 .limit(min(BATCH, max(4 * limit, 16))))
+                 .limit(min(BATCH, max(4 * (limit + backlog), 16))))
             if not rt.db.is_sqlite:
                 q = q.with_for_update(of=Instance, skip_locked=True)
             chosen: list[str] = []
             slot_of: dict[str, Slot | None] = {}
+            waiting: set[str] = set()
+            started = 0
             for iid, provider_id, op, deadline in s.execute(q).all():
-                if len(chosen) >= limit:
+                if started >= limit and len(waiting) >= backlog:
                     break
                 slot = None
                 if pool is not None:
-                    slot = pool.acquire(provider_id)
+                    slot = pool.acquire(provider_id) if started < limit else None
                     expired = op == OP_CREATE and deadline is not None and deadline <= now
                     if slot is None and not expired:
-                        continue  # the provider is busy: its row waits, others go on
+                        if len(waiting) >= backlog or not may_wait(provider_id):
+                            continue  # the provider is busy: its row waits, others go on
+                        room_left[provider_id] -= 1
+                        waiting.add(iid)
+                    else:
+                        started += 1
                     if slot is not None:
                         slots.append(slot)
+                else:
+                    started += 1
                 chosen.append(iid)
                 slot_of[iid] = slot
             if not chosen:
@@ -133,7 +155,8 @@ def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = Non
             rows = s.execute(select(Instance, Provider)
                              .join(Provider, Provider.id == Instance.provider_id)
                              .where(Instance.id.in_(chosen))).all()
-            claims = {inst.id: Claim(inst, prov, token, inst.op, slot_of[inst.id])
+            claims = {inst.id: Claim(inst, prov, token, inst.op, slot_of[inst.id],
+                                     waiting=inst.id in waiting)
                       for inst, prov in rows}
             return [claims[iid] for iid in chosen]
     except BaseException:
