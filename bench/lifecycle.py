@@ -21,8 +21,8 @@ Prints the settings used and both figures. The machine may be shared: say so wit
 from __future__ import annotations
 
 import argparse
-import os
 import datetime as dt
+import os
 import tempfile
 import threading
 import time

@@ -118,10 +118,10 @@ class Settings(BaseSettings):
     )
     threadpool_size: int = Field(
         8, ge=1, le=200,
-        description="Threads that run blocking request work (database reads and writes, "
-        "driver calls of logs/events). Sized to the database pool and the cores rather than "
-        "to the number of clients: more threads only contend for the interpreter lock "
-        "(docs/api-speed.md).",
+        description="Threads that run blocking request work (database reads and writes; "
+        "driver calls of logs/events run on the driver-call pool instead). Sized to the "
+        "database pool and the cores rather than to the number of clients: more threads "
+        "only contend for the interpreter lock (docs/api-speed.md).",
     )
     log_level: str = Field("info", description="Log level of the server.")
     log_format: Literal["auto", "text", "json"] = Field(
