@@ -232,6 +232,21 @@ class Dispatcher:
         with self._lock:
             self._stop.set()
             self._results_ready.notify_all()
+            backlog, self._backlog = self._backlog, []
+            for c in backlog:
+                self._inflight.pop(c.inst.id, None)
         applier = self._applier
         if applier is not None:
             applier.join(10)  # what has come in is applied before the process lets go
+        if backlog:
+            # Rows claimed ahead and never started: free them now rather than at lease expiry,
+            # so another process (or this one restarted) takes them at once.
+            try:
+                with self.rt.db.write() as s:
+                    for c in backlog:
+                        s.execute(update(Instance)
+                                  .where(Instance.id == c.inst.id, Instance.lock_token == c.token)
+                                  .values(lock_token=None, lock_expires_at=None)
+                                  .execution_options(synchronize_session=False))
+            except Exception:  # their leases simply expire
+                log.exception("could not release %d claimed rows", len(backlog))
