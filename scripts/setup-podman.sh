@@ -87,6 +87,10 @@ insecure = true
 EOF
 fi
 
+# A service started before the registry file existed has not read it (the engine reads the
+# registries configuration once): restart it.
+if [ -f "$PIDFILE" ] && [ "$REGISTRIES_CONF" -nt "$PIDFILE" ]; then conf_changed=1; fi
+
 # 3. The test image: a busybox-static root filesystem, imported (no registry needed).
 if ! podman image exists "$IMAGE" 2>/dev/null; then
   say "building $IMAGE from busybox-static"
