@@ -13,11 +13,17 @@
 #   fails with "operation not permitted" when it tries to raise them.
 # - events_logfile_max_size: the default 1m event log rotates within minutes of test churn,
 #   and /events reads the engine's events for a container from it.
+# - a registry (Debian's docker-registry, the reference implementation) on 127.0.0.1: the
+#   tests push the test image there under fresh names, so that a deploy really pulls an image
+#   the engine does not have. Plain HTTP, so the engine is told it is an insecure registry.
 set -euo pipefail
 
 SOCKET="${GPUCLOUD_PODMAN_SOCKET:-/run/gpucloud-podman/podman.sock}"
 IMAGE="${GPUCLOUD_TEST_IMAGE:-localhost/gpucloud-busybox:latest}"
 LOG="${GPUCLOUD_PODMAN_LOG:-/tmp/gpucloud-podman-service.log}"
+REGISTRY="${GPUCLOUD_TEST_REGISTRY:-127.0.0.1:5070}"
+REGISTRY_DIR=/var/lib/gpucloud-test-registry
+REGISTRIES_CONF=/etc/containers/registries.conf.d/50-gpucloud-test.conf
 PIDFILE="$(dirname "$SOCKET")/service.pid"
 MARK="gpucloud: setup-podman v2"
 CONF=/etc/containers/containers.conf
@@ -33,7 +39,8 @@ answers() {
 
 # 1. Packages.
 need=()
-for cmd in podman runc slirp4netns fuse-overlayfs newuidmap busybox catatonit curl; do
+for cmd in podman runc slirp4netns fuse-overlayfs newuidmap busybox catatonit curl \
+    docker-registry; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ! -x /bin/busybox ] || ! /bin/busybox --list >/dev/null 2>&1; then need+=(busybox-static); fi
@@ -42,7 +49,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq podman runc slirp4netns fuse-overlayfs uidmap busybox-static \
-    catatonit curl >/dev/null
+    catatonit curl docker-registry >/dev/null
 fi
 
 # 2. Engine configuration (only rewritten when ours is not there yet).
@@ -67,6 +74,23 @@ events_logfile_max_size = "100m"
 EOF
 fi
 
+# The test registry is plain HTTP: the engine must know, or it insists on HTTPS.
+if ! grep -qs "location = \"$REGISTRY\"" "$REGISTRIES_CONF"; then
+  conf_changed=1
+  say "writing $REGISTRIES_CONF (insecure test registry $REGISTRY)"
+  $SUDO mkdir -p "$(dirname "$REGISTRIES_CONF")"
+  $SUDO tee "$REGISTRIES_CONF" >/dev/null <<EOF
+# gpucloud: scripts/setup-podman.sh wrote this file: the tests' local registry speaks HTTP.
+[[registry]]
+location = "$REGISTRY"
+insecure = true
+EOF
+fi
+
+# A service started before the registry file existed has not read it (the engine reads the
+# registries configuration once): restart it.
+if [ -f "$PIDFILE" ] && [ "$REGISTRIES_CONF" -nt "$PIDFILE" ]; then conf_changed=1; fi
+
 # 3. The test image: a busybox-static root filesystem, imported (no registry needed).
 if ! podman image exists "$IMAGE" 2>/dev/null; then
   say "building $IMAGE from busybox-static"
@@ -85,7 +109,33 @@ if ! podman image exists "$IMAGE" 2>/dev/null; then
     "$work/rootfs.tar" "$IMAGE" >/dev/null
 fi
 
-# 4. The API service (restarted when the configuration changed under a running one).
+# 4. The test registry (its own config: the package's default one listens on every address).
+registry_answers() { curl -sf --max-time 3 "http://$REGISTRY/v2/" >/dev/null 2>&1; }
+if ! registry_answers; then
+  say "starting the test registry on $REGISTRY (data: $REGISTRY_DIR)"
+  $SUDO mkdir -p "$REGISTRY_DIR"
+  $SUDO tee "$REGISTRY_DIR/config.yml" >/dev/null <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $REGISTRY_DIR/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY
+EOF
+  (cd / && exec nohup docker-registry serve "$REGISTRY_DIR/config.yml" \
+      >/tmp/gpucloud-test-registry.log 2>&1 </dev/null) &
+  for _ in $(seq 1 50); do registry_answers && break; sleep 0.1; done
+  if ! registry_answers; then
+    say "the test registry did not answer on $REGISTRY; see /tmp/gpucloud-test-registry.log"
+    exit 1
+  fi
+fi
+
+# 5. The API service (restarted when the configuration changed under a running one).
 # A service whose working directory was deleted (it inherited a checkout or a test's temp
 # dir that is gone) still answers pings, but conmon cannot start any container under it.
 cwd_gone=0

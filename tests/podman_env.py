@@ -20,6 +20,8 @@ SOCKET = os.environ.get("GPUCLOUD_PODMAN_SOCKET", "/run/gpucloud-podman/podman.s
 ENGINE_URL = f"unix://{SOCKET}"
 IMAGE = os.environ.get("GPUCLOUD_TEST_IMAGE", "localhost/gpucloud-busybox:latest")
 MISSING_IMAGE = "docker.io/library/gpucloud-no-such-image:1"
+# The local registry scripts/setup-podman.sh serves (plain HTTP, known to the engine).
+REGISTRY = os.environ.get("GPUCLOUD_TEST_REGISTRY", "127.0.0.1:5070")
 
 # busybox httpd on 80 serving a page that names the instance, and a TCP echo on 7000.
 SERVE = ("sh -c 'mkdir -p /www && echo \"hello from $GREETING\" > /www/index.html && "
@@ -49,6 +51,40 @@ def require_engine():
     except docker.errors.ImageNotFound:
         pytest.fail(f"Test image {IMAGE} missing: run scripts/setup-podman.sh")
     return client
+
+
+def image_to_pull(client, name: str = "pull-test") -> str:
+    """A reference the engine does not have but the test registry serves: the test image
+    pushed under a fresh tag, and that tag removed from the engine again. A deploy of it
+    makes the engine really pull (its layers are shared with the test image, so it is quick)."""
+    import uuid
+
+    import docker
+
+    repo = f"{REGISTRY}/gpucloud/{name}"
+    tag = uuid.uuid4().hex[:12]
+    try:
+        client.images.get(IMAGE).tag(repo, tag)
+        for line in client.api.push(repo, tag=tag, stream=True, decode=True):
+            if line.get("error"):
+                raise docker.errors.APIError(line["error"])
+        client.images.remove(f"{repo}:{tag}")
+    except (docker.errors.DockerException, OSError) as exc:
+        pytest.fail(f"Could not push a test image to the registry {REGISTRY} ({exc}). "
+                    "Run scripts/setup-podman.sh.")
+    with pytest.raises(docker.errors.ImageNotFound):
+        client.images.get(f"{repo}:{tag}")
+    return f"{repo}:{tag}"
+
+
+def remove_image_later(client, ref: str) -> None:
+    """Untag a pulled test image (its layers are the test image's: nothing else goes)."""
+    import docker
+
+    try:
+        client.images.remove(ref)
+    except docker.errors.APIError:
+        pass  # still used by a container being removed: the next setup leaves it be
 
 
 def _by_label(client, *labels: str) -> list[Any]:

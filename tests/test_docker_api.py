@@ -3,10 +3,13 @@ lifecycle driven by POST /admin/clock (manual clock), traffic to the published p
 
 from __future__ import annotations
 
+import time
+
+import docker
 import pytest
 from sqlalchemy import select
 
-from gpucloud.instances.models import PortAllocation
+from gpucloud.instances.models import Instance, PortAllocation
 from tests import podman_env as pe
 from tests.factories import SSH_ED25519, money
 
@@ -40,6 +43,7 @@ def settle(api, local, iid: str, until=("ACTIVE", "FAILED"), rounds: int = 40) -
         if details["instance_status"] in until:
             return details
         api.advance(1)
+        time.sleep(0.1)  # an image pull runs in the engine on wall time
     raise AssertionError(f"instance {iid} stuck in {details['instance_status']}")
 
 
@@ -123,6 +127,48 @@ def test_an_image_that_cannot_be_pulled_fails_and_refunds(api, local, engine):
     events = lines(api, local, iid, "events")
     assert any("could not be pulled" in e and pe.MISSING_IMAGE in e for e in events), events
     assert pe.for_instance(engine, iid) == []
+
+
+def test_an_image_not_on_the_host_is_pulled_while_no_lease_is_held(api, local, engine):
+    """The engine does not have the image: the create starts its pull and returns at once;
+    the progress shows in the events while the row is free (no lease held across the pull);
+    once the image is there the next step makes the container and the instance is ACTIVE."""
+    image = pe.image_to_pull(engine)
+    iid = deploy(api, local, name="pulled", image=image)
+    api.advance(1)  # the first create: the pull starts in the engine, the call answers pending
+
+    def row() -> Instance:
+        with api.rt.db.read() as s:
+            return s.get(Instance, iid)
+
+    inst = row()
+    assert inst.status == "INITIALIZED" and inst.lock_token is None and inst.op == "create"
+    assert any(f"Pulling image {image}" in e for e in lines(api, local, iid, "events"))
+
+    def pulled() -> bool:
+        try:
+            return engine.images.get(image) is not None
+        except docker.errors.ImageNotFound:
+            return False
+
+    # The pull goes on in the engine while nobody holds the instance: the clock stands still,
+    # so no step runs, and the image arrives all the same.
+    pe.wait_for(pulled, timeout=60, every=0.2, what=f"the engine to pull {image}")
+    assert row().lock_token is None and row().status == "INITIALIZED"
+
+    details = settle(api, local, iid)
+    assert details["instance_status"] == "ACTIVE", lines(api, local, iid, "events")
+    assert pe.http_get(host_ports(details)[80]).strip() == "hello from pulled"
+    events = lines(api, local, iid, "events")
+    pulling = [e for e in events if f"Pulling image {image}" in e]
+    assert pulling and len(set(pulling)) == len(pulling), events  # recorded when it changed
+    assert any(f"Image {image} pulled in" in e for e in events), events
+    running = next(i for i, e in enumerate(events) if "Instance is running" in e)
+    assert events.index(pulling[0]) < running
+    (container,) = pe.for_instance(engine, iid)
+    assert container.attrs["Config"]["Image"] == image
+    pe.remove_provider_containers(engine, local["provider_id"])
+    pe.remove_image_later(engine, image)
 
 
 def test_a_crash_shows_as_not_started_with_its_output(api, local, engine):

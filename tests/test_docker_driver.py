@@ -185,10 +185,25 @@ def test_two_instances_never_share_ports_and_delete_frees_them(rt, world, engine
     assert sorted(ports_of(sc).values()) == freed  # lowest free ports first: a's come back
 
 
+def settled(create, what: str = "the create to settle", timeout: float = 60.0):
+    """Call `create` as the lifecycle does while it answers `pending` (a pull under way)."""
+    seen: list = []
+
+    def attempt():
+        st = create()
+        seen.append(st)
+        return st if st.phase != "pending" else None
+
+    final = pe.wait_for(attempt, timeout=timeout, every=0.2, what=what)
+    return final, seen[:-1]
+
+
 def test_missing_image_fails_with_the_pull_error(rt, world, engine):
     drv = driver(rt, world)
     iid = new_instance(rt, world)
-    status = drv.create(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE))
+    first = drv.create(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE))
+    assert first.phase == "pending" and pe.MISSING_IMAGE in first.progress  # never waits
+    status, _ = settled(lambda: drv.create(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE)))
     assert status.phase == "failed"
     assert "could not be pulled" in status.reason and pe.MISSING_IMAGE in status.reason
     assert pe.for_instance(engine, iid) == []
@@ -224,7 +239,9 @@ def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):
     assert pe.http_get(ports[80]).strip() == "hello from first"
 
     # A bad image: the old container keeps serving, and the reason says why.
-    bad = drv.update(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE), 2)
+    bad, waits = settled(lambda: drv.update(spec_for(rt, drv, iid, image=pe.MISSING_IMAGE), 2),
+                         "the update's pull to fail")
+    assert waits and all(w.progress for w in waits)  # pulled in the background first
     assert bad.phase == "running" and bad.applied_generation == 1
     assert "could not be pulled" in bad.reason and pe.MISSING_IMAGE in bad.reason
     assert pe.http_get(ports[80]).strip() == "hello from first"
@@ -289,3 +306,39 @@ def test_gpus_the_engine_cannot_provide_fail_the_create_honestly(rt, world, engi
     # More GPUs than the inventory holds: the allocator refuses before the engine is asked.
     with pytest.raises(alloc.GpusExhausted, match="Not enough free GPUs"):
         spec_for(rt, drv, new_instance(rt, world, "two"), gpu_count=2)
+
+
+def test_an_image_is_pulled_in_the_background_and_a_restart_finds_it(rt, world, engine):
+    """create starts the pull and answers `pending` at once, with progress and when to ask
+    again; a driver object of a restarted process (no memory of the pull) finds the pull's
+    result, the image, and makes exactly one container."""
+    image = pe.image_to_pull(engine)
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    first = drv.create(spec_for(rt, drv, iid, image=image))
+    assert first.phase == "pending", first.reason
+    assert first.progress.startswith(f"Pulling image {image}")
+    assert first.check_again_at is not None and first.check_again_at > rt.clock.now()
+    assert pe.for_instance(engine, iid) == []  # nothing made before the image is there
+
+    restarted = driver(rt, world)
+    status, waits = settled(lambda: restarted.create(spec_for(rt, restarted, iid, image=image)))
+    assert status.phase == "running", status.reason
+    assert all(w.phase == "pending" and w.progress for w in waits)
+    (container,) = pe.for_instance(engine, iid)
+    assert container.attrs["Config"]["Image"] == image
+    assert engine.images.get(image) is not None
+    # The first process's object asked again: the same container, not a second one.
+    again = drv.create(spec_for(rt, drv, iid, image=image))
+    assert again.phase == "running"
+    assert [c.id for c in pe.for_instance(engine, iid)] == [container.id]
+
+    # The driver that saw its pull through says so in the events.
+    other = new_instance(rt, world, "other")
+    image2 = pe.image_to_pull(engine)
+    st, _ = settled(lambda: drv.create(spec_for(rt, drv, other, image=image2)))
+    assert st.phase == "running", st.reason
+    notes = [n["message"] for n in st.state["notes"]]
+    assert any(m.startswith(f"Image {image2} pulled in") for m in notes), notes
+    for ref in (image, image2):
+        pe.remove_image_later(engine, ref)

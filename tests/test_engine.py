@@ -212,3 +212,62 @@ def test_kill_during_a_long_create_leaves_one_workload(tmp_path, servers):
         assert _running_events(db, iid) == 1
     finally:
         db.dispose()
+
+
+def test_logs_of_a_hung_provider_fail_in_time_and_hold_no_request_thread(tmp_path, backend_name,
+                                                                         servers):
+    """Logs and events ask the provider through the driver-call pool and await it on the event
+    loop: twice as many log requests as the server has request threads, all at a provider
+    that never answers (its calls block 31 s), each get the documented error once the read
+    timeout (3 s) passes, events answer with gpucloud's own lines, and meanwhile requests that
+    need a request thread (details, a deploy) are answered."""
+    timeout = 3.0
+    env = _env(tmp_path, backend_name, GPUCLOUD_DRIVER_READ_TIMEOUT_SECONDS=str(timeout),
+               GPUCLOUD_THREADPOOL_SIZE="8")
+    server = _start(servers, tmp_path, env)
+    api = _api(server)
+    _, headers = api.account(balance=1000)
+    hung = api.offer(api.provider("hung", hang_calls=True, call_timeout_seconds=30))
+    fast = api.offer(api.provider("fast", provision_seconds=0), capacity=5)
+    stuck = api.deploy(headers, hung, name="stuck")  # its create hangs too: INITIALIZED
+    ready = api.deploy(headers, fast, name="ready")
+    wait_for(lambda: api.instance(headers, ready)["instance_status"] == "ACTIVE", timeout=10,
+             what="the fast provider's instance to be ACTIVE")
+
+    bound = httpx.Timeout(2 * timeout)  # "answers at all within twice the timeout"
+
+    def read(what: str) -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=4 * timeout + 10) as c:
+            return c.get(f"/gpu/instances/{stuck}/{what}", headers=headers)
+
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda w=w: results.append(read(w)), daemon=True)
+               for w in ["logs"] * 16 + ["events"] * 2]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the reads are in: every read slot of the hung provider is taken
+    with httpx.Client(base_url=server.url, timeout=bound) as other:
+        for _ in range(5):
+            r = other.get(f"/gpu/instances/{ready}", headers=headers)
+            assert r.status_code == 200 and r.json()["instance_status"] == "ACTIVE"
+        r = other.get(f"/gpu/instances/{ready}/logs", headers=headers)
+        assert r.status_code == 200 and r.json(), r.text  # a healthy provider still answers
+        r = other.post("/gpu/instances/", headers=headers,
+                       json=api.container_body(fast, name="meanwhile"))
+        assert r.status_code == 201, r.text
+    for t in threads:
+        t.join(4 * timeout + 10)
+    assert len(results) == 18
+    logs = [r for r in results if r.request.url.path.endswith("/logs")]
+    assert len(logs) == 16
+    for r in logs:
+        assert r.status_code == 400
+        assert r.json() == {"detail": "Logs are temporarily unavailable from the provider"}
+    for r in results:
+        if r.request.url.path.endswith("/events"):
+            assert r.status_code == 200
+            assert any("scheduled" in line for line in r.json()), r.json()
+    # And again, one at a time: each answers at all within twice the timeout.
+    with httpx.Client(base_url=server.url, timeout=bound) as c:
+        r = c.get(f"/gpu/instances/{stuck}/logs", headers=headers)
+        assert r.status_code == 400 and "temporarily unavailable" in r.json()["detail"]

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="How many of those run at once for one provider, so a slow or hung "
         "provider holds at most this many and never stalls the others.",
     )
+    driver_read_timeout_seconds: float = Field(
+        10.0, gt=0, le=600,
+        description="How long a logs or events request waits for its provider (capped by the "
+        "provider's own call timeout). Such reads run beside the lifecycle's calls, at most "
+        "`driver_calls_per_provider` at once per provider, and never hold a request thread.",
+    )
     provision_deadline_seconds: int = Field(
         900, description="An instance still provisioning after this long (server clock) FAILS."
     )
@@ -112,10 +118,10 @@ class Settings(BaseSettings):
     )
     threadpool_size: int = Field(
         8, ge=1, le=200,
-        description="Threads that run blocking request work (database reads and writes, "
-        "driver calls of logs/events). Sized to the database pool and the cores rather than "
-        "to the number of clients: more threads only contend for the interpreter lock "
-        "(docs/api-speed.md).",
+        description="Threads that run blocking request work (database reads and writes; "
+        "driver calls of logs/events run on the driver-call pool instead). Sized to the "
+        "database pool and the cores rather than to the number of clients: more threads "
+        "only contend for the interpreter lock (docs/api-speed.md).",
     )
     log_level: str = Field("info", description="Log level of the server.")
     log_format: Literal["auto", "text", "json"] = Field(

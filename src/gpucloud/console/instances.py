@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from gpucloud.console import forms
@@ -111,26 +112,32 @@ def instance_live(instance_id: str, request: Request, who: Who = Depends(custome
 
 
 @router.get("/instances/{instance_id}/feed/{which}")
-def instance_feed(instance_id: str, which: str, request: Request,
-                  who: Who = Depends(customer)):
+async def instance_feed(instance_id: str, which: str, request: Request,
+                        who: Who = Depends(customer)):
+    # Async like the API's logs/events: the provider is awaited through the driver-call pool,
+    # so a hung provider holds no request thread; the database is read in the threadpool.
     rt = request.app.state.rt
     follow = request.query_params.get("follow", "1") == "1"
-    _, d = _details(rt, who.account_id, instance_id)
+    _, d = await run_in_threadpool(_details, rt, who.account_id, instance_id)
     error = None
     lines: list[str] = []
     try:
         if d["workload"] != "container":
-            with rt.db.read() as s:  # VMs have no provider log; their lifecycle is ours
-                lines = [f"{isoformat_z(at)} {m}" for at, m
-                         in instance_events.for_instance(s, instance_id)][-FEED_LINES:]
+            # VMs have no provider log; their lifecycle is ours
+            lines = (await run_in_threadpool(_own_lines, rt, instance_id))[-FEED_LINES:]
         elif which == "logs":
-            lines = feed.logs(rt, who.account_id, instance_id, FEED_LINES)
+            lines = await feed.logs(rt, who.account_id, instance_id, FEED_LINES)
         else:
-            lines = feed.events(rt, who.account_id, instance_id, FEED_LINES)
+            lines = await feed.events(rt, who.account_id, instance_id, FEED_LINES)
     except APIError as exc:
         error = exc.detail
     return fragment(request, "_feed.html", i=d, which="logs" if which == "logs" else "events",
                     lines=lines, error=error, follow=follow and d["status"] not in FINAL)
+
+
+def _own_lines(rt, instance_id: str) -> list[str]:
+    with rt.db.read() as s:
+        return [f"{isoformat_z(at)} {m}" for at, m in instance_events.for_instance(s, instance_id)]
 
 
 def _change(rt, who: Who, instance_id: str, apply) -> None:

@@ -102,6 +102,9 @@ class WorkloadStatus:
     state: dict[str, Any] | None = None  # opaque driver bookkeeping persisted on the instance
     # While pending: when it is worth asking again (server clock); None = the caller's default.
     check_again_at: dt.datetime | None = None
+    # While pending: what the provider is doing, in the customer's words ("Pulling image …: 2
+    # of 5 layers done"); the lifecycle records it as an instance event whenever it changes.
+    progress: str | None = None
 
 
 @dataclass

@@ -9,14 +9,20 @@ driver gives the thread back, so a hung provider cannot pile up threads; the cal
 
 The call itself runs on a thread of its own (threads cannot be interrupted in Python: waiting
 on it with a timeout is the only way to stop waiting).
+
+Reads a request asks for (logs, events) go through `start_read`: at most `per_provider` of
+them run at once per provider, beside the lifecycle's slots (a provider busy with deploys
+still answers its customers' log requests), the rest queue until one returns. Nobody waits on
+a thread: the caller gets a Future, which a request handler awaits with its timeout on the
+event loop, so a hung provider holds at most its own read threads, never request threads.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from gpucloud.drivers.base import DriverTransientError
@@ -84,6 +90,8 @@ class CallPool:
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="gpucloud-step")
         self._running = 0  # steps submitted and not finished
         self.changed = threading.Event()  # set whenever a slot or a step thread frees up
+        self._reads: Counter[str] = Counter()  # read calls running, per provider
+        self._queued: dict[str, deque[tuple[Future, Callable[[], None]]]] = {}
 
     def free_steps(self) -> int:
         with self._lock:
@@ -126,5 +134,67 @@ class CallPool:
 
         return self._executor.submit(run)
 
+    # -- reads on behalf of a request (logs, events) ------------------------------------------
+    def start_read(self, provider_id: str, fn: Callable[..., T], *args: Any,
+                   what: str = "read") -> Future:
+        """Run `fn(*args)` on a thread of its own, in one of the provider's read slots (queued
+        until one frees when all are taken). The returned Future has its result; cancel it
+        when you stop waiting: a queued call then never starts."""
+        result: Future = Future()
+
+        def run() -> None:
+            try:
+                value = fn(*args)
+            except BaseException as exc:  # handed to whoever awaits the Future
+                _settle(result, error=exc)
+            else:
+                _settle(result, value=value)
+            finally:
+                self._read_done(provider_id)
+
+        def start() -> None:
+            threading.Thread(target=run, name=f"driver-{what}", daemon=True).start()
+
+        with self._lock:
+            go = self._reads[provider_id] < self.per_provider
+            if go:
+                self._reads[provider_id] += 1
+            else:
+                self._queued.setdefault(provider_id, deque()).append((result, start))
+        if go:
+            start()
+        return result
+
+    def _read_done(self, provider_id: str) -> None:
+        """A read returned: its slot goes to the next queued read still wanted, else back."""
+        with self._lock:
+            queue = self._queued.get(provider_id)
+            while queue:
+                waiting, start = queue.popleft()
+                if not waiting.cancelled():
+                    break
+            else:
+                self._queued.pop(provider_id, None)
+                self._reads[provider_id] -= 1
+                if self._reads[provider_id] <= 0:
+                    del self._reads[provider_id]
+                return
+        start()
+
+    def reads_running(self, provider_id: str) -> int:
+        with self._lock:
+            return self._reads[provider_id]
+
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _settle(future: Future, value: Any = None, error: BaseException | None = None) -> None:
+    """Complete `future` unless its waiter gave up (cancelled it) meanwhile."""
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        pass

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -82,29 +82,39 @@ def allocate(rt, provider_id: str, instance_id: str, wanted: Iterable[Key],
     for _ in range(8):
         try:
             with rt.db.write() as s:
-                rows = s.scalars(select(PortAllocation)
-                                 .where(PortAllocation.instance_id == instance_id)).all()
-                have = {(r.internal_port, r.protocol): r.port for r in rows
+                conn = s.connection()
+                have = {(r.internal_port, r.protocol): r.port
+                        for r in conn.execute(_PORTS_OF, {"instance_id": instance_id})
                         if r.provider_id == provider_id}
                 missing = [k for k in wanted if k not in have]
                 if missing:
-                    taken = set(s.scalars(select(PortAllocation.port)
-                                          .where(PortAllocation.provider_id == provider_id)))
+                    taken = set(conn.execute(_TAKEN_PORTS, {"provider_id": provider_id})
+                                .scalars())
                     candidates = _free_ports(port_range, taken, probe)
+                    rows = []
                     for key in missing:
                         port = next(candidates, None)
                         if port is None:
                             raise PortsExhausted(
                                 f"No free external port left in {port_range[0]}-{port_range[1]}")
-                        s.add(PortAllocation(provider_id=provider_id, port=port,
-                                             instance_id=instance_id, internal_port=key[0],
-                                             protocol=key[1]))
+                        rows.append({"provider_id": provider_id, "port": port,
+                                     "instance_id": instance_id, "internal_port": key[0],
+                                     "protocol": key[1]})
                         have[key] = port
-                    s.flush()
+                    conn.execute(_INSERT_PORTS, rows)
                 return {k: have[k] for k in wanted}
         except IntegrityError:
             continue  # another process took one of these ports first: look again
     raise PortsExhausted("Could not allocate host ports (too much contention)")
+
+
+# Built once: every create asks (bench/lifecycle.py: statement building cost more than the
+# statements).
+_PA = PortAllocation.__table__
+_PORTS_OF = select(_PA.c.internal_port, _PA.c.protocol, _PA.c.port, _PA.c.provider_id).where(
+    _PA.c.instance_id == bindparam("instance_id"))
+_TAKEN_PORTS = select(_PA.c.port).where(_PA.c.provider_id == bindparam("provider_id"))
+_INSERT_PORTS = insert(_PA)
 
 
 def _free_ports(port_range: tuple[int, int], taken: set[int],

@@ -117,8 +117,8 @@ LAST = Query(None, ge=1, description="Keep only the last N lines")
             summary="Container stdout/stderr lines, oldest first", responses=NOT_FOUND_DOC)
 async def container_logs(instance_id: str, request: Request, last: int | None = LAST,
                          caller: Caller = Depends(current_account)):
-    rt = request.app.state.rt
-    return JSON(await rt.offload(feed.logs, rt, caller.account_id, instance_id, last))
+    # Async: the provider is awaited through the driver-call pool, not in a request thread.
+    return JSON(await feed.logs(request.app.state.rt, caller.account_id, instance_id, last))
 
 
 @router.get("/{instance_id}/events", response_model=list[str],
@@ -126,5 +126,4 @@ async def container_logs(instance_id: str, request: Request, last: int | None = 
             summary="Lifecycle events (gpucloud's and the provider's), oldest first")
 async def container_events(instance_id: str, request: Request, last: int | None = LAST,
                            caller: Caller = Depends(current_account)):
-    rt = request.app.state.rt
-    return JSON(await rt.offload(feed.events, rt, caller.account_id, instance_id, last))
+    return JSON(await feed.events(request.app.state.rt, caller.account_id, instance_id, last))

@@ -30,3 +30,15 @@ def for_instance(conn, instance_id: str) -> list[tuple[dt.datetime, str]]:
     """`conn`: a Session or a Connection."""
     rows = conn.execute(_FOR_INSTANCE, {"instance_id": instance_id}).all()
     return [(r.at, r.message) for r in rows]
+
+
+_LAST = (
+    select(InstanceEvent.message)
+    .where(InstanceEvent.instance_id == bindparam("instance_id"))
+    .order_by(InstanceEvent.id.desc()).limit(1)
+)
+
+
+def last_message(conn, instance_id: str) -> str | None:
+    """The instance's newest line (a progress report is recorded only when it changed)."""
+    return conn.execute(_LAST, {"instance_id": instance_id}).scalar()

@@ -71,6 +71,8 @@ class Claim:
     token: str
     op: str
     slot: Slot | None = None  # the provider slot driver calls run in (None: no call allowed)
+    now: dt.datetime | None = None  # the server time the step ran at
+    waiting: bool = False  # claimed ahead: runs once its provider has a free slot
 
 
 def _backoff(attempts: int) -> dt.timedelta:
@@ -83,46 +85,80 @@ def _past_deadline(now: dt.datetime):
     return and_(Instance.op == OP_CREATE, Instance.provision_deadline_at <= now)
 
 
-def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None) -> list[Claim]:
+def _claim(rt, now: dt.datetime, limit: int = BATCH, pool: CallPool | None = None,
+           backlog: int = 0, room: Callable[[str], int] | None = None) -> list[Claim]:
     """Take up to `limit` due rows. With a pool, only rows of providers with a free slot (a
-    slot is taken for each), plus creates past their deadline, which fail without a call."""
+    slot is taken for each), plus creates past their deadline, which fail without a call.
+    And up to `backlog` more rows of providers whose slots are all taken, at most `room(p)`
+    of provider p (`Claim.waiting`: the dispatcher starts them as slots free up, without
+    claiming again).
+
+    Candidates are chosen from a few narrow columns (a few times `limit` of them, so that a
+    provider whose slots fill up leaves room for the next ones); only the rows actually taken
+    are loaded whole. The background worker claims a row or two each time a slot frees, so
+    this runs about once per step: loading a hundred full rows (JSON columns and all) to take
+    one cost more than the step itself (bench/lifecycle.py)."""
     wall = utcnow()
     slots: list[Slot] = []
     try:
         with rt.db.write() as s:
             due = [Instance.op.isnot(None), Instance.next_check_at <= now,
                    or_(Instance.lock_expires_at.is_(None), Instance.lock_expires_at < wall)]
+            room_left: dict[str, int] = {}
+
+            def may_wait(provider_id: str) -> bool:
+                if provider_id not in room_left:
+                    room_left[provider_id] = room(provider_id) if room is not None else 0
+                return room_left[provider_id] > 0
+
             saturated = pool.saturated() if pool is not None else set()
-            if saturated:
-                due.append(or_(Instance.provider_id.notin_(saturated), _past_deadline(now)))
-            q = (select(Instance, Provider).join(Provider, Provider.id == Instance.provider_id)
-                 .where(*due).order_by(Instance.next_check_at).limit(max(limit, BATCH)))
+            closed = {p for p in saturated if not (backlog and may_wait(p))}
+            if closed:
+                due.append(or_(Instance.provider_id.notin_(closed), _past_deadline(now)))
+            q = (select(Instance.id, Instance.provider_id, Instance.op,
+                        Instance.provision_deadline_at)
+                 .where(*due).order_by(Instance.next_check_at)
+                 .limit(min(BATCH, max(4 * (limit + backlog), 16))))
             if not rt.db.is_sqlite:
                 q = q.with_for_update(of=Instance, skip_locked=True)
-            chosen = []
-            for inst, prov in s.execute(q).all():
-                if len(chosen) >= limit:
+            chosen: list[str] = []
+            slot_of: dict[str, Slot | None] = {}
+            waiting: set[str] = set()
+            started = 0
+            for iid, provider_id, op, deadline in s.execute(q).all():
+                if started >= limit and len(waiting) >= backlog:
                     break
                 slot = None
                 if pool is not None:
-                    slot = pool.acquire(prov.id)
-                    expired = (inst.op == OP_CREATE and inst.provision_deadline_at is not None
-                               and inst.provision_deadline_at <= now)
+                    slot = pool.acquire(provider_id) if started < limit else None
+                    expired = op == OP_CREATE and deadline is not None and deadline <= now
                     if slot is None and not expired:
-                        continue  # the provider is busy: its row waits, others go on
+                        if len(waiting) >= backlog or not may_wait(provider_id):
+                            continue  # the provider is busy: its row waits, others go on
+                        room_left[provider_id] -= 1
+                        waiting.add(iid)
+                    else:
+                        started += 1
                     if slot is not None:
                         slots.append(slot)
-                chosen.append(Claim(inst, prov, "", inst.op, slot))
+                else:
+                    started += 1
+                chosen.append(iid)
+                slot_of[iid] = slot
             if not chosen:
                 return []
             token = str(uuid.uuid4())
-            s.execute(update(Instance).where(Instance.id.in_([c.inst.id for c in chosen]))
+            s.execute(update(Instance).where(Instance.id.in_(chosen))
                       .values(lock_token=token, lock_expires_at=wall + dt.timedelta(
                           seconds=rt.settings.lease_seconds))
                       .execution_options(synchronize_session=False))
-            for c in chosen:
-                c.token = token
-            return chosen
+            rows = s.execute(select(Instance, Provider)
+                             .join(Provider, Provider.id == Instance.provider_id)
+                             .where(Instance.id.in_(chosen))).all()
+            claims = {inst.id: Claim(inst, prov, token, inst.op, slot_of[inst.id],
+                                     waiting=inst.id in waiting)
+                      for inst, prov in rows}
+            return [claims[iid] for iid in chosen]
     except BaseException:
         for slot in slots:
             slot.drop()
@@ -160,8 +196,49 @@ def _apply_once(rt, claim: Claim, fn: Apply) -> bool:
             return False
         inst.lock_token = None
         inst.lock_expires_at = None
+        transitions.locked(s, inst)
         fn(s, inst)
     return True
+
+
+def apply_many(rt, results: list[tuple[Claim, Apply]]) -> None:
+    """Results of many steps in ONE transaction (the dispatcher's applier): a thousand
+    deploys finishing side by side cost a few commits instead of a thousand. Rows are locked
+    in id order and accounts in a fixed order, as the one-by-one path does. When the batch
+    fails (a deadlock victim, one row's bug), every result is applied on its own instead."""
+    if not results:
+        return
+    results = sorted(results, key=lambda r: (r[0].inst.account_id, r[0].inst.id))
+    locks = sorted({hash(c.inst.account_id) % len(_ACCOUNT_LOCKS) for c, _ in results})
+    try:
+        for i in locks:
+            _ACCOUNT_LOCKS[i].acquire()
+        try:
+            with rt.db.write() as s:
+                q = (select(Instance).where(Instance.id.in_([c.inst.id for c, _ in results]))
+                     .order_by(Instance.id))
+                if not rt.db.is_sqlite:
+                    q = q.with_for_update()
+                rows = {inst.id: inst for inst in s.scalars(q)}
+                for claim, fn in results:
+                    inst = rows.get(claim.inst.id)
+                    if inst is None or inst.lock_token != claim.token or inst.op != claim.op:
+                        log.info("instance %s: lease lost during %s; result dropped",
+                                 claim.inst.id, claim.op)
+                        continue
+                    inst.lock_token = None
+                    inst.lock_expires_at = None
+                    transitions.locked(s, inst)
+                    fn(s, inst)
+            return
+        finally:
+            for i in reversed(locks):
+                _ACCOUNT_LOCKS[i].release()
+    except Exception:
+        log.warning("a batch of %d results failed; applying them one by one", len(results),
+                    exc_info=True)
+    for claim, fn in results:
+        finish_step(rt, claim, fn, claim_now(claim))
 
 
 def reschedule_many(rt, claims: list[Claim], at: dt.datetime) -> None:
@@ -232,6 +309,8 @@ def _wait(now: dt.datetime, st: WorkloadStatus | None, cap: dt.datetime | None) 
         inst.next_check_at = max(at, now + dt.timedelta(seconds=1))
         if st is not None and st.state is not None:
             inst.driver_state = st.state
+        if st is not None and st.progress and st.progress != events.last_message(s, inst.id):
+            events.record(s, inst.id, now, st.progress)  # "Pulling image …: 2 of 5 layers"
         return False
     return fn
 
@@ -399,6 +478,8 @@ def _recreate(rt, claim: Claim, driver, gone: WorkloadStatus,
         return None  # no answer is no verdict: look again at the next watch
     except (DriverError, allocations.AllocationError) as exc:
         st = WorkloadStatus(phase="failed", reason=str(exc))
+    if st.phase == "pending":  # under way (an image pulled again): ask again, keep watching
+        return _wait(now, st, None)
     if st.phase != "running":
         why = st.reason or gone.reason or "the provider lost it"
         return _end(now, f"The container vanished and could not be recreated: {why}")
@@ -423,13 +504,24 @@ STEPS = {OP_CREATE: _step_create, OP_UPDATE: _step_update, OP_DELETE: _step_dele
 
 # --- entry points used by workers/runner.py --------------------------------------------------
 
-def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
-    """One claimed row's step: driver call(s), then its result applied. Returns False when
-    nothing changed (an unchanged watch, left to `reschedule_many`)."""
+def call_step(rt, claim: Claim, now: dt.datetime) -> Apply | None:
+    """The driver part of a claimed row's step: what to apply, or None when nothing changed
+    (an unchanged watch, left to `reschedule_many`)."""
+    claim.now = now
     try:
-        fn = STEPS[claim.op](rt, claim, now)
-        if fn is None:
-            return False
+        return STEPS[claim.op](rt, claim, now)
+    except Exception:  # a bug or a database hiccup must not stall the whole queue
+        log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
+        return _retry(now)
+
+
+def claim_now(claim: Claim) -> dt.datetime:
+    return claim.now or utcnow()
+
+
+def finish_step(rt, claim: Claim, fn: Apply, now: dt.datetime) -> None:
+    """Apply one step's result in its own transaction."""
+    try:
         _apply(rt, claim, fn)
     except Exception:  # a bug or a database hiccup must not stall the whole queue
         log.exception("instance %s: %s step failed; retrying later", claim.inst.id, claim.op)
@@ -437,6 +529,15 @@ def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
             _apply(rt, claim, _retry(now))
         except Exception:  # the lease will expire and the step run again
             log.exception("instance %s: could not reschedule", claim.inst.id)
+
+
+def run_step(rt, claim: Claim, now: dt.datetime) -> bool:
+    """One claimed row's step: driver call(s), then its result applied. Returns False when
+    nothing changed (an unchanged watch, left to `reschedule_many`)."""
+    fn = call_step(rt, claim, now)
+    if fn is None:
+        return False
+    finish_step(rt, claim, fn, now)
     return True
 
 

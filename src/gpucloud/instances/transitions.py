@@ -64,6 +64,12 @@ def _close(s: Session, inst: Instance, now: dt.datetime, status: str, reason: st
     events.record(s, inst.id, now, message)
 
 
+def locked(s: Session, inst: Instance) -> None:
+    """`inst` was just loaded with a locking SELECT in this transaction: its money columns
+    need not be read again before the ledger moves them (billing.ledger.held)."""
+    ledger.held(s, inst)
+
+
 def end(s: Session, inst: Instance, now: dt.datetime, reason: str) -> None:
     """ACTIVE → ENDED: refund the unspent reserve, free the capacity, remove the workload."""
     _close(s, inst, now, ENDED, reason, ended_message(reason))
@@ -114,4 +120,5 @@ def recreate(s: Session, inst: Instance, now: dt.datetime, st: WorkloadStatus,
 
 
 __all__ = ["ACTIVE", "ENDED", "FAILED", "INITIALIZED", "TERMINATED", "activate", "absorb",
-           "closed_columns", "end", "ended_message", "fail", "recreate", "terminate"]
+           "closed_columns", "end", "ended_message", "fail", "locked", "recreate",
+           "terminate"]

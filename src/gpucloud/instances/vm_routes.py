@@ -73,13 +73,11 @@ def _routes(kind: str, workload: str) -> None:
         return Response(status_code=204)
 
     async def events(instance_id: str, request: Request,
-                     last: int | None = Query(None, ge=1,
-                                              description="Keep only the last N lines"),
-                     caller: Caller = Depends(current_account)):
+               last: int | None = Query(None, ge=1, description="Keep only the last N lines"),
+               caller: Caller = Depends(current_account)):
         # An extension beyond the Fluence API: why a VM failed, when it answered SSH.
         rt = request.app.state.rt
-        return JSON(await rt.offload(feed.events, rt, caller.account_id, instance_id, last,
-                                     workload))
+        return JSON(await feed.events(rt, caller.account_id, instance_id, last, workload))
 
     base = f"/{kind}"
     router.add_api_route(base, deploy, methods=["POST"], status_code=201, tags=tags,

@@ -1,5 +1,6 @@
-"""Finding, reading and removing an instance's containers on one provider's engine; pulling
-images. A collaborator of DockerDriver, shared by its create, update and delete paths."""
+"""Finding, reading and removing an instance's containers on one provider's engine. A
+collaborator of DockerDriver, shared by its create, update and delete paths (images are pulled
+by drivers/docker/pulls.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import datetime as dt
 from typing import Any
 
 import docker
-from docker.utils import parse_repository_tag
 
-from gpucloud.drivers.base import WorkloadSpec, WorkloadStatus
+from gpucloud.drivers.base import WorkloadStatus
 from gpucloud.drivers.docker.config import DockerConfig
-from gpucloud.drivers.docker.engine import Engine, EngineError, short_error
+from gpucloud.drivers.docker.engine import Engine, EngineError
 from gpucloud.drivers.docker.labels import (
     L_EXPOSE,
     L_INSTANCE,
@@ -83,39 +83,6 @@ class Containers:
     def exec_failure(self, container) -> str | None:
         return exec_failure(self.engine, container, self.cfg.start_check_seconds,
                             self.cfg.is_local)
-
-    def ensure_image(self, spec: WorkloadSpec, notes: list[dict[str, str]]) -> str | None:
-        """Pull the image unless the engine already has it. None, or why it failed."""
-        image = spec.image or ""
-        client = self.engine.client
-        try:
-            self.engine.call(client.images.get, image)
-            note(notes, f"Image {image} present on the host (no pull needed)")
-            return None
-        except docker.errors.NotFound:
-            pass
-        except EngineError as exc:
-            return f"Image {image} could not be inspected: {exc}"
-        repo, tag = parse_repository_tag(image)
-        auth = None
-        if spec.credentials:
-            auth = {"username": spec.credentials.get("username"),
-                    "password": spec.credentials.get("password"),
-                    "serveraddress": spec.credentials.get("host")}
-        note(notes, f"Pulling image {image}")
-        try:
-            stream = self.engine.call(client.api.pull, repo, tag=tag or "latest", stream=True,
-                                      decode=True, auth_config=auth)
-            for line in stream:
-                if isinstance(line, dict) and line.get("error"):
-                    return f"Image {image} could not be pulled: " \
-                           f"{' '.join(str(line['error']).split())[:500]}"
-        except docker.errors.NotFound as exc:
-            return f"Image {image} could not be pulled: {short_error(exc)}"
-        except EngineError as exc:
-            return f"Image {image} could not be pulled: {exc}"
-        note(notes, f"Image {image} pulled")
-        return None
 
     # -- status ------------------------------------------------------------------------------
     def status_of(self, container, state: dict[str, Any] | None) -> WorkloadStatus:

@@ -29,7 +29,7 @@ from gpucloud.drivers.base import (
 )
 from gpucloud.drivers.docker.build import ContainerBuilder
 from gpucloud.drivers.docker.config import normalized, parse_config
-from gpucloud.drivers.docker.containers import Containers
+from gpucloud.drivers.docker.containers import Containers, note
 from gpucloud.drivers.docker.engine import Engine, EngineError
 from gpucloud.drivers.docker.events import to_driver_events
 from gpucloud.drivers.docker.labels import (
@@ -40,6 +40,7 @@ from gpucloud.drivers.docker.labels import (
     container_name,
     since_of,
 )
+from gpucloud.drivers.docker.pulls import Pulls
 from gpucloud.drivers.docker.update import Updater
 from gpucloud.drivers.hostports import host_port_free
 
@@ -54,8 +55,10 @@ class DockerDriver(Driver):
         self.engine = Engine(self.cfg)
         self.port_range = tuple(self.cfg.port_range)
         self.containers = Containers(self.engine, self.cfg, provider_id)
+        self.pulls = Pulls(self.engine)
         self.builder = ContainerBuilder(self.engine, self.cfg, provider_id)
-        self.updater = Updater(self.containers, self.builder, self._create)
+        self.updater = Updater(self.containers, self.builder, self.pulls,
+                               ctx.clock, self._create)
 
     # -- what the control plane allocates ----------------------------------------------------
     def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
@@ -99,11 +102,13 @@ class DockerDriver(Driver):
                     return WorkloadStatus(phase="failed",
                                           reason=f"Container could not start: {exc}")
             return self.containers.status_of(existing, None)
+        # The image first: pulled in the background while this call returns `pending`.
+        waiting, image_note = self.pulls.image_ready(spec, self.ctx.clock)
+        if waiting is not None:
+            return waiting
         since = int(time.time()) - 1
         state = {"since": since, "notes": notes}
-        reason = self.containers.ensure_image(spec, notes)
-        if reason is not None:
-            return WorkloadStatus(phase="failed", reason=reason, state=state)
+        note(notes, image_note)
         ports = {(p.port, p.protocol): p.external_port for p in spec.ports}
         try:
             container = self.builder.make(spec, generation, ports,

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gpucloud.drivers.base import WorkloadSpec, WorkloadStatus
+from gpucloud.drivers.base import Clock, WorkloadSpec, WorkloadStatus
 from gpucloud.drivers.docker.build import ContainerBuilder
 from gpucloud.drivers.docker.containers import Containers
 from gpucloud.drivers.docker.engine import EngineError
 from gpucloud.drivers.docker.labels import container_name, generation_of, since_of
+from gpucloud.drivers.docker.pulls import Pulls
 
 
 class Updater:
-    def __init__(self, containers: Containers, builder: ContainerBuilder,
-                 create: Callable[[WorkloadSpec, int], WorkloadStatus]):
+    def __init__(self, containers: Containers, builder: ContainerBuilder, pulls: Pulls,
+                 clock: Clock, create: Callable[[WorkloadSpec, int], WorkloadStatus]):
         self.containers = containers
+        self.pulls = pulls
+        self.clock = clock
         self.builder = builder
         self.engine = containers.engine
         self.cfg = containers.cfg
@@ -35,10 +38,12 @@ class Updater:
         if generation_of(current) == generation and current.status == "running":
             self.containers.remove_others(containers, keep=current)
             return self._applied(current)
-        notes: list[dict[str, str]] = []
-        reason = self.containers.ensure_image(spec, notes)
-        if reason is not None:
-            return self._kept(current, reason)
+        # The new image is pulled in the background; the old container serves meanwhile.
+        waiting, _ = self.pulls.image_ready(spec, self.clock)
+        if waiting is not None and waiting.phase == "failed":
+            return self._kept(current, waiting.reason or "the image could not be pulled")
+        if waiting is not None:
+            return waiting
         # The instance's existing ports (allocated by the control plane): unchanged.
         ports = {(p.port, p.protocol): p.external_port for p in spec.ports}
         replacement = next((c for c in containers if generation_of(c) == generation
