@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-
 from gpucloud.drivers.base import DriverError
 from gpucloud.drivers.pool import CallTimeout
 from gpucloud.errors import BadRequest
