@@ -323,7 +323,7 @@ def record_inventory(s: Session, machine_id: int, inventory: dict, now: dt.datet
     err = catalog_machines.machine_field_error(s, provider, m.name, inventory, ["machine"])
     if err is not None and m.state == MACHINE_FREE:
         m.state, m.updated_at = MACHINE_MAINTENANCE, now
-        m.reason = "Inventory contradicts its offers: " + err.errors[0]["msg"]
+        m.reason = f"Inventory contradicts its offers: {err}"
         s.flush()
         catalog_machines.sync_capacity(s, [m.provider_id])
     s.flush()
