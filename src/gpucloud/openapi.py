@@ -49,7 +49,11 @@ PORT_422 = {"detail": [{
 # What a path parameter that names nothing answers.
 NOT_FOUND = {"instance_id": INSTANCE_NOT_FOUND, "account_id": "Account not found",
              "key_id": "API key not found", "provider_id": "Provider not found",
-             "offer_id": "Offer not found"}
+             "offer_id": "Offer not found", "machine_id": "Machine not found"}
+
+INVENTORY_422 = {"detail": [{
+    "type": "value_error", "loc": ["machine"], "input": "node3",
+    "msg": "Machine node3 reports 32 CPUs; the offer says 64 (offer 5f0c…, field vcpu)"}]}
 
 # What an id in a body that names nothing answers.
 BODY_NOT_FOUND = {"adminCreateOffer": "Provider not found"}
@@ -70,6 +74,10 @@ BAD_REQUESTS: dict[str, list[str]] = {
     "adminCreateProvider": ["Provider massed-compute already exists"],
     "adminDeposit": ["Deposit amount must be positive"],
     "adminImportCatalog": ["The catalog changed concurrently; apply the document again"],
+    "adminWipeMachine": ["Machine node3 is free: only a machine in maintenance can be wiped "
+                         "again"],
+    "adminReturnMachine": ["Machine node3 is rented: only a machine in maintenance can be "
+                           "returned to service"],
     "adminMoveClock": ["The clock cannot move backwards",
                        "The clock can only be moved when the server runs with "
                        "GPUCLOUD_CLOCK=manual"],
@@ -183,7 +191,24 @@ for _kind, _path in (("VM", "vms"), ("Baremetal", "baremetal")):
 DESCRIPTIONS["adminListMachines"] = (
     "The bare-metal machines of every redfish provider with their state: free, rented (and to "
     "which instance), dirty (released, wipe pending) or maintenance (a wipe failed; the reason "
-    "says why). Only free machines are rented out.")
+    "says why). Only free machines are rented out. Each row has its `id` (for the actions "
+    "below) and the `inventory` its BMC reported at registration or the last check: `cpus`, "
+    "`memory_gib`, `gpus` and `power`, each \"unverified\" when the BMC does not report it.")
+DESCRIPTIONS["adminWipeMachine"] = (
+    "Wipe a machine in maintenance again: it becomes dirty and the release of its last "
+    "instance is scheduled again (power off, wipe image, wait for it to power off). It is "
+    "offered again only when that wipe succeeds, and goes back to maintenance with the new "
+    "reason if not. 400 for a machine that is not in maintenance.")
+DESCRIPTIONS["adminReturnMachine"] = (
+    "Return a machine in maintenance to service on the operator's word that it is clean and "
+    "healthy (e.g. wiped by hand): it becomes free and counts in its offers' capacity again. "
+    "400 for a machine that is not in maintenance.")
+DESCRIPTIONS["adminCheckMachineInventory"] = (
+    "Read the machine's CPUs, memory, GPUs (GPU-class PCIe devices, where the BMC lists PCIe "
+    "devices) and power state from its BMC now, store it, and check it against every offer the "
+    "machine serves. A figure below what an offer promises is a 422 naming the machine, the "
+    "offer and the field, and a free machine goes to maintenance with that reason; what the BMC "
+    "does not report is \"unverified\", never a mismatch.")
 DESCRIPTIONS["adminGetConsole"] = (
     "The serial console log of a VM (the driver's capture of the guest's ttyS0), oldest line "
     "first; `last` keeps the last N. For operators diagnosing a guest that never answered SSH.")
@@ -306,7 +331,11 @@ def _errors(doc: dict[str, Any], path: str, op: dict[str, Any]) -> None:
     # can fail validation; FastAPI lists a 422 for path parameters too.
     queries = any(p.get("in") == "query" for p in op.get("parameters", []))
     responses.pop("422", None)
-    if queries or "requestBody" in op:
+    if op_id == "adminCheckMachineInventory":
+        responses["422"] = {
+            "description": "The machine's inventory contradicts an offer it serves",
+            "content": _json(INVENTORY_422, {"$ref": "#/components/schemas/HTTPValidationError"})}
+    elif queries or "requestBody" in op:
         example = PORT_422 if op_id == "deployContainer" else \
             _body_422(doc, op) if "requestBody" in op else _query_422(op["parameters"])
         responses["422"] = {

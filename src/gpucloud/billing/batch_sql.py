@@ -223,7 +223,6 @@ def end_exhausted(s: Session, now: dt.datetime) -> int:
         reserve=0, **transitions.closed_columns(ENDED, EXHAUSTED_REASON, now)))
     after_commit(s, PLANS_CHANGED)
     after_commit(s, NEW_WORK)
-    allocations.release(s, ended_ids)
     s.execute(insert(E).from_select(
         ["instance_id", "at", "message"],
         select(B.c.id, literal(now, UTCDateTime()), literal(EXHAUSTED_EVENT))
@@ -238,6 +237,8 @@ def end_exhausted(s: Session, now: dt.datetime) -> int:
     s.execute(update(Z).where(Z.c.id == per_zone.c.zone_id)
               .values(in_use=case((Z.c.in_use >= per_zone.c.n, Z.c.in_use - per_zone.c.n),
                                   else_=0)))  # never below zero, like release_capacity
+    # After the zones: a machine-backed offer's capacity is re-derived from in_use there.
+    allocations.release(s, ended_ids)
     return ended
 
 

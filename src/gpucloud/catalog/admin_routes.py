@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gpucloud.accounts.auth import require_admin
 from gpucloud.bodies import BodyRoute
-from gpucloud.catalog import importer, service
+from gpucloud.catalog import importer, machines, service
 from gpucloud.catalog.importer import CatalogDoc, ImportSummary
 from gpucloud.catalog.schemas import (
     OfferCreate,
@@ -22,7 +22,7 @@ from gpucloud.catalog.schemas import (
     ProviderOut,
     ProviderPatch,
 )
-from gpucloud.errors import BadRequest
+from gpucloud.errors import BadRequest, FieldError
 from gpucloud.jsonresp import JSON
 
 router = APIRouter(prefix="/admin", route_class=BodyRoute, tags=["admin: catalog"],
@@ -37,12 +37,18 @@ def _provider_out(s, provider_id: str) -> dict:
 @router.post("/providers", status_code=201, response_model=ProviderOut,
              operation_id="adminCreateProvider")
 def create_provider(body: ProviderCreate, request: Request):
+    """A provider with machines (bare metal): each machine's inventory is read from its BMC
+    first, outside the transaction, and checked against the offers it serves."""
     rt = request.app.state.rt
+    service.reject_nul(body.config, ["body", "config"])
+    clear = service.validated_driver_config(body.driver, body.config, ["body"])
+    inventories = machines.read_inventories(body.driver, clear, rt.clock)
     try:
         with rt.db.write() as s:
             provider = service.create_provider(s, body.name, body.driver, body.config,
                                                body.enabled, rt.clock.now(),
-                                               seal=rt.secrets.seal_text)
+                                               seal=rt.secrets.seal_text,
+                                               inventories=inventories)
             out = service.provider_json(provider)
     except IntegrityError:
         # Lost a race with a concurrent create of the same name.
@@ -107,9 +113,17 @@ def import_catalog(body: CatalogDoc, request: Request):
     """Providers are matched by name, offers by provider + workload + GPU + count + vCPU +
     memory + storage + location. All-or-nothing: an invalid document writes nothing."""
     rt = request.app.state.rt
+    inventories = {}
+    for p in body.providers:  # the machines' BMCs, read before the transaction
+        try:
+            clear = service.validated_driver_config(p.driver, p.config, [])
+        except FieldError:
+            continue  # the import reports it with every other problem of the document
+        inventories[p.name] = machines.read_inventories(p.driver, clear, rt.clock)
     try:
         with rt.db.write() as s:
-            summary = importer.import_catalog(s, body, rt.clock.now(), rt.secrets.seal_text)
+            summary = importer.import_catalog(s, body, rt.clock.now(), rt.secrets.seal_text,
+                                              inventories=inventories)
     except IntegrityError:
         raise BadRequest("The catalog changed concurrently; apply the document again") from None
     return JSON(summary)

@@ -26,6 +26,7 @@ from gpucloud.catalog.service import (
     add_offer,
     checked_driver_config,
     field_errors,
+    machines_changed,
     nul_path,
     offer_countries,
     offer_rule_errors,
@@ -142,10 +143,13 @@ def _validate(s: Session, doc: CatalogDoc,
 
 
 def import_catalog(s: Session, doc: dict[str, Any] | CatalogDoc, now: dt.datetime,
-                   seal: Callable[[str], str]) -> dict:
+                   seal: Callable[[str], str],
+                   inventories: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict:
     """Upsert a catalog document in the caller's transaction; returns the summary. Driver
     secrets in provider configs (BMC passwords) are sealed with `seal`, as on
-    POST /admin/providers."""
+    POST /admin/providers. `inventories`: provider name → machine → what its BMC reported
+    (read by the caller before the transaction); a machine contradicting an offer it serves
+    makes the whole import a 422."""
     if not isinstance(doc, CatalogDoc):
         doc = CatalogDoc.model_validate(doc)
     configs = _validate(s, doc, seal)
@@ -178,6 +182,13 @@ def import_catalog(s: Session, doc: dict[str, Any] | CatalogDoc, now: dt.datetim
         else:
             _update_offer(s, row, o)
             summary.offers_updated += 1
+    s.flush()
+    # Machine rows, the offers checked against the inventory stored for them, and the
+    # capacity of machine-backed offers (their free machines, not the document's capacity).
+    touched = {p.name for p in doc.providers} | {o.provider for o in doc.offers}
+    for name in sorted(touched):
+        machines_changed(s, providers[name], now, (inventories or {}).get(name, {}),
+                         ["body", "providers", name, "config", "machines"])
 
     if doc.default_images is not None:
         keep = [img.slug for img in doc.default_images]

@@ -3,7 +3,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gpucloud.db import Base, BigIntPK, Micro, UTCDateTime, UUIDStr, new_id
@@ -78,3 +87,38 @@ class DefaultImage(Base):
     startup_command: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     requires_ssh: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# Machine states (bare metal): rentable only when FREE, which a machine becomes only after
+# its wipe succeeded (instances/allocations.py).
+MACHINE_FREE, MACHINE_RENTED, MACHINE_DIRTY, MACHINE_MAINTENANCE = (
+    "free", "rented", "dirty", "maintenance")
+
+
+class Machine(Base):
+    """A whole server of a bare-metal provider (named in its config), as the control plane
+    sees it: free, rented to an instance, dirty (its last instance ended, wipe pending) or in
+    maintenance (a wipe failed; nobody rents it until an operator acts).
+
+    The catalog's because a machine-backed offer's capacity is its free machines
+    (catalog/machines.py); instances/allocations.py rents them."""
+
+    __tablename__ = "machines"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=MACHINE_FREE)
+    # The renter, or (dirty/maintenance) the last instance whose data it may still hold.
+    instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the BMC reported (cpus, memory_gib, gpus, power; None = not reported, unverified)
+    # at registration or the last admin check.
+    inventory: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    inventory_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("provider_id", "name", name="uq_machine"),
+        Index("ix_machines_instance", "instance_id"),
+    )

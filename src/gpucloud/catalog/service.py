@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
-from gpucloud.catalog.models import Offer, OfferZone, Provider
+from gpucloud.catalog import machines
+from gpucloud.catalog.models import Machine, Offer, OfferZone, Provider
 from gpucloud.catalog.schemas import OfferCreate, OfferFields, OfferPatch
 from gpucloud.db import PLANS_CHANGED, after_commit, plausible_id
 from gpucloud.drivers.registry import driver_class
@@ -118,20 +119,27 @@ def offer_countries(f: OfferFields) -> list[str]:
 
 # --- providers -----------------------------------------------------------------------------------
 
-def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
-                          seal: Callable[[str], str]) -> dict[str, Any]:
-    """The driver's normalized config with its secrets sealed by `seal` (never optional: a
-    path that forgot it would store BMC passwords in clear), or a 422 at
-    `loc + [driver|config]`."""
+def validated_driver_config(driver: str, config: dict[str, Any],
+                            loc: list[Any]) -> dict[str, Any]:
+    """The driver's normalized config, secrets still in clear (for reading the machines'
+    inventory before it is stored), or a 422 at `loc + [driver|config]`."""
     try:
         cls = driver_class(driver)
     except ValueError as exc:
         raise FieldError(loc + ["driver"], str(exc), driver) from None
     try:
-        out = cls.validate_config(dict(config))
+        return cls.validate_config(dict(config))
     except ValueError as exc:
         raise FieldError(loc + ["config"], str(exc), config) from None
-    return cls.seal_config(out, seal)
+
+
+def checked_driver_config(driver: str, config: dict[str, Any], loc: list[Any],
+                          seal: Callable[[str], str]) -> dict[str, Any]:
+    """The driver's normalized config with its secrets sealed by `seal` (never optional: a
+    path that forgot it would store BMC passwords in clear), or a 422 at
+    `loc + [driver|config]`."""
+    out = validated_driver_config(driver, config, loc)
+    return driver_class(driver).seal_config(out, seal)
 
 
 def public_config(provider: Provider) -> dict[str, Any]:
@@ -164,7 +172,11 @@ def offer_problem(provider: Provider, f: OfferFields) -> tuple[str, str] | None:
 
 
 def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], enabled: bool,
-                    now: dt.datetime, seal: Callable[[str], str]) -> Provider:
+                    now: dt.datetime, seal: Callable[[str], str],
+                    inventories: dict[str, dict[str, Any]] | None = None) -> Provider:
+    """`inventories`: what the machines' BMCs reported (machines.read_inventories, read by
+    the caller before its transaction); a machine contradicting an offer it serves is a 422
+    naming the machine and the field."""
     reject_nul(config, ["body", "config"])
     config = checked_driver_config(driver, config, ["body"], seal)
     if s.scalar(select(Provider.id).where(Provider.name == name)) is not None:
@@ -173,7 +185,26 @@ def create_provider(s: Session, name: str, driver: str, config: dict[str, Any], 
     s.add(provider)
     after_commit(s, PLANS_CHANGED)
     s.flush()
+    machines_changed(s, provider, now, inventories or {}, ["body", "config", "machines"])
     return provider
+
+
+def machines_changed(s: Session, provider: Provider, now: dt.datetime,
+                     inventories: dict[str, dict[str, Any]], loc: list[Any]) -> None:
+    """A provider's config was stored: its machine rows, their inventory, the capacity of
+    its machine-backed offers; a machine contradicting an offer it serves raises the 422."""
+    names = machines.sync_rows(s, provider, now)
+    if not names:
+        return
+    machines.store_inventory(s, provider.id, inventories, now)
+    order = list(names)
+    for name, inv in s.execute(select(Machine.name, Machine.inventory)
+                               .where(Machine.provider_id == provider.id)).all():
+        err = machines.machine_field_error(s, provider, name, inv,
+                                           loc + [order.index(name) if name in order else name])
+        if err is not None:
+            raise err
+    machines.sync_capacity(s, [provider.id])
 
 
 def get_provider(s: Session, provider_id: str) -> Provider:
@@ -224,6 +255,10 @@ def create_offer(s: Session, body: OfferCreate, now: dt.datetime) -> Offer:
         value = getattr(body, problem[0])
         value = value.model_dump() if hasattr(value, "model_dump") else value
         raise field_errors([(["body", problem[0]], problem[1], value)])
+    # Against what the BMCs of the machines that would serve it reported.
+    err = machines.offer_field_error(s, provider, body, None, ["body"])
+    if err is not None:
+        raise err
     return add_offer(s, body.provider_id, body, now)
 
 
@@ -241,6 +276,8 @@ def add_offer(s: Session, provider_id: str, f: OfferFields, now: dt.datetime) ->
     for country in offer_countries(f):
         s.add(OfferZone(offer_id=offer.id, country=country, capacity=f.capacity, in_use=0))
     s.flush()
+    if f.workload == "baremetal":
+        machines.sync_capacity(s, [provider_id])  # its free machines, not `capacity`
     return offer
 
 
@@ -267,6 +304,8 @@ def patch_offer(s: Session, offer_id: str, patch: OfferPatch) -> Offer:
         offer.price_hour = to_micro(patch.price_hour)
     if patch.capacity is not None:
         set_zone_capacity(s, offer.id, patch.capacity)
+        if offer.workload == "baremetal":
+            machines.sync_capacity(s, [offer.provider_id])  # machines decide, not `capacity`
     s.flush()
     return offer
 

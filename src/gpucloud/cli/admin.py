@@ -24,8 +24,11 @@ providers = typer.Typer(help="Providers (where offers run).", no_args_is_help=Tr
 offers = typer.Typer(help="Offers (what plans are made of).", no_args_is_help=True)
 catalog = typer.Typer(help="Bulk catalog import.", no_args_is_help=True)
 clock = typer.Typer(help="The server clock (manual clock only for moves).", no_args_is_help=True)
+machines = typer.Typer(help="Bare-metal machines: list, wipe again, return to service, "
+                       "check inventory.", no_args_is_help=True)
 for sub, name in ((accounts, "accounts"), (keys, "keys"), (providers, "providers"),
-                  (offers, "offers"), (catalog, "catalog"), (clock, "clock")):
+                  (offers, "offers"), (catalog, "catalog"), (clock, "clock"),
+                  (machines, "machines")):
     app.add_typer(sub, name=name)
 
 JSON_OPT = typer.Option(False, "--json", help="JSON output")
@@ -330,17 +333,59 @@ def console(instance_id: str = typer.Argument(..., metavar="ID"),
         typer.echo(line)
 
 
-@app.command("machines")
+@machines.command("list")
 @connected
-def machines(as_json: bool = JSON_OPT, *, client: Client) -> None:
+def machines_list(as_json: bool = JSON_OPT, *, client: Client) -> None:
     """Bare-metal machines: free, rented, dirty (wipe pending) or in maintenance, and why."""
     items = client.machines()
     if as_json:
         print_json(items)
         return
-    table(["Provider", "Machine", "State", "Instance", "Reason"],
-          [[m["provider_id"], m["name"], m["state"], m["instance_id"] or "", m["reason"] or ""]
-           for m in items])
+    table(["ID", "Provider", "Machine", "State", "Instance", "Inventory", "Reason"],
+          [[m["id"], m["provider_id"], m["name"], m["state"], m["instance_id"] or "",
+            _inventory_text(m.get("inventory")), m["reason"] or ""] for m in items])
+
+
+def _inventory_text(inv: dict | None) -> str:
+    if not inv:
+        return "not read"
+    return (f"cpus={inv.get('cpus')} memory_gib={inv.get('memory_gib')} "
+            f"gpus={inv.get('gpus')} power={inv.get('power')}")
+
+
+def _machine_view(m: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(m)
+    else:
+        fields([("id", m["id"]), ("name", m["name"]), ("state", m["state"]),
+                ("instance", m["instance_id"] or ""), ("inventory",
+                                                       _inventory_text(m.get("inventory"))),
+                ("reason", m["reason"] or "")])
+
+
+@machines.command("wipe")
+@connected
+def machines_wipe(machine_id: int = typer.Argument(..., metavar="ID"), as_json: bool = JSON_OPT,
+                  *, client: Client) -> None:
+    """Wipe a machine in maintenance again (it is offered again only if the wipe succeeds)."""
+    _machine_view(client.wipe_machine(machine_id), as_json)
+
+
+@machines.command("return")
+@connected
+def machines_return(machine_id: int = typer.Argument(..., metavar="ID"),
+                    as_json: bool = JSON_OPT, *, client: Client) -> None:
+    """Return a machine in maintenance to service (you vouch that it is clean)."""
+    _machine_view(client.return_machine(machine_id), as_json)
+
+
+@machines.command("inventory")
+@connected
+def machines_inventory(machine_id: int = typer.Argument(..., metavar="ID"),
+                       as_json: bool = JSON_OPT, *, client: Client) -> None:
+    """Read a machine's CPUs, memory, GPUs and power from its BMC; check them against its
+    offers (a contradiction is an error and takes a free machine out of service)."""
+    _machine_view(client.check_machine_inventory(machine_id), as_json)
 
 
 # -- the books -----------------------------------------------------------------------------------

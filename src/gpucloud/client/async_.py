@@ -92,6 +92,18 @@ class AsyncClient:
         """Operator: bare-metal machines (free, rented, dirty, maintenance with the reason)."""
         return await self.send(ep.machines())
 
+    async def wipe_machine(self, machine_id: int) -> dict:
+        """Operator: wipe a machine in maintenance again."""
+        return await self.send(ep.machine_action(machine_id, "wipe"))
+
+    async def return_machine(self, machine_id: int) -> dict:
+        """Operator: return a machine in maintenance to service."""
+        return await self.send(ep.machine_action(machine_id, "return"))
+
+    async def check_machine_inventory(self, machine_id: int) -> dict:
+        """Operator: read a machine's inventory from its BMC and check it against its offers."""
+        return await self.send(ep.machine_action(machine_id, "inventory"))
+
     async def console(self, instance_id: str, last: int | None = None) -> list[str]:
         """Operator: a VM's serial console log."""
         return await self.send(ep.console(instance_id, last))

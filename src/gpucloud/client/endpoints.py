@@ -124,6 +124,11 @@ def machines() -> Call[list[dict[str, Any]]]:
     return Call("GET", "/admin/machines", _dicts, admin=True)
 
 
+def machine_action(machine_id: int, action: str) -> Call[dict[str, Any]]:
+    """action: wipe | return | inventory."""
+    return Call("POST", f"/admin/machines/{int(machine_id)}/{action}", dict, admin=True)
+
+
 def terminate_container(instance_id: str) -> Call[None]:
     return Call("DELETE", f"/gpu/instances/{_id(instance_id)}", _none)
 

@@ -90,6 +90,18 @@ class Client:
         """Operator: bare-metal machines (free, rented, dirty, maintenance with the reason)."""
         return self.send(ep.machines())
 
+    def wipe_machine(self, machine_id: int) -> dict:
+        """Operator: wipe a machine in maintenance again."""
+        return self.send(ep.machine_action(machine_id, "wipe"))
+
+    def return_machine(self, machine_id: int) -> dict:
+        """Operator: return a machine in maintenance to service."""
+        return self.send(ep.machine_action(machine_id, "return"))
+
+    def check_machine_inventory(self, machine_id: int) -> dict:
+        """Operator: read a machine's inventory from its BMC and check it against its offers."""
+        return self.send(ep.machine_action(machine_id, "inventory"))
+
     def console(self, instance_id: str, last: int | None = None) -> list[str]:
         """Operator: a VM's serial console log."""
         return self.send(ep.console(instance_id, last))

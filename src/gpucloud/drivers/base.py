@@ -175,6 +175,18 @@ class Driver(abc.ABC):
         return []
 
     @classmethod
+    def machines(cls, config: dict[str, Any]) -> list[tuple[str, list[str] | None]]:
+        """The whole servers a config names (bare metal), each with the offer ids it is
+        limited to (None: every bare-metal offer of the provider). The control plane keeps a
+        row per machine and derives the offers' capacity from the free ones."""
+        return []
+
+    def machine_inventory(self, name: str) -> dict[str, Any]:
+        """What the machine's management controller reports: `cpus`, `memory_gib`, `gpus`
+        (None for each it does not report: unverified) and `power`. Network I/O."""
+        raise DriverError(f"{self.name} has no machines")
+
+    @classmethod
     def validate_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """Return the normalized config or raise ValueError (→ 422 at registration)."""
         return config

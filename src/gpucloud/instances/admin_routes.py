@@ -9,9 +9,11 @@ from sqlalchemy import select
 
 from gpucloud.accounts.auth import require_admin
 from gpucloud.bodies import BodyRoute
+from gpucloud.catalog import machines as catalog_machines
 from gpucloud.catalog.models import Provider
 from gpucloud.drivers.base import DriverError
 from gpucloud.errors import BadRequest, NotFound
+from gpucloud.instances import allocations
 from gpucloud.instances.models import Instance, Machine
 from gpucloud.jsonresp import JSON
 
@@ -27,9 +29,58 @@ def list_machines(request: Request):
     rt = request.app.state.rt
     with rt.db.read() as s:
         rows = s.scalars(select(Machine).order_by(Machine.provider_id, Machine.name)).all()
-        return JSON([{"provider_id": m.provider_id, "name": m.name, "state": m.state,
-                      "instance_id": m.instance_id, "reason": m.reason,
-                      "updated_at": m.updated_at} for m in rows])
+        return JSON([catalog_machines.machine_json(m) for m in rows])
+
+
+def _machine_id(raw: str) -> int:
+    """Path parameters are plain strings: anything but a row id is an unknown machine."""
+    if not raw.isdigit() or len(raw) > 18:
+        raise NotFound("Machine not found")
+    return int(raw)
+
+
+@machines.post("/{machine_id}/wipe", operation_id="adminWipeMachine",
+               summary="Wipe a machine in maintenance again")
+def wipe_machine(machine_id: str, request: Request):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        m = allocations.retry_wipe(s, _machine_id(machine_id), rt.clock.now())
+        out = catalog_machines.machine_json(m)
+    return JSON(out)
+
+
+@machines.post("/{machine_id}/return", operation_id="adminReturnMachine",
+               summary="Return a machine in maintenance to service")
+def return_machine(machine_id: str, request: Request):
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        m = allocations.return_to_service(s, _machine_id(machine_id), rt.clock.now())
+        out = catalog_machines.machine_json(m)
+    return JSON(out)
+
+
+@machines.post("/{machine_id}/inventory", operation_id="adminCheckMachineInventory",
+               summary="Read a machine's inventory from its BMC and check it against its offers")
+def check_inventory(machine_id: str, request: Request):
+    rt = request.app.state.rt
+    machine_id = _machine_id(machine_id)
+    with rt.db.read() as s:
+        m = s.get(Machine, machine_id)
+        if m is None:
+            raise NotFound("Machine not found")
+        provider = s.get(Provider, m.provider_id)
+        name = m.name
+    driver = rt.driver_for(provider.id, provider.driver, provider.config or {})
+    try:  # network I/O: outside any transaction
+        inventory = driver.machine_inventory(name)
+    except DriverError as exc:
+        inventory = {"error": str(exc)}
+    with rt.db.write() as s:
+        m, err = allocations.record_inventory(s, machine_id, inventory, rt.clock.now())
+        out = catalog_machines.machine_json(m)
+    if err is not None:
+        raise err  # committed: the inventory is stored, a free machine is in maintenance
+    return JSON(out)
 
 
 @router.get("/{instance_id}/console", response_model=list[str], operation_id="adminGetConsole",

@@ -21,16 +21,20 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gpucloud.drivers.base import Driver, ForwardedPort, WorkloadSpec
-from gpucloud.instances.models import (
+from gpucloud.catalog import machines as catalog_machines
+from gpucloud.catalog.models import (
     MACHINE_DIRTY,
     MACHINE_FREE,
     MACHINE_MAINTENANCE,
     MACHINE_RENTED,
-    GpuAllocation,
     Machine,
-    PortAllocation,
+    Provider,
 )
+from gpucloud.db import NEW_WORK, after_commit
+from gpucloud.drivers.base import Driver, ForwardedPort, WorkloadSpec
+from gpucloud.errors import PLAN_UNAVAILABLE, BadRequest, NotFound
+from gpucloud.instances import events
+from gpucloud.instances.models import OP_DELETE, GpuAllocation, Instance, PortAllocation
 
 Key = tuple[int, str]  # (internal port, protocol as exposed: tcp | udp | http)
 
@@ -155,10 +159,39 @@ def allocate_gpus(rt, provider_id: str, instance_id: str, pool: list[str],
     raise GpusExhausted("Could not allocate GPUs (too much contention)")
 
 
+def rent_at_deploy(s: Session, provider_id: str, offer_id: str, instance_id: str,
+                   now: dt.datetime) -> str | None:
+    """In the deploy's transaction: rent a free machine serving the offer, or refuse the
+    deploy (the contract's 400, nothing written). None: the provider has no machines.
+
+    The compare-and-set on `state = free` is the exact arbiter (on PostgreSQL a second writer
+    re-checks it under the row lock; SQLite serializes writers), so two deploys never get one
+    machine, whatever the offer's capacity showed them."""
+    provider = s.get(Provider, provider_id)
+    names = catalog_machines.served(provider) if provider is not None else {}
+    if not names:
+        return None
+    pool = [n for n, limited in names.items() if catalog_machines.serves(limited, offer_id)]
+    if pool and s.scalar(select(Machine.id).where(Machine.provider_id == provider_id)
+                         .limit(1)) is None:
+        catalog_machines.sync_rows(s, provider, now)  # a provider registered before the rows
+    for name in pool:
+        taken = s.execute(
+            update(Machine).where(Machine.provider_id == provider_id, Machine.name == name,
+                                  Machine.state == MACHINE_FREE)
+            .values(state=MACHINE_RENTED, instance_id=instance_id, reason=None, updated_at=now)
+            .execution_options(synchronize_session=False)).rowcount
+        if taken == 1:
+            catalog_machines.sync_capacity(s, [provider_id])
+            return name
+    raise BadRequest(PLAN_UNAVAILABLE)
+
+
 def rent_machine(rt, provider_id: str, instance_id: str, pool: list[str]) -> str:
-    """The machine the instance rents (the one it already has, else the first free one of
-    `pool`). Rows for machines named in the config appear here the first time they are seen.
-    The rent is a compare-and-set on `state = free`, so two processes never rent one machine."""
+    """The machine the instance rents: the one its deploy rented (`rent_at_deploy`), else
+    (an instance deployed before machines were rented at deploy) the first free one of
+    `pool`. The rent is a compare-and-set on `state = free`, so two processes never rent one
+    machine."""
     for _ in range(8):
         try:
             with rt.db.write() as s:
@@ -183,6 +216,7 @@ def rent_machine(rt, provider_id: str, instance_id: str, pool: list[str]) -> str
                         .values(state=MACHINE_RENTED, instance_id=instance_id, reason=None)
                         .execution_options(synchronize_session=False)).rowcount
                     if taken == 1:
+                        catalog_machines.sync_capacity(s, [provider_id])
                         return name
                 raise MachinesBusy("No clean machine is free at the provider")
         except IntegrityError:
@@ -198,10 +232,12 @@ def machine_of(rt, instance_id: str) -> str | None:
 
 def machine_wiped(s: Session, instance_id: str, now: dt.datetime) -> None:
     """The instance's machine is clean: offer it again."""
+    pids = list(s.scalars(select(Machine.provider_id).where(Machine.instance_id == instance_id)))
     s.execute(update(Machine).where(Machine.instance_id == instance_id,
                                     Machine.state.in_([MACHINE_DIRTY, MACHINE_RENTED]))
               .values(state=MACHINE_FREE, instance_id=None, reason=None, updated_at=now)
               .execution_options(synchronize_session=False))
+    catalog_machines.sync_capacity(s, pids)
 
 
 def machine_maintenance(s: Session, instance_id: str, reason: str, now: dt.datetime) -> None:
@@ -227,8 +263,78 @@ def release(s: Session, instance_ids) -> None:
     s.execute(delete(GpuAllocation).where(GpuAllocation.instance_id.in_(instance_ids))
               .execution_options(synchronize_session=False))
     # A machine is not free when its renter ends: it still holds the customer's data until
-    # the driver's delete (the wipe) succeeded (`machine_wiped`).
-    s.execute(update(Machine).where(Machine.instance_id.in_(instance_ids),
-                                    Machine.state == MACHINE_RENTED)
-              .values(state=MACHINE_DIRTY)
-              .execution_options(synchronize_session=False))
+    # the driver's delete (the wipe) succeeded (`machine_wiped`). Called after the zone's
+    # in_use went down (transitions._close, billing's end_exhausted), so the capacity synced
+    # here counts it once.
+    pids = list(s.scalars(select(Machine.provider_id).where(
+        Machine.instance_id.in_(instance_ids), Machine.state == MACHINE_RENTED)))
+    if pids:
+        s.execute(update(Machine).where(Machine.instance_id.in_(instance_ids),
+                                        Machine.state == MACHINE_RENTED)
+                  .values(state=MACHINE_DIRTY)
+                  .execution_options(synchronize_session=False))
+        catalog_machines.sync_capacity(s, pids)
+
+
+# --- operator actions on a machine (POST /admin/machines/{id}/...) ----------------------------
+
+def _machine(s: Session, machine_id: int) -> Machine:
+    m = s.get(Machine, machine_id, with_for_update=not _is_sqlite(s))
+    if m is None:
+        raise NotFound("Machine not found")
+    return m
+
+
+def _is_sqlite(s: Session) -> bool:
+    return s.get_bind().dialect.name == "sqlite"
+
+
+def retry_wipe(s: Session, machine_id: int, now: dt.datetime) -> Machine:
+    """Maintenance → dirty, and the release of its last instance scheduled again: the
+    lifecycle worker wipes it (free when the wipe succeeds, maintenance again if not)."""
+    m = _machine(s, machine_id)
+    if m.state != MACHINE_MAINTENANCE:
+        raise BadRequest(f"Machine {m.name} is {m.state}: only a machine in maintenance can "
+                         "be wiped again")
+    inst = s.get(Instance, m.instance_id) if m.instance_id else None
+    if inst is None:
+        raise BadRequest(f"Machine {m.name} has no instance whose release would wipe it; "
+                         "return it to service once it is clean")
+    m.state, m.reason, m.updated_at = MACHINE_DIRTY, None, now
+    inst.op, inst.next_check_at, inst.attempts = OP_DELETE, now, 0
+    inst.lock_token = inst.lock_expires_at = None
+    events.record(s, inst.id, now, f"Operator asked for the wipe of machine {m.name} again")
+    after_commit(s, NEW_WORK)
+    s.flush()
+    return m
+
+
+def return_to_service(s: Session, machine_id: int, now: dt.datetime) -> Machine:
+    """Maintenance → free, on the operator's word that it is clean and healthy."""
+    m = _machine(s, machine_id)
+    if m.state != MACHINE_MAINTENANCE:
+        raise BadRequest(f"Machine {m.name} is {m.state}: only a machine in maintenance can "
+                         "be returned to service")
+    if m.instance_id:
+        events.record(s, m.instance_id, now, f"Operator returned machine {m.name} to service")
+    m.state, m.instance_id, m.reason, m.updated_at = MACHINE_FREE, None, None, now
+    s.flush()
+    catalog_machines.sync_capacity(s, [m.provider_id])
+    return m
+
+
+def record_inventory(s: Session, machine_id: int, inventory: dict, now: dt.datetime):
+    """Store what the BMC just reported; a contradiction with an offer the machine serves
+    takes a free machine out of service (maintenance, with the reason) and is returned as
+    the 422 to raise once this is committed."""
+    m = _machine(s, machine_id)
+    m.inventory, m.inventory_at = inventory, now
+    provider = s.get(Provider, m.provider_id)
+    err = catalog_machines.machine_field_error(s, provider, m.name, inventory, ["machine"])
+    if err is not None and m.state == MACHINE_FREE:
+        m.state, m.updated_at = MACHINE_MAINTENANCE, now
+        m.reason = f"Inventory contradicts its offers: {err}"
+        s.flush()
+        catalog_machines.sync_capacity(s, [m.provider_id])
+    s.flush()
+    return m, err

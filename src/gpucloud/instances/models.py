@@ -16,6 +16,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from gpucloud.catalog.models import (  # noqa: F401 (machines are the catalog's; re-exported)
+    MACHINE_DIRTY,
+    MACHINE_FREE,
+    MACHINE_MAINTENANCE,
+    MACHINE_RENTED,
+    Machine,
+)
 from gpucloud.db import Base, BigIntPK, Micro, UTCDateTime, UUIDStr, new_id
 
 # Public statuses (SPEC §5).
@@ -131,32 +138,4 @@ class GpuAllocation(Base):
     __table_args__ = (
         UniqueConstraint("provider_id", "device", name="uq_gpu_allocation"),
         Index("ix_gpu_allocations_instance", "instance_id"),
-    )
-
-
-# Machine states (bare metal): rentable only when FREE, which a machine becomes only after
-# its wipe succeeded (instances/allocations.py).
-MACHINE_FREE, MACHINE_RENTED, MACHINE_DIRTY, MACHINE_MAINTENANCE = (
-    "free", "rented", "dirty", "maintenance")
-
-
-class Machine(Base):
-    """A whole server of a bare-metal provider (named in its config), as the control plane
-    sees it: free, rented to an instance, dirty (its last instance ended, wipe pending) or in
-    maintenance (a wipe failed; nobody rents it until an operator acts)."""
-
-    __tablename__ = "machines"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    provider_id: Mapped[str] = mapped_column(ForeignKey("providers.id"))
-    name: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default=MACHINE_FREE)
-    # The renter, or (dirty/maintenance) the last instance whose data it may still hold.
-    instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-    __table_args__ = (
-        UniqueConstraint("provider_id", "name", name="uq_machine"),
-        Index("ix_machines_instance", "instance_id"),
     )

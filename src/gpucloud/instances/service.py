@@ -19,7 +19,7 @@ from gpucloud.catalog.models import Provider
 from gpucloud.db import NEW_WORK, after_commit, new_id, plausible_id
 from gpucloud.drivers.base import PortSpec, WorkloadSpec
 from gpucloud.errors import INSTANCE_NOT_FOUND, BadRequest, FieldError, NotFound
-from gpucloud.instances import events
+from gpucloud.instances import allocations, events
 from gpucloud.instances.models import (
     ACTIVE,
     INITIALIZED,
@@ -177,7 +177,14 @@ def deploy_vm(
     inst = _new_instance(rt, account_id, workload, body.name, offer, provider, now)
     inst.os_image = body.os_image
     inst.ssh_key = body.ssh_key
-    return _finish_deploy(s, inst, provider, None, now)
+    _finish_deploy(s, inst, provider, None, now)
+    # Bare metal: the machine is rented here, in the deploy's transaction, so a deploy is
+    # accepted only when a clean free machine is there for it (else the contract's 400 and
+    # nothing written).
+    machine = allocations.rent_at_deploy(s, inst.provider_id, inst.offer_id, inst.id, now)
+    if machine is not None:
+        events.record(s, inst.id, now, f"Machine {machine} rented")
+    return inst
 
 
 # --- lookups --------------------------------------------------------------------------------

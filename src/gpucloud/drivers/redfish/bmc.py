@@ -41,6 +41,17 @@ class Inventory:
     cpus: int | None
     memory_gib: float | None
     pcie_devices: list[str] | None  # None: the BMC does not list them
+    gpus: int | None  # GPU-class PCIe devices; None when no PCIe devices are listed
+
+    def as_dict(self) -> dict:
+        return {"power": self.power, "cpus": self.cpus, "memory_gib": self.memory_gib,
+                "gpus": self.gpus, "pcie_devices": self.pcie_devices}
+
+
+# PCIe function classes (Redfish DeviceClass) and PCI class codes (0x03 display, 0x12
+# processing accelerators) that count as a GPU.
+GPU_CLASSES = {"DisplayController", "ProcessingAccelerators"}
+GPU_CLASS_CODES = ("0x03", "0x12")
 
 
 def _guard(what: str, fn: Callable[[], Any]) -> Any:
@@ -100,13 +111,33 @@ class Bmc:
     def inventory(self) -> Inventory:
         s = self.system()
         mem = (s.json.get("MemorySummary") or {}).get("TotalSystemMemoryGiB")
-        cpus = s.processors.summary.count if s.processors is not None else None
-        pcie = None
+        cpus = _guard("reading processors", lambda: s.processors.summary.count
+                      if s.json.get("Processors") else None)
+        pcie = gpus = None
         links = s.json.get("PCIeDevices")
         if links:
             pcie = [str(link.get("@odata.id")) for link in links]
+            gpus = sum(1 for path in pcie if self._is_gpu(path))
         return Inventory(power=str(s.power_state.value).lower(), cpus=cpus,
-                         memory_gib=float(mem) if mem is not None else None, pcie_devices=pcie)
+                         memory_gib=float(mem) if mem is not None else None, pcie_devices=pcie,
+                         gpus=gpus)
+
+    def _get(self, path: str) -> dict:
+        return _guard(f"reading {path}", lambda: self._root()._conn.get(path=path).json())
+
+    def _is_gpu(self, path: str) -> bool:
+        """A PCIe device with a display or accelerator function (by class or class code)."""
+        dev = self._get(path)
+        functions = []
+        coll = dev.get("PCIeFunctions") or (dev.get("Links") or {}).get("PCIeFunctions")
+        if isinstance(coll, dict) and coll.get("@odata.id"):
+            functions = [self._get(m["@odata.id"])
+                         for m in self._get(coll["@odata.id"]).get("Members", [])]
+        elif isinstance(coll, list):
+            functions = [self._get(m["@odata.id"]) for m in coll if m.get("@odata.id")]
+        return any(f.get("DeviceClass") in GPU_CLASSES
+                   or str(f.get("ClassCode", "")).lower().startswith(GPU_CLASS_CODES)
+                   for f in functions)
 
     def _cd(self):
         """The CD-capable virtual media device, System first, then its Managers."""

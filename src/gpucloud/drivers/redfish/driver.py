@@ -19,7 +19,9 @@ See docs/redfish-driver.md for the operator's view.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,13 @@ from gpucloud.drivers.base import (
 )
 from gpucloud.drivers.redfish import config as rconfig
 from gpucloud.drivers.redfish.bmc import Bmc, BmcError, BmcUnreachable
-from gpucloud.drivers.redfish.media import MediaServer, MediaStore, build_iso, seed_initrd
+from gpucloud.drivers.redfish.media import (
+    MediaError,
+    MediaServer,
+    MediaStore,
+    build_iso,
+    seed_initrd,
+)
 from gpucloud.drivers.ssh_probe import ssh_banner
 
 BOOT_POLL = dt.timedelta(seconds=1)
@@ -94,11 +102,18 @@ class RedfishDriver(Driver):
                                   f"it has {', '.join(sorted(images))}")
         return None
 
+    @classmethod
+    def machines(cls, config: dict[str, Any]) -> list[tuple[str, list[str] | None]]:
+        return [(str(m["name"]), m.get("offers")) for m in config.get("machines") or []]
+
     # -- what the control plane allocates -----------------------------------------------------
     def machine_pool(self, spec: WorkloadSpec) -> list[str]:
         """Machines that may serve the spec's offer, in config order."""
         return [m.name for m in self.cfg.machines
                 if m.offers is None or (spec.offer_id is not None and spec.offer_id in m.offers)]
+
+    def machine_inventory(self, name: str) -> dict[str, Any]:
+        return self._bmc(name).inventory().as_dict()
 
     def _bmc(self, name: str) -> Bmc:
         bmc = self._bmcs.get(name)
@@ -165,25 +180,67 @@ class RedfishDriver(Driver):
                               ssh_port=machine.ssh.port, state=state)
 
     def status(self, instance_id: str, state: dict[str, Any] | None) -> WorkloadStatus:
-        """A rented machine found powered off is gone (the customer's OS shut it down, or
-        the server failed); the BMC not answering raises (the watch tries again)."""
+        """Health of a rented machine: powered off, or its BMC not answering, for longer than
+        `health_grace_seconds` (server clock) makes it gone (the instance ends with the
+        reason); a shorter blip is only noted. When it began is kept in the instance's journal,
+        so a restart of the server does not restart the grace period."""
         state = state or {}
         machine = self.cfg.machine(state.get("machine") or "")
         if machine is None:
             return WorkloadStatus(phase="gone", reason="The machine is no longer in the "
                                   "provider's config")
-        if self._bmc(machine.name).power() == "off":
-            return WorkloadStatus(phase="gone", reason=f"Machine {machine.name} is powered off")
+        try:
+            off = self._bmc(machine.name).power() == "off"
+            problem = f"Machine {machine.name} is powered off" if off else None
+        except BmcUnreachable as exc:
+            problem = f"Machine {machine.name}: {exc}"
+        now = self.ctx.clock.now()
+        since_text = self._read(instance_id).get("unhealthy_since")
+        if problem is None:
+            if since_text:
+                self._note(instance_id, f"Machine {machine.name} is healthy again",
+                           unhealthy_since=None)
+            return self._running(machine, state)
+        if not since_text:
+            self._note(instance_id, f"{problem}; the instance ends if this lasts "
+                                    f"{self.cfg.health_grace_seconds:.0f} s",
+                       unhealthy_since=now.isoformat())
+            return self._running(machine, state)
+        lasted = (now - dt.datetime.fromisoformat(since_text)).total_seconds()
+        if lasted > self.cfg.health_grace_seconds:
+            return WorkloadStatus(phase="gone", reason=f"{problem} (for {lasted:.0f} s, longer "
+                                  f"than the {self.cfg.health_grace_seconds:.0f} s grace period)")
         return self._running(machine, state)
 
     # -- release ----------------------------------------------------------------------------------
     def delete(self, instance_id: str, state: dict[str, Any] | None) -> None:
         """Power off, wipe, boot override back to the disk. Safe to repeat: a repeat wipes
         again from the start. Raises WipeFailed when the wipe did not power the machine off
-        in time (or the wipe media could not be used)."""
+        in time, the wipe media could not be used, or the BMC stayed unreachable for
+        `wipe_timeout_seconds` (server clock); a shorter outage is retried."""
         name = (state or {}).get("machine")
         if not name:
             return  # never got a machine
+        try:
+            self._wipe(instance_id, name)
+        except BmcUnreachable as exc:
+            now = self.ctx.clock.now()
+            since = self._read(instance_id).get("wipe_unreachable_since")
+            if not since:
+                self._note(instance_id, f"The wipe waits for the BMC: {exc}",
+                           wipe_unreachable_since=now.isoformat())
+                raise
+            lasted = (now - dt.datetime.fromisoformat(since)).total_seconds()
+            if lasted > self.cfg.wipe_timeout_seconds:
+                self._note(instance_id, "The wipe gave up on the BMC",
+                           wipe_unreachable_since=None)
+                raise WipeFailed(f"The BMC of {name} did not answer for {lasted:.0f} s: "
+                                 f"{exc}") from None
+            raise
+        if self._read(instance_id).get("wipe_unreachable_since"):
+            self._note(instance_id, "The BMC answers again", wipe_unreachable_since=None)
+
+    def _wipe(self, instance_id: str, name: str) -> None:
         bmc = self._bmc(name)
         if not bmc.graceful_off(self.cfg.graceful_off_seconds):
             bmc.force_off()
@@ -193,12 +250,16 @@ class RedfishDriver(Driver):
         self.server.start()
         wipe = self.cfg.wipe
         try:
-            url = self.store.ensure("wipe", lambda iso: build_iso(
+            # Keyed on the image files: an operator who replaced a broken wipe image gets the
+            # new one on the retry, not the cached ISO of the old one.
+            url = self.store.ensure(_image_key("wipe", wipe), lambda iso: build_iso(
                 iso, wipe.kernel, wipe.initrd, wipe.cmdline, None))
             bmc.insert(url)
             bmc.boot_from("cd")
             bmc.power_on()
-        except BmcError as exc:
+        except BmcUnreachable:
+            raise
+        except (BmcError, MediaError) as exc:
             raise WipeFailed(f"Could not boot the wipe image on {name}: {exc}") from None
         self._note(instance_id, "Wiping")
         began = time.monotonic()
@@ -249,6 +310,18 @@ class RedfishDriver(Driver):
         tmp = self.journal / f"{instance_id}.tmp"
         tmp.write_text(json.dumps(data))
         tmp.rename(self.journal / f"{instance_id}.json")
+
+
+def _image_key(prefix: str, image: rconfig.BootImage) -> str:
+    """A media key that changes when the image's files or command line change."""
+    parts = [image.cmdline]
+    for path in (image.kernel, image.initrd):
+        try:
+            st = os.stat(path)
+            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(path)
+    return f"{prefix}-{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:16]}"
 
 
 def user_data(ssh_key: str | None) -> str:
