@@ -18,6 +18,7 @@ import pytest
 from gpucloud.drivers.base import ForwardedPort, WorkloadSpec
 from gpucloud.drivers.libvirt import LibvirtDriver
 from gpucloud.drivers.libvirt import domain_xml as dx
+from gpucloud.drivers.libvirt.driver import neighbour_address
 from tests import libvirt_env as le
 from tests.procs import free_port
 
@@ -175,3 +176,27 @@ def test_a_guest_that_never_answers_fails_with_the_console_tail():
         driver.delete(spec.instance_id, None)
         le.remove_domains([spec.instance_id])
         shutil.rmtree(storage, ignore_errors=True)
+
+
+def test_a_bridged_guest_is_found_in_the_hosts_neighbour_table_by_its_mac(tmp_path):
+    """libvirt keeps no DHCP lease for a bridge, and its own ARP source fails on this host
+    ("wrong nlmsg len"): the driver reads the neighbour table itself. Only complete entries
+    (flag 0x2) count; MACs compare without case."""
+    table = tmp_path / "arp"
+    table.write_text(
+        "IP address       HW type     Flags       HW address            Mask     Device\n"
+        "192.168.122.77   0x1         0x0         52:54:00:aa:bb:cc     *        virbr0\n"
+        "192.0.2.1        0x1         0x2         02:fc:00:00:00:05     *        eth0\n"
+        "192.168.122.135  0x1         0x2         52:54:00:4c:b1:24     *        virbr0\n")
+    assert neighbour_address(["52:54:00:4C:B1:24"], str(table)) == "192.168.122.135"
+    assert neighbour_address(["52:54:00:aa:bb:cc"], str(table)) is None  # incomplete entry
+    assert neighbour_address([], str(table)) is None
+    assert neighbour_address(["52:54:00:4c:b1:24"], str(tmp_path / "missing")) is None
+    xml = dx.build(dx.DomainSpec(
+        instance_id="i-4", provider_id="p-1", title="t", domain_type="qemu", vcpu=1,
+        memory_mib=512, disk_path="/d/disk.qcow2", disk_format="qcow2", seed_path="/d/s.iso",
+        console_path="/d/c.log", network="bridge:virbr0"))
+    assert dx.interface_macs(xml) == []  # libvirt assigns the MAC when it defines the domain
+    assert dx.interface_macs(xml.replace(
+        "<source bridge=\"virbr0\" />", "<source bridge=\"virbr0\" /><mac address=\"52:54:00:01:02:03\" />")) \
+        == ["52:54:00:01:02:03"]
