@@ -24,6 +24,9 @@
 #   no partition table to maintain. Its network is systemd-networkd with DHCP on any NIC.
 # - Files are world-readable and directories traversable: QEMU runs as libvirt-qemu.
 # - Daemons are started by hand when there is no systemd (containers, CI sandboxes).
+# - libvirt's `default` NAT network (bridge virbr0, DHCP from dnsmasq) runs: the tests put
+#   guests on it (`network:default`) and on its bridge (`bridge:virbr0`). dnsmasq-base is what
+#   libvirt starts for the network's DHCP; without it the network does not start.
 set -euo pipefail
 
 CACHE="${GPUCLOUD_VM_CACHE:-/var/cache/gpucloud-test}"
@@ -38,7 +41,7 @@ die() { say "CANNOT CONTINUE: $*"; exit 1; }
 
 # 1. Packages.
 need=()
-for cmd in virsh libvirtd virtlogd qemu-system-x86_64 qemu-img genisoimage mmdebstrap pkg-config; do
+for cmd in virsh libvirtd virtlogd qemu-system-x86_64 qemu-img genisoimage mmdebstrap pkg-config dnsmasq; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 pkg-config --exists libvirt 2>/dev/null || need+=(libvirt-dev)
@@ -48,7 +51,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
   $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config \
-    genisoimage mmdebstrap e2fsprogs >/dev/null || die "apt-get install failed"
+    genisoimage mmdebstrap e2fsprogs dnsmasq-base >/dev/null || die "apt-get install failed"
 fi
 if [ "${1:-}" = "--packages" ]; then exit 0; fi
 
@@ -61,6 +64,30 @@ if ! virsh -c "$URI" version >/dev/null 2>&1; then
   virsh -c "$URI" version >/dev/null 2>&1 \
     || die "libvirtd does not answer at $URI (see /var/log/libvirt/libvirtd.log)"
 fi
+
+# 2b. The `default` NAT network (defined by libvirt's packages; defined here if it is not).
+if ! virsh -c "$URI" net-info default >/dev/null 2>&1; then
+  say "defining libvirt's default network (virbr0, 192.168.122.0/24)"
+  netxml="$(mktemp)"
+  cat >"$netxml" <<'EOF'
+<network>
+  <name>default</name>
+  <forward mode='nat'/>
+  <bridge name='virbr0' stp='on' delay='0'/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+  </ip>
+</network>
+EOF
+  virsh -c "$URI" net-define "$netxml" >/dev/null || die "could not define the default network"
+  rm -f "$netxml"
+fi
+if ! virsh -c "$URI" net-info default | grep -Eq '^Active:[[:space:]]+yes'; then
+  say "starting libvirt's default network"
+  virsh -c "$URI" net-start default >/dev/null \
+    || die "libvirt's default network did not start (see /var/log/libvirt/libvirtd.log)"
+fi
+virsh -c "$URI" net-autostart default >/dev/null
 
 # 3. The guest image: Debian 12 + cloud-init + sshd, with its kernel and initrd beside it.
 if [ "$(cat "$CACHE/VERSION" 2>/dev/null)" != "$IMAGE_VERSION" ] \

@@ -1,5 +1,9 @@
 """A server killed with SIGKILL while it creates a VM: after a restart the work resumes and
-finds the domain it already made — exactly one domain, the instance ACTIVE."""
+finds the domain it already made — exactly one domain, the instance ACTIVE.
+
+The guest boots once, on PostgreSQL. A restart during a deploy is
+tested on both SQLite and PostgreSQL with the simulated driver in test_server_process.py, and
+real guests run on SQLite in test_libvirt_api.py; a second boot here would test no other code."""
 
 from __future__ import annotations
 
@@ -10,23 +14,21 @@ import httpx
 import pytest
 
 from tests import libvirt_env as le
-from tests.conftest import ADMIN_KEY, fresh_pg_database
+from tests.conftest import ADMIN_KEY, PG_DB, fresh_pg_database
 from tests.procs import ServerProcess, free_port
 
 ADMIN = {"X-ADMIN-KEY": ADMIN_KEY}
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def server_env(request, tmp_path):
+@pytest.fixture
+def server_env(tmp_path):
     # A short lease: the killed process holds one on the instance (its worker was creating),
     # and the next process may only take the work over once it expires.
-    env = {"GPUCLOUD_CLOCK": "manual", "GPUCLOUD_ADMIN_KEY": ADMIN_KEY, "GPUCLOUD_DEMO": "0",
-           "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
-           "GPUCLOUD_LEASE_SECONDS": "1"}
-    if request.param == "postgres":
-        env["GPUCLOUD_DATABASE_URL"] = fresh_pg_database("gpucloud_libvirt_proc_test").replace(
-            "postgresql+psycopg://", "postgresql://")
-    return env
+    return {"GPUCLOUD_CLOCK": "manual", "GPUCLOUD_ADMIN_KEY": ADMIN_KEY, "GPUCLOUD_DEMO": "0",
+            "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
+            "GPUCLOUD_LEASE_SECONDS": "1",
+            "GPUCLOUD_DATABASE_URL": fresh_pg_database(f"{PG_DB}_libvirt_proc").replace(
+                "postgresql+psycopg://", "postgresql://")}
 
 
 def wait_for(check, timeout: float, what: str):

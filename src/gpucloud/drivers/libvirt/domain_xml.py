@@ -154,3 +154,12 @@ def read_metadata(xml: str) -> dict[str, str]:
         return {}
     el = root.find(f"metadata/{{{NS}}}instance")
     return dict(el.attrib) if el is not None else {}
+
+
+def interface_macs(xml: str) -> list[str]:
+    """MAC addresses of a defined domain's NICs (libvirt assigns them at define)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    return [m.get("address") for m in root.findall("devices/interface/mac") if m.get("address")]

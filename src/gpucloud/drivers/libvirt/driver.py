@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -49,6 +50,22 @@ SSH = (22, "tcp")
 # While a guest boots, ask again this soon: a banner probe is one local TCP connect, and the
 # control plane's default (2 s) would add a second on average to every deploy.
 BOOT_POLL = dt.timedelta(seconds=0.5)
+ARP_TABLE = "/proc/net/arp"  # the hypervisor is on this machine (see config)
+
+
+def neighbour_address(macs: list[str], table: str = ARP_TABLE) -> str | None:
+    """The IPv4 address the host's neighbour (ARP) table holds for one of these MACs."""
+    wanted = {m.lower() for m in macs}
+    try:
+        lines = Path(table).read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        # IP address, HW type, Flags (0x2: complete), HW address, Mask, Device
+        if len(fields) >= 4 and int(fields[2], 16) & 0x2 and fields[3].lower() in wanted:
+            return fields[0]
+    return None
 
 
 def _iso(ts: float) -> str:
@@ -243,21 +260,25 @@ class LibvirtDriver(Driver):
 
     def _endpoint(self, dom: libvirt.virDomain, meta: dict[str, str]) -> tuple[str | None, int]:
         """Where the guest's sshd is reached from here: the forwarded host port, or the
-        guest's own address on a libvirt network or bridge."""
+        guest's own address on a libvirt network (its DHCP lease) or a bridge (the host's
+        neighbour table, by the NIC's MAC: libvirt keeps no lease for a bridge, and its own
+        ARP source failed here with "wrong nlmsg len")."""
         if self.cfg.user_network:
             return PROBE_HOST, int(meta.get("ssh_port") or 0)
-        sources = (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
-                   libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
-        for source in sources:
-            try:
-                ifaces = dom.interfaceAddresses(source) or {}
-            except libvirt.libvirtError:
-                continue
-            for iface in ifaces.values():
-                for addr in iface.get("addrs") or []:
-                    if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
-                        return addr["addr"], 22
-        return None, 22
+        try:
+            ifaces = dom.interfaceAddresses(
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE) or {}
+        except libvirt.libvirtError:
+            ifaces = {}
+        for iface in ifaces.values():
+            for addr in iface.get("addrs") or []:
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    return addr["addr"], 22
+        try:
+            macs = domain_xml.interface_macs(dom.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            raise reraise(exc, "reading the domain") from None
+        return neighbour_address(macs), 22
 
     def _with_console(self, instance_id: str, reason: str) -> str:
         tail = self.logs(instance_id, None, CONSOLE_TAIL)
