@@ -190,7 +190,10 @@ def test_kill_during_a_long_create_leaves_one_workload(tmp_path, servers):
     first = _start(servers, tmp_path / "one", env)
     api = _api(first)
     _, headers = api.account(balance=100)
-    offer = api.offer(api.provider("slow", call_latency_seconds=15, provision_seconds=0))
+    # 45 s: the second server must be up before the first's create ends, and starting one
+    # took over 15 s on a loaded machine.
+    offer = api.offer(api.provider("slow", call_latency_seconds=45, provision_seconds=0,
+                                   call_timeout_seconds=120))
     iid = api.deploy(headers, offer)
     db = _db(env, tmp_path)
     try:
@@ -204,7 +207,7 @@ def test_kill_during_a_long_create_leaves_one_workload(tmp_path, servers):
         assert _create_calls(db, iid) is None
         api = _api(second)
         wait_for(lambda: api.instance(headers, iid)["instance_status"] == "ACTIVE",
-                 timeout=60, every=0.5, what="the second process to finish the create")
+                 timeout=180, every=0.5, what="the second process to finish the create")
         with db.read() as s:
             workloads = s.scalar(select(func.count()).select_from(SimWorkload)
                                  .where(SimWorkload.instance_id == iid))
