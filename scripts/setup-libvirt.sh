@@ -82,7 +82,9 @@ EOF
   virsh -c "$URI" net-define "$netxml" >/dev/null || die "could not define the default network"
   rm -f "$netxml"
 fi
-if ! virsh -c "$URI" net-info default | grep -Eq '^Active:[[:space:]]+yes'; then
+# Read whole before grep: with pipefail, `grep -q` closing the pipe early fails the pipeline.
+net_info="$(virsh -c "$URI" net-info default 2>/dev/null || true)"
+if ! grep -Eq '^Active:[[:space:]]+yes' <<<"$net_info"; then
   say "starting libvirt's default network"
   virsh -c "$URI" net-start default >/dev/null \
     || die "libvirt's default network did not start (see /var/log/libvirt/libvirtd.log)"
