@@ -43,11 +43,10 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 import loadgen  # noqa: E402
-from servers import free_port, wait_ready  # noqa: E402
+from servers import free_port, fresh_pg, wait_ready  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN = "bench-admin-key"
@@ -91,17 +90,6 @@ def start(tmp: Path, port: int, db_url: str | None, extra: dict[str, str]) -> su
         proc.kill()
         raise
     return proc
-
-
-def fresh_pg(url: str) -> str:
-    base, name = url.rsplit("/", 1)
-    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url
 
 
 def keys(base: str) -> tuple[str, str]:

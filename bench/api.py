@@ -27,11 +27,10 @@ import tempfile
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 
 sys.path.insert(0, str(Path(__file__).parent))
 import loadgen  # noqa: E402
-from servers import free_port, wait_ready  # noqa: E402
+from servers import free_port, fresh_pg, wait_ready  # noqa: E402
 
 ROOT = Path(os.environ.get("GPUCLOUD_BENCH_ROOT", Path(__file__).resolve().parent.parent))
 ADMIN = "bench-admin-key"
@@ -63,17 +62,6 @@ def start_gpucloud(tmp: Path, port: int, db_url: str | None, procs: int) -> subp
         proc.wait(20)
         raise
     return proc
-
-
-def fresh_pg(url: str) -> str:
-    base, name = url.rsplit("/", 1)
-    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return url
 
 
 def _offer(c: httpx.Client, provider_id: str, workload: str) -> str:

@@ -1,5 +1,5 @@
-"""What the benchmarks that start real `gpucloud serve` processes share: a free loopback port
-and waiting until a URL answers."""
+"""What the benchmarks that start real `gpucloud serve` processes share: a free loopback port,
+waiting until a URL answers, and an empty PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+from sqlalchemy import create_engine, text
 
 
 def free_port() -> int:
@@ -26,3 +27,16 @@ def wait_ready(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def fresh_pg(url: str) -> str:
+    """`url` (postgresql://…/NAME) after dropping and creating database NAME: every run
+    starts from an empty database."""
+    base, name = url.rsplit("/", 1)
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://") + "/postgres",
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url
