@@ -169,12 +169,7 @@ def offer_field_error(s: Session, provider: Provider, offer, offer_id: str | Non
             continue
         errs += [(loc + [field], why, getattr(offer, field))
                  for field, why in contradictions(name, inv, offer)]
-    if not errs:
-        return None
-    first = FieldError(*errs[0])
-    for e in errs[1:]:
-        first.errors.extend(FieldError(*e).errors)
-    return first
+    return _joined(errs)
 
 
 def machine_field_error(s: Session, provider: Provider, name: str,
@@ -187,12 +182,7 @@ def machine_field_error(s: Session, provider: Provider, name: str,
     errs = [(loc, f"{why} (offer {o.id}, field {field})", name)
             for o in offers if serves(limited, o.id)
             for field, why in contradictions(name, inventory, o)]
-    if not errs:
-        return None
-    first = FieldError(*errs[0])
-    for e in errs[1:]:
-        first.errors.extend(FieldError(*e).errors)
-    return first
+    return _joined(errs)
 
 
 def inventory_view(inventory: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -213,3 +203,13 @@ def machine_json(m: Machine) -> dict[str, Any]:
     return {"id": m.id, "provider_id": m.provider_id, "name": m.name, "state": m.state,
             "instance_id": m.instance_id, "reason": m.reason, "updated_at": m.updated_at,
             "inventory": inventory_view(m.inventory), "inventory_at": m.inventory_at}
+
+
+def _joined(errs: list[tuple[list[Any], str, Any]]) -> FieldError | None:
+    """One 422 listing every (loc, message, input), or None when there is none."""
+    if not errs:
+        return None
+    first = FieldError(*errs[0])
+    for e in errs[1:]:
+        first.errors.extend(FieldError(*e).errors)
+    return first
