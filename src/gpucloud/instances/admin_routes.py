@@ -32,6 +32,14 @@ def list_machines(request: Request):
         return JSON([catalog_machines.machine_json(m) for m in rows])
 
 
+def _machine_action(request: Request, machine_id: str, action) -> JSON:
+    """One operator action on a machine, in one transaction; the machine as it is after it."""
+    rt = request.app.state.rt
+    with rt.db.write() as s:
+        out = catalog_machines.machine_json(action(s, _machine_id(machine_id), rt.clock.now()))
+    return JSON(out)
+
+
 def _machine_id(raw: str) -> int:
     """Path parameters are plain strings: anything but a row id is an unknown machine."""
     if not raw.isdigit() or len(raw) > 18:
@@ -42,21 +50,13 @@ def _machine_id(raw: str) -> int:
 @machines.post("/{machine_id}/wipe", operation_id="adminWipeMachine",
                summary="Wipe a machine in maintenance again")
 def wipe_machine(machine_id: str, request: Request):
-    rt = request.app.state.rt
-    with rt.db.write() as s:
-        m = allocations.retry_wipe(s, _machine_id(machine_id), rt.clock.now())
-        out = catalog_machines.machine_json(m)
-    return JSON(out)
+    return _machine_action(request, machine_id, allocations.retry_wipe)
 
 
 @machines.post("/{machine_id}/return", operation_id="adminReturnMachine",
                summary="Return a machine in maintenance to service")
 def return_machine(machine_id: str, request: Request):
-    rt = request.app.state.rt
-    with rt.db.write() as s:
-        m = allocations.return_to_service(s, _machine_id(machine_id), rt.clock.now())
-        out = catalog_machines.machine_json(m)
-    return JSON(out)
+    return _machine_action(request, machine_id, allocations.return_to_service)
 
 
 @machines.post("/{machine_id}/inventory", operation_id="adminCheckMachineInventory",
