@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
+from xdist.scheduler import LoadScopeScheduling
 
 from gpucloud.app import create_app
 from gpucloud.clock import CLOCK_KEY
@@ -31,8 +32,21 @@ from tests.factories import Api
 ADMIN_KEY = "test-admin-key"
 START = dt.datetime(2026, 1, 5, 10, 0, 0, tzinfo=dt.timezone.utc)  # a Monday, on the hour
 PG_ADMIN_URL = os.environ.get("GPUCLOUD_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-# Several engineers (or CI jobs) can share one PostgreSQL server: each picks its own database.
-PG_DB = os.environ.get("GPUCLOUD_TEST_PG_DB", "gpucloud_test")
+# Several engineers (or CI jobs) can share one PostgreSQL server: each picks its own database,
+# and under pytest-xdist (./scripts/test runs several workers) each worker its own.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+PG_DB = os.environ.get("GPUCLOUD_TEST_PG_DB", "gpucloud_test") + (f"_{_WORKER}" if _WORKER else "")
+
+# Modules that drive one shared piece of real infrastructure form one unit of work each, which
+# one xdist worker runs from start to end as in a serial run: the libvirt guests of
+# test_libvirt_api share a host with the reconciler tests, the BMC emulator's machines are few
+# and stateful, and the Podman tests count the engine's containers.
+INFRA_GROUPS = {
+    "tests/test_libvirt_api.py": "libvirt", "tests/test_libvirt_restart.py": "libvirt",
+    "tests/test_libvirt_driver.py": "libvirt",
+    "tests/test_redfish_api.py": "redfish", "tests/test_redfish_restart.py": "redfish",
+    "tests/test_docker_api.py": "podman", "tests/test_docker_driver.py": "podman",
+}
 
 
 def _backends() -> list[str]:
@@ -186,3 +200,16 @@ def engine():
     from tests import podman_env
 
     return podman_env.require_engine()
+
+
+class InfraGroupScheduling(LoadScopeScheduling):
+    """xdist's load scheduling with INFRA_GROUPS as units; every other test is a unit of its
+    own. (xdist's `loadgroup` marks do this by renaming items, which pytest 9.2 ignores.)
+    Larger units are handed out first, so the groups start at once, one per worker."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return INFRA_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    return InfraGroupScheduling(config, log)
