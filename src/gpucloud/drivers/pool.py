@@ -8,7 +8,9 @@ driver gives the thread back, so a hung provider cannot pile up threads; the cal
 `CallTimeout` at once and goes on.
 
 The call itself runs on a thread of its own (threads cannot be interrupted in Python: waiting
-on it with a timeout is the only way to stop waiting).
+on it with a timeout is the only way to stop waiting). Threads whose call returned are kept as
+spares for the next call (`SpareThreads`): starting one per call cost every logs or events
+request a thread start and its context switches.
 
 Reads a request asks for (logs, events) go through `start_read`: at most `per_provider` of
 them run at once per provider, beside the lifecycle's slots (a provider busy with deploys
@@ -19,6 +21,7 @@ event loop, so a hung provider holds at most its own read threads, never request
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
@@ -70,15 +73,55 @@ class Slot:
             finally:
                 self.drop()
 
-        thread = threading.Thread(target=run, name=f"driver-{what}", daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
+        done = threading.Event()
+
+        def run_and_signal() -> None:
+            try:
+                run()
+            finally:
+                done.set()
+
+        self.pool.threads.run(run_and_signal)
+        if not done.wait(timeout):
             self.timed_out = True
             raise CallTimeout(f"the provider did not answer within {timeout:g} s ({what})")
         if "error" in box:
             raise box["error"]
         return box["value"]
+
+
+class SpareThreads:
+    """Threads for driver calls, each kept after its call returns (up to `keep` of them) and
+    handed the next call. A call that hangs keeps its thread, as a thread of its own would:
+    that thread just never comes back to the spares, so a hung provider still holds only the
+    threads of its own calls."""
+
+    def __init__(self, keep: int = 32):
+        self._spare: list[queue.SimpleQueue] = []
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` (which must not raise) on a spare thread, or on a new one."""
+        with self._lock:
+            inbox = self._spare.pop() if self._spare else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name="gpucloud-driver-call",
+                             daemon=True).start()
+        inbox.put(fn)
+
+    def spares(self) -> int:
+        with self._lock:
+            return len(self._spare)
+
+    def _serve(self, inbox: queue.SimpleQueue) -> None:
+        while True:
+            inbox.get()()
+            with self._lock:
+                if len(self._spare) >= self._keep:
+                    return
+                self._spare.append(inbox)
 
 
 class CallPool:
@@ -92,6 +135,7 @@ class CallPool:
         self.changed = threading.Event()  # set whenever a slot or a step thread frees up
         self._reads: Counter[str] = Counter()  # read calls running, per provider
         self._queued: dict[str, deque[tuple[Future, Callable[[], None]]]] = {}
+        self.threads = SpareThreads()  # the driver calls' own threads (steps' calls and reads)
 
     def free_steps(self) -> int:
         with self._lock:
@@ -137,7 +181,7 @@ class CallPool:
     # -- reads on behalf of a request (logs, events) ------------------------------------------
     def start_read(self, provider_id: str, fn: Callable[..., T], *args: Any,
                    what: str = "read") -> Future:
-        """Run `fn(*args)` on a thread of its own, in one of the provider's read slots (queued
+        """Run `fn(*args)` on a driver-call thread, in one of the provider's read slots (queued
         until one frees when all are taken). The returned Future has its result; cancel it
         when you stop waiting: a queued call then never starts."""
         result: Future = Future()
@@ -153,7 +197,7 @@ class CallPool:
                 self._read_done(provider_id)
 
         def start() -> None:
-            threading.Thread(target=run, name=f"driver-{what}", daemon=True).start()
+            self.threads.run(run)
 
         with self._lock:
             go = self._reads[provider_id] < self.per_provider
