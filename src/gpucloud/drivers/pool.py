@@ -72,16 +72,10 @@ class Slot:
                 box["error"] = exc
             finally:
                 self.drop()
-
-        done = threading.Event()
-
-        def run_and_signal() -> None:
-            try:
-                run()
-            finally:
                 done.set()
 
-        self.pool.threads.run(run_and_signal)
+        done = threading.Event()
+        self.pool.threads.run(run)
         if not done.wait(timeout):
             self.timed_out = True
             raise CallTimeout(f"the provider did not answer within {timeout:g} s ({what})")
@@ -179,8 +173,7 @@ class CallPool:
         return self._executor.submit(run)
 
     # -- reads on behalf of a request (logs, events) ------------------------------------------
-    def start_read(self, provider_id: str, fn: Callable[..., T], *args: Any,
-                   what: str = "read") -> Future:
+    def start_read(self, provider_id: str, fn: Callable[..., T], *args: Any) -> Future:
         """Run `fn(*args)` on a driver-call thread, in one of the provider's read slots (queued
         until one frees when all are taken). The returned Future has its result; cancel it
         when you stop waiting: a queued call then never starts."""

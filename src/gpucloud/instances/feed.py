@@ -36,7 +36,7 @@ def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = Fals
 async def ask(rt, provider_id: str, driver, what: str, fn: Callable[..., Any], *args: Any) -> Any:
     """One driver read for a request, bounded by the read timeout (and the driver's own)."""
     timeout = min(driver.call_timeout, rt.settings.driver_read_timeout_seconds)
-    pending = rt.calls.start_read(provider_id, fn, *args, what=what)
+    pending = rt.calls.start_read(provider_id, fn, *args)
     try:
         return await asyncio.wait_for(asyncio.wrap_future(pending), timeout)
     except TimeoutError:
