@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -16,7 +17,9 @@ from gpucloud.billing import routes as billing
 from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.instances import container_routes, vm_routes
+from gpucloud.settings import Settings
 from gpucloud.web.logs import JsonFormatter, RequestIdFilter
+from gpucloud.web.server import settle_heap
 from tests.conftest import ADMIN_KEY
 
 ROUTERS = (catalog.router, vm_routes.router, container_routes.router, accounts.public,
@@ -156,3 +159,20 @@ def test_metrics_are_operator_only_and_describe_requests_instances_money(client,
     assert _metric(text, "gpucloud_billing_boundary_duration_seconds_count") >= 1
     assert _metric(text, "gpucloud_ledger_audit_ok") == 1
     assert _metric(text, "gpucloud_ledger_audit_failures", check="account_balances") == 0
+
+
+def test_settle_heap_freezes_startup_objects_and_sets_the_young_threshold():
+    before = gc.get_threshold()
+    try:
+        gc.unfreeze()
+        settle_heap(Settings(gc_gen0_threshold=12_345))
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (12_345, *before[1:])
+        gc.unfreeze()
+        gc.set_threshold(*before)
+        settle_heap(Settings(gc_gen0_threshold=0))  # 0: Python's thresholds stay
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -107,7 +107,9 @@ def app_factory() -> FastAPI:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
     server.configure(settings)
-    return create_app(settings, Runtime.build(settings, migrate=False))
+    app = create_app(settings, Runtime.build(settings, migrate=False))
+    server.settle_heap(settings)
+    return app
 
 
 def _include_routers(app: FastAPI) -> None:

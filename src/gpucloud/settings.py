@@ -123,6 +123,12 @@ class Settings(BaseSettings):
         "database pool and the cores rather than to the number of clients: more threads "
         "only contend for the interpreter lock (docs/api-speed.md).",
     )
+    gc_gen0_threshold: int = Field(
+        50_000, ge=0,
+        description="`gpucloud serve`: allocations between two youngest-generation garbage "
+        "collections (Python's default is 700), set after the startup objects are frozen out "
+        "of the collector. 0 leaves Python's collector as it is (docs/api-speed.md).",
+    )
     log_level: str = Field("info", description="Log level of the server.")
     log_format: Literal["auto", "text", "json"] = Field(
         "auto",

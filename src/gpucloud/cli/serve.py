@@ -41,7 +41,7 @@ def serve(
     from gpucloud.runtime import Runtime
     from gpucloud.settings import Settings
     from gpucloud.web.logs import configure as configure_logging
-    from gpucloud.web.server import uvicorn_options
+    from gpucloud.web.server import settle_heap, uvicorn_options
 
     flags = {
         "host": host,
@@ -88,7 +88,9 @@ def serve(
     common = dict(host=settings.host, port=settings.port, log_level=settings.log_level,
                   access_log=False, log_config=None, **uvicorn_options(settings))
     if settings.processes == 1:
-        uvicorn.run(create_app(rt=rt), **common)
+        app = create_app(rt=rt)
+        settle_heap(settings)
+        uvicorn.run(app, **common)
         return
     # N processes, each with its own Runtime and background worker, all coordinated through
     # the database's leased rows. They read their settings from the environment: pass on what

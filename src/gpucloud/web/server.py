@@ -13,6 +13,7 @@ connections (issue 14).
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 from typing import Any
 
@@ -79,6 +80,23 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
 def configure(settings: Settings) -> None:
     HeaderDeadlineProtocol.deadline_seconds = settings.header_timeout_seconds
+
+
+def settle_heap(settings: Settings) -> None:
+    """Take what startup built out of the garbage collector's reach, and collect the young
+    generation less often. Called once the app is built, in every server process.
+
+    The modules, the app, SQLAlchemy's and pydantic's structures are hundreds of thousands of
+    objects that live as long as the process; every full collection walked all of them, and
+    under load that was a pause of ~100 ms every few seconds (the p99 of every endpoint).
+    `gc.freeze()` moves them to a generation the collector never scans. Requests then make
+    short-lived objects, mostly freed by reference counting: a larger youngest-generation
+    threshold makes fewer, no longer, collections. Figures in docs/api-speed.md."""
+    gc.collect()
+    gc.freeze()
+    if settings.gc_gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_gen0_threshold, gen1, gen2)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
