@@ -150,6 +150,7 @@ def main() -> None:
     from gpucloud.runtime import Runtime
     from gpucloud.settings import Settings
     from gpucloud.web.logs import configure
+    from gpucloud.web.server import settle_heap
 
     print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} on "
           f"{os.cpu_count()} cores")
@@ -184,6 +185,7 @@ def main() -> None:
             sys.stderr = stderr
             rt = Runtime.build(settings, migrate=False)
             app = create_app(settings, rt)
+            settle_heap(settings)  # as `gpucloud serve` does
             print(f"\n{name}")
 
             uvloop.run(_run(app, _bare(plans_body), ctx, args))

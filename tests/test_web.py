@@ -9,6 +9,7 @@ import re
 
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.routing import Match
 
 from gpucloud.accounts import routes as accounts
 from gpucloud.admin import routes as admin
@@ -17,6 +18,7 @@ from gpucloud.billing import routes as billing
 from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.instances import container_routes, vm_routes
+from gpucloud.routing import PrefixRoute
 from gpucloud.settings import Settings
 from gpucloud.web.logs import JsonFormatter, RequestIdFilter
 from gpucloud.web.server import settle_heap
@@ -176,3 +178,26 @@ def test_settle_heap_freezes_startup_objects_and_sets_the_young_threshold():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_prefix_route_refuses_by_literal_head_and_keeps_every_outcome():
+    async def endpoint(instance_id: str):
+        return instance_id
+
+    def scope(path, method="GET", root_path=""):
+        return {"type": "http", "path": path, "method": method, "root_path": root_path}
+
+    with_param = PrefixRoute("/gpu/instances/{instance_id}", endpoint, methods=["GET"])
+    assert with_param.matches(scope("/gpu/plans/"))[0] == Match.NONE
+    found, child = with_param.matches(scope("/gpu/instances/abc"))
+    assert found == Match.FULL and child["path_params"] == {"instance_id": "abc"}
+    assert with_param.matches(scope("/gpu/instances/abc", "DELETE"))[0] == Match.PARTIAL  # 405
+    # Behind a proxy's root path the path is matched the full (Starlette) way.
+    assert with_param.matches(scope("/api/gpu/instances/abc", root_path="/api"))[0] == Match.FULL
+
+    exact = PrefixRoute("/gpu/instances/vms", endpoint, methods=["GET"])
+    assert exact.matches(scope("/gpu/instances/vmsx"))[0] == Match.NONE
+    assert exact.matches(scope("/gpu/instances/vms"))[0] == Match.FULL
+    # The refusal comes before the regular expression: one that takes anything is not asked.
+    with_param.path_regex = re.compile(".*")
+    assert with_param.matches(scope("/gpu/plans/"))[0] == Match.NONE

@@ -35,6 +35,7 @@ from starlette.responses import Response
 
 from gpucloud.errors import BadRequest, UnsupportedMediaType, validation_detail
 from gpucloud.jsonresp import dumps
+from gpucloud.routing import PrefixRoute
 
 # Threads parsing at once per process: parsing holds the interpreter lock, so a second one would
 # only take turns with the first, and each turn is one the event loop waits for.
@@ -128,8 +129,9 @@ def judge(route: APIRoute, raw: bytes, max_depth: int, max_values: int) -> _Verd
     return _Verdict(refusal=dumps(validation_detail(errors)))
 
 
-class BodyRoute(APIRoute):
-    """The route class of every API router (see the module docstring)."""
+class BodyRoute(PrefixRoute):
+    """The route class of every API router (see the module docstring); its paths are
+    matched by `PrefixRoute`."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
