@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 
 from gpucloud.db import Database
+from gpucloud.runtime import read_threads
 from tests.conftest import make_settings
 
 
@@ -120,3 +121,10 @@ def test_database_close_releases_the_raw_connections(rt, backend):
     assert db.reader._count == 1
     db.dispose()
     assert db.reader._count == 0 and not db.reader._free
+
+
+def test_read_threads_one_on_sqlite_the_pool_on_postgresql_unless_set(rt, backend):
+    expected = 1 if rt.db.is_sqlite else rt.settings.threadpool_size
+    assert rt.requests._max_workers == expected  # the executor the reads are offloaded to
+    settings = make_settings(backend["url"], backend["data_dir"], read_threads=3)
+    assert read_threads(settings, rt.db.is_sqlite) == 3

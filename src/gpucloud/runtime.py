@@ -26,6 +26,13 @@ from gpucloud.secrets import SecretBox, load_or_create_key
 from gpucloud.settings import Settings
 
 
+def read_threads(settings: Settings, is_sqlite: bool) -> int:
+    """How many threads run the requests' reads (the setting explains the defaults)."""
+    if settings.read_threads:
+        return settings.read_threads
+    return 1 if is_sqlite else settings.threadpool_size
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -43,7 +50,7 @@ class Runtime:
     # Driver calls: a bounded pool with per-provider slots; the lifecycle's dispatcher.
     calls: CallPool = field(init=False)
     dispatcher: Dispatcher = field(init=False)
-    # The requests' blocking work (database reads and writes, driver calls of logs/events).
+    # The requests' blocking work: their database reads (`offload`).
     requests: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,7 +59,7 @@ class Runtime:
         # A freed slot is new room for work: the idle lifecycle loop looks again at once.
         self.calls.changed = self.wake
         self.dispatcher = Dispatcher(self)
-        self.requests = ThreadPoolExecutor(self.settings.threadpool_size,
+        self.requests = ThreadPoolExecutor(read_threads(self.settings, self.db.is_sqlite),
                                            thread_name_prefix="gpucloud-request")
         # What committed changes mean for this process (registered where they are made).
         self.db.on_effect(PLANS_CHANGED, lambda: self.invalidate("plans"))
