@@ -119,10 +119,10 @@ class Settings(BaseSettings):
     threadpool_size: int = Field(
         8, ge=1, le=200,
         description="Threads that run the blocking routes (deploys, updates, terminations, "
-        "the operator's writes), and the reads on PostgreSQL unless `read_threads` says "
-        "otherwise; driver calls of logs/events run on the driver-call pool instead. Sized to "
-        "the database pool and the cores rather than to the number of clients: more threads "
-        "only contend for the interpreter lock (docs/api-speed.md).",
+        "the operator's writes); the reads have `read_threads`, and driver calls of "
+        "logs/events the driver-call pool. Sized to the database pool and the cores "
+        "rather than to the number of clients: more threads only contend for the "
+        "interpreter lock (docs/api-speed.md).",
     )
     gc_gen0_threshold: int = Field(
         50_000, ge=0,
@@ -135,8 +135,9 @@ class Settings(BaseSettings):
         description="Threads that run the requests' database reads. Unset: 1 on SQLite (a "
         "read is the process's own CPU work, and SQLite hands the interpreter lock back and "
         "forth on every row, so a second thread only contends: the list of 100 instances "
-        "cost twice the CPU with 8), `threadpool_size` on PostgreSQL (a read waits on the "
-        "server, so several overlap). docs/api-speed.md has the figures.",
+        "cost twice the CPU with 8), 4 on PostgreSQL (at most `threadpool_size`; a read "
+        "waits on the server, so several overlap, but 8 served the lists of 100 ~25% slower "
+        "than 2 or 4). docs/api-speed.md has the figures.",
     )
     log_level: str = Field("info", description="Log level of the server.")
     log_format: Literal["auto", "text", "json"] = Field(
