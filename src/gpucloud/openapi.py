@@ -78,6 +78,8 @@ BAD_REQUESTS: dict[str, list[str]] = {
                          "again"],
     "adminReturnMachine": ["Machine node3 is rented: only a machine in maintenance can be "
                            "returned to service"],
+    "adminGetConsole": ["Containers have no console; read GET /gpu/instances/{id}/logs",
+                        "The console is temporarily unavailable from the provider"],
     "adminMoveClock": ["The clock cannot move backwards",
                        "The clock can only be moved when the server runs with "
                        "GPUCLOUD_CLOCK=manual"],
