@@ -177,13 +177,21 @@ class Page:
     @staticmethod
     def fresh(read, tries: int = 5):
         """Polled sections are swapped every 2 s: an element found just before a swap is
-        stale just after it, so a read is retried on the new one."""
+        stale just after it, so a read is retried on the new one. While a navigation
+        replaces the whole document, Chrome reports the same race as an unknown error ("Node
+        with given id does not belong to the document"): that counts as stale too, so
+        `wait_for` polls again instead of failing."""
         for attempt in range(tries):
             try:
                 return read()
             except StaleElementReferenceException:
                 if attempt == tries - 1:
                     raise
+            except WebDriverException as exc:
+                if "does not belong to the document" not in str(exc):
+                    raise
+                if attempt == tries - 1:
+                    raise StaleElementReferenceException(exc.msg) from exc
         return None
 
     def labelled(self, label: str):
