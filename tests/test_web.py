@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import re
@@ -201,3 +202,20 @@ def test_prefix_route_refuses_by_literal_head_and_keeps_every_outcome():
     # The refusal comes before the regular expression: one that takes anything is not asked.
     with_param.path_regex = re.compile(".*")
     assert with_param.matches(scope("/gpu/plans/"))[0] == Match.NONE
+
+
+def test_no_public_route_waits_for_a_thread_to_solve_a_dependency(rt):
+    # A plain `def` dependency runs on a worker thread: a hop there and back per request for
+    # what only reads a header or the caller noted by the middleware (deploys were ~20% slower
+    # with the Idempotency-Key check as one).
+    def calls(dependant):
+        for dep in dependant.dependencies:
+            yield dep.call
+            yield from calls(dep)
+
+    app = create_app(rt=rt)
+    public = [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/gpu")]
+    assert public
+    for route in public:
+        for call in calls(route.dependant):
+            assert inspect.iscoroutinefunction(call), (route.path, call)

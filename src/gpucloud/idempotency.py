@@ -46,11 +46,12 @@ class IdempotencyKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-def key_header(value: str | None = Header(
+async def key_header(value: str | None = Header(
         None, alias=HEADER, max_length=255,
         description="Any unique string (a UUID): a retry with the same key within 24 hours "
                     "returns the first answer and changes nothing.")) -> str | None:
-    """FastAPI dependency: the request's Idempotency-Key, checked."""
+    """FastAPI dependency: the request's Idempotency-Key, checked. Async: it only reads a
+    header, and a plain `def` dependency costs a hop to a worker thread and back."""
     return checked_key(value)
 
 
