@@ -21,7 +21,7 @@ class PrefixRoute(APIRoute):
 
     The router tries its routes in order until one matches, and every try of an APIRoute
     costs its bookkeeping (FastAPI's scope context, Starlette's route-path helper) and a
-    regular expression: ~38 tries, about a fifth of the CPU of `GET /gpu/instances/{id}`,
+    regular expression: ~35 tries, about a fifth of the CPU of `GET /gpu/instances/{id}`,
     measured in-process (docs/api-speed.md). A route's expression is anchored at its literal
     head (`/gpu/instances/` of `/gpu/instances/{instance_id}`), so a path that does not start
     with it, or that differs from a path without parameters, can never match: refusing those

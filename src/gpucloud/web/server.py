@@ -88,10 +88,11 @@ def settle_heap(settings: Settings) -> None:
 
     The modules, the app, SQLAlchemy's and pydantic's structures are hundreds of thousands of
     objects that live as long as the process; every full collection walked all of them, and
-    under load that was a pause of ~100 ms every few seconds (the p99 of every endpoint).
+    under load that was a pause of ~130 ms every few seconds (the p99 of every endpoint).
     `gc.freeze()` moves them to a generation the collector never scans. Requests then make
-    short-lived objects, mostly freed by reference counting: a larger youngest-generation
-    threshold makes fewer, no longer, collections. Figures in docs/api-speed.md."""
+    short-lived objects, mostly freed by reference counting, so few are left for the collector
+    to scan: a larger youngest-generation threshold makes fewer collections, each hardly
+    longer. Figures in docs/api-speed.md."""
     gc.collect()
     gc.freeze()
     if settings.gc_gen0_threshold:
