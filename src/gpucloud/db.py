@@ -171,7 +171,11 @@ def _drop_effects(session: Session) -> None:
 class _Compiled:
     """One statement compiled for one dialect: its SQL text, how to order and convert its
     parameters, and how to convert each column of a row (the same processors SQLAlchemy's
-    own result would apply: UTC datetimes, JSON, booleans)."""
+    own result would apply: UTC datetimes, JSON, booleans).
+
+    Only public API: the compiled form's text, binds and positions, and each type's
+    `dialect_impl(dialect)` processors, which are what SQLAlchemy caches and applies itself
+    (tests/test_parity.py and test_read_path.py compare the bytes on both databases)."""
 
     __slots__ = ("sql", "positional", "binds", "bind_procs", "procs", "row")
 
@@ -184,12 +188,17 @@ class _Compiled:
         # name → default (None when the caller must give it)
         self.binds = {name: (None if b.required else b.effective_value)
                       for name, b in compiled.binds.items()}
-        self.bind_procs = dict(compiled._bind_processors)
-        columns = compiled._result_columns
-        self.procs = [(i, c.type._cached_result_processor(dialect, None))
+        self.bind_procs = {}
+        for name, b in compiled.binds.items():
+            proc = b.type.dialect_impl(dialect).bind_processor(dialect)
+            if proc is not None:
+                self.bind_procs[name] = proc
+        # A textual statement has no typed columns: its rows stay plain tuples.
+        columns = getattr(stmt, "selected_columns", None) or ()
+        self.procs = [(i, c.type.dialect_impl(dialect).result_processor(dialect, None))
                       for i, c in enumerate(columns)]
         self.procs = [(i, p) for i, p in self.procs if p is not None]
-        self.row = namedtuple("Row", [c.keyname for c in columns], rename=True)
+        self.row = namedtuple("Row", list(columns.keys()) if columns else [], rename=True)
 
     def parameters(self, params: dict | None):
         values = dict(self.binds)
