@@ -123,7 +123,7 @@ def test_database_close_releases_the_raw_connections(rt, backend):
     assert db.reader._count == 0 and not db.reader._free
 
 
-def test_read_threads_one_on_sqlite_the_pool_on_postgresql_unless_set(rt, backend):
+def test_read_threads_one_on_sqlite_four_on_postgresql_unless_set(rt, backend):
     expected = 1 if rt.db.is_sqlite else min(4, rt.settings.threadpool_size)
     assert rt.requests._max_workers == expected  # the executor the reads are offloaded to
     settings = make_settings(backend["url"], backend["data_dir"], read_threads=3)
