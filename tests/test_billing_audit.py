@@ -14,7 +14,7 @@ from gpucloud.cli.main import app
 from tests.conftest import ADMIN_KEY
 
 CHECKS = ["conservation", "account_balances", "balance_after", "instance_reserves",
-          "orphan_entries", "amounts"]
+          "account_totals", "orphan_entries", "amounts"]
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def traffic(api):
     api.advance(10)
     api.advance(3 * 3600)
     assert api.client.delete(f"/gpu/instances/{gone}", headers=a_headers).status_code == 204
-    return {"accounts": [a, b], "keep": keep}
+    return {"accounts": [a, b], "headers": a_headers, "keep": keep}
 
 
 def _audit(api) -> dict:
@@ -69,6 +69,22 @@ def test_a_balance_changed_behind_the_ledger_is_reported(api, traffic):
     assert failed["account_balances"]["examples"] == [a]
     assert failed["balance_after"]["failures"] == 1
     assert failed["conservation"]["examples"] == ["off by -1 micro-USDC"]
+
+
+def test_account_totals_changed_behind_the_ledger_are_reported(api, traffic):
+    a, b = traffic["accounts"]
+    shown = api.json(api.client.get("/gpu/account", headers=traffic["headers"]))
+    with api.rt.db.write() as s:
+        s.execute(text("UPDATE accounts SET spent = spent + 1 WHERE id = :id"), {"id": a})
+        s.execute(text("UPDATE accounts SET reserved = reserved - 1 WHERE id = :id"), {"id": b})
+    failed = _failed(_audit(api))
+    # the instances and the ledger still agree, so only the running totals are off
+    assert set(failed) == {"account_totals"}
+    assert failed["account_totals"]["examples"] == sorted([a, b])
+    assert failed["account_totals"]["failures"] == 2
+    # GET /gpu/account shows the stored totals: what the audit is there to check
+    after = api.json(api.client.get("/gpu/account", headers=traffic["headers"]))
+    assert after["spent"] == shown["spent"] + Decimal("0.000001")
 
 
 def test_a_reserve_and_an_orphan_entry_are_reported(api, traffic):

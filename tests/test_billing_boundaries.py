@@ -150,7 +150,9 @@ def test_exhaustion_refunds_what_is_left_and_tops_up_siblings(rt):
         s.get(Instance, a).reserve -= to_micro("1.4")
         s.add(LedgerEntry(at=rt.clock.now(), account_id=acct, instance_id=a, kind="refund",
                           amount=to_micro("1.4"), balance_after=to_micro("1.4")))
-        s.get(Account, acct).balance += to_micro("1.4")
+        account = s.get(Account, acct)
+        account.balance += to_micro("1.4")
+        account.reserved -= to_micro("1.4")
     check_money(rt)
     at(rt, START + H)
     assert instance(rt, a).status == ENDED

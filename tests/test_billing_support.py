@@ -96,13 +96,16 @@ def charges(rt, instance_id: str) -> list[dt.datetime]:
 
 
 def check_money(rt) -> None:
-    """Conservation, and every stored total derivable from the ledger, exactly."""
+    """Conservation, and every stored total derivable from the ledger, exactly (the accounts'
+    running totals of reserved and spent included)."""
     with rt.db.read() as s:
         entries = s.execute(select(LedgerEntry.id, LedgerEntry.account_id,
                                    LedgerEntry.instance_id, LedgerEntry.kind,
                                    LedgerEntry.amount, LedgerEntry.balance_after,
                                    LedgerEntry.period_start).order_by(LedgerEntry.id)).all()
         accounts = dict(s.execute(select(Account.id, Account.balance)).all())
+        totals = {r.id: (r.reserved, r.spent)
+                  for r in s.execute(select(Account.id, Account.reserved, Account.spent))}
         instances = {r.id: r for r in s.execute(
             select(Instance.id, Instance.account_id, Instance.reserve, Instance.spent,
                    Instance.status))}
@@ -136,6 +139,10 @@ def check_money(rt) -> None:
         assert inst.spent == spent[inst.id], ("spent", inst)
         if inst.status not in (ACTIVE, INITIALIZED):
             assert inst.reserve == 0, ("reserve left after the end", inst)
+    for account_id, (reserved, spent_total) in totals.items():
+        mine = [i for i in instances.values() if i.account_id == account_id]
+        assert reserved == sum(i.reserve for i in mine), ("account reserved", account_id)
+        assert spent_total == sum(i.spent for i in mine), ("account spent", account_id)
 
 
 def check_topup_invariant(rt) -> None:

@@ -5,6 +5,7 @@ ledger through the upgrade and enforces the new once-per-hour index."""
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 
 import pytest
 from alembic import command
@@ -13,10 +14,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
+from gpucloud.accounts.models import Account
+from gpucloud.clock import SystemClock
 from gpucloud.db import Database
 from gpucloud.migrations.run import alembic_config, upgrade
 from gpucloud.models import Base
 from tests.conftest import PG_DB, fresh_pg_database, make_settings
+from tests.test_billing_support import check_money, deploy_row, make_account, seed_catalog
 
 AT = dt.datetime(2026, 1, 5, 10, 0)
 
@@ -86,3 +90,24 @@ def test_downgrade_restores_the_first_release_schema(empty_db):
             == ["accounts"]
         assert [u["column_names"] for u in insp.get_unique_constraints("ledger_entries")] \
             == [["instance_id", "period_start"]]
+
+
+def test_account_totals_are_summed_from_the_instances_on_upgrade(empty_db):
+    """0010 adds the accounts' running totals; accounts that already have instances get the
+    sums of their reserves and spend."""
+    upgrade(empty_db)
+    rt = SimpleNamespace(db=empty_db, clock=SystemClock())
+    cat = seed_catalog(rt, price="1.25")
+    busy, idle = make_account(rt, "50", name="busy"), make_account(rt, "5", name="idle")
+    deploy_row(rt, busy, cat)
+    deploy_row(rt, busy, cat)
+    deploy_row(rt, busy, cat, activate=False)
+    _to(empty_db, "20261130_0009", command.downgrade)
+    with empty_db.engine.connect() as conn:
+        assert "reserved" not in {c["name"] for c in inspect(conn).get_columns("accounts")}
+    upgrade(empty_db)
+    with empty_db.read() as s:
+        totals = {a.name: (a.reserved, a.spent) for a in s.query(Account)}
+    # two activated: 3 h reserved, 1 h charged, topped back up to 2 h; one only reserved
+    assert totals == {"busy": (2_500_000 * 2 + 3_750_000, 1_250_000 * 2), "idle": (0, 0)}
+    check_money(rt)

@@ -15,6 +15,12 @@ class Account(Base):
     name: Mapped[str] = mapped_column(String(100))
     # Changed only together with a ledger entry (billing/ledger.py).
     balance: Mapped[int] = mapped_column(Micro, default=0)
+    # Running totals of the account's instances' `reserve` and `spent`, moved in the same
+    # statements as those (billing/ledger.py, billing/batch_sql.py): GET /gpu/account reads
+    # one row instead of summing every instance the account ever had. The audit re-derives
+    # both from the ledger (`account_totals`).
+    reserved: Mapped[int] = mapped_column(Micro, default=0, server_default="0")
+    spent: Mapped[int] = mapped_column(Micro, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 

@@ -8,7 +8,7 @@ import hmac
 import secrets
 import time
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from gpucloud import metrics
@@ -16,7 +16,6 @@ from gpucloud.accounts.models import Account, ApiKey, Meta
 from gpucloud.billing import ledger
 from gpucloud.db import plausible_id
 from gpucloud.errors import NotFound
-from gpucloud.instances.models import Instance
 
 KEY_PREFIX = "gpc_"
 ADMIN_KEY_META = "admin_key_hash"
@@ -68,19 +67,11 @@ def revoke_api_key(s: Session, key_id: str, now: dt.datetime) -> ApiKey:
     return row
 
 
-def _instances_sum(column):
-    return (
-        select(func.coalesce(func.sum(column), 0))
-        .where(Instance.account_id == Account.id)
-        .scalar_subquery()
-    )
-
-
-# One statement, built once: GET /gpu/account is polled by consoles.
+# One statement, built once: GET /gpu/account is polled by consoles. `reserved` and `spent`
+# are running totals on the row (billing/ledger.py), so this stays one row read however many
+# instances the account has had.
 _MONEY = select(
-    Account.id, Account.name, Account.balance,
-    _instances_sum(Instance.reserve).label("reserved"),
-    _instances_sum(Instance.spent).label("spent"),
+    Account.id, Account.name, Account.balance, Account.reserved, Account.spent,
 ).where(Account.id == bindparam("account_id"))
 
 
@@ -94,8 +85,8 @@ def money_summary(conn, account_id: str) -> dict:
         "id": row.id,
         "name": row.name,
         "balance": row.balance,
-        "reserved": int(row.reserved),
-        "spent": int(row.spent),
+        "reserved": row.reserved,
+        "spent": row.spent,
     }
 
 

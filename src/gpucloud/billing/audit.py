@@ -47,6 +47,16 @@ CHECKS: dict[str, tuple[str, str]] = {
             ) l ON l.instance_id = i.id
             WHERE i.reserve <> COALESCE(l.reserve, 0) OR i.spent <> COALESCE(l.spent, 0)
                OR i.reserve < 0 ORDER BY i.id"""),
+    "account_totals": (
+        "Every account's `reserved` and `spent` equal the reserves and charges of its "
+        "instances' entries.",
+        f"""SELECT a.id FROM accounts a LEFT JOIN (
+              SELECT account_id, SUM({_RESERVE_DELTA}) AS reserved,
+                     SUM(CASE kind WHEN 'charge' THEN amount ELSE 0 END) AS spent
+              FROM ledger_entries WHERE instance_id IS NOT NULL GROUP BY account_id
+            ) l ON l.account_id = a.id
+            WHERE a.reserved <> COALESCE(l.reserved, 0) OR a.spent <> COALESCE(l.spent, 0)
+            ORDER BY a.id"""),
     "orphan_entries": (
         "Every entry belongs to an existing account.",
         """SELECT CAST(e.id AS VARCHAR(20)) FROM ledger_entries e

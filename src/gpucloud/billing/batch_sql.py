@@ -193,10 +193,16 @@ def insert_charges(s: Session, now: dt.datetime) -> None:
 
 
 def apply_charges(s: Session) -> None:
-    """One UPDATE per batch: charge the hour, move the boundary, add the decided top-up."""
+    """One UPDATE per batch: charge the hour, move the boundary, add the decided top-up; and
+    one for the accounts' running totals (the top-ups' part moves in `write_topups`)."""
     s.execute(update(I).where(I.c.id == B.c.id, B.c.ends == 0).values(
         reserve=I.c.reserve - B.c.price + B.c.topup, spent=I.c.spent + B.c.price,
         billed_until=B.c.next_until))
+    per_account = (select(B.c.account_id, func.sum(B.c.price).label("amount"))
+                   .where(B.c.ends == 0).group_by(B.c.account_id).subquery())
+    s.execute(update(A).where(A.c.id == per_account.c.account_id)
+              .values(reserved=A.c.reserved - per_account.c.amount,
+                      spent=A.c.spent + per_account.c.amount))
 
 
 def end_exhausted(s: Session, now: dt.datetime) -> int:
@@ -215,7 +221,8 @@ def end_exhausted(s: Session, now: dt.datetime) -> int:
     per_account = (select(B.c.account_id, func.sum(B.c.reserve).label("amount"))
                    .where(B.c.ends == 1, B.c.reserve > 0).group_by(B.c.account_id).subquery())
     s.execute(update(A).where(A.c.id == per_account.c.account_id)
-              .values(balance=A.c.balance + per_account.c.amount))
+              .values(balance=A.c.balance + per_account.c.amount,
+                      reserved=A.c.reserved - per_account.c.amount))
     ended_ids = select(B.c.id).where(B.c.ends == 1)
     # The row of transitions.end (closed_columns clears the lease: a lifecycle step in flight
     # on this row drops its result instead of overwriting the ENDED state).
@@ -270,7 +277,8 @@ def write_topups(s: Session, now: dt.datetime) -> int:
     per_account = (select(B.c.account_id, func.sum(B.c.topup).label("amount"))
                    .where(B.c.topup > 0).group_by(B.c.account_id).subquery())
     s.execute(update(A).where(A.c.id == per_account.c.account_id)
-              .values(balance=A.c.balance - per_account.c.amount))
+              .values(balance=A.c.balance - per_account.c.amount,
+                      reserved=A.c.reserved + per_account.c.amount))
     return done
 
 

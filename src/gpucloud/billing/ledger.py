@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import bindparam, insert, inspect, select, text, update
+from sqlalchemy import insert, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from gpucloud.accounts.models import Account
@@ -38,8 +38,12 @@ _MONEY_COLUMNS = ["status", "reserve", "spent", "billed_until"]
 # Built once: deploy and every money movement run these, and building a statement per call
 # (plus its cache key) cost more than executing it.
 _INSERT_ENTRY = insert(LedgerEntry.__table__)
-_DEBIT = text("UPDATE accounts SET balance = balance - :amount "
+# Each statement that moves an instance's reserve or spend moves the account's running totals
+# (`reserved`, `spent`) by the same amount, on the row it already updates or locks.
+_DEBIT = text("UPDATE accounts SET balance = balance - :amount, reserved = reserved + :amount "
               "WHERE id = :id AND balance >= :amount RETURNING balance")
+_CHARGE = text("UPDATE accounts SET reserved = reserved - :amount, spent = spent + :amount "
+               "WHERE id = :id RETURNING balance")
 
 
 def _entry(s: Session, *, at, account_id, kind, amount, balance_after, instance_id=None,
@@ -47,16 +51,6 @@ def _entry(s: Session, *, at, account_id, kind, amount, balance_after, instance_
     s.connection().execute(_INSERT_ENTRY, {
         "at": at, "account_id": account_id, "instance_id": instance_id, "kind": kind,
         "amount": amount, "balance_after": balance_after, "period_start": period_start})
-
-
-_BALANCE = (select(Account.__table__.c.balance)
-            .where(Account.__table__.c.id == bindparam("id")).with_for_update())
-
-
-def _locked_balance(s: Session, account_id: str) -> int:
-    """The balance, with the account row locked so no other movement interleaves before our
-    entry is written (keeps each account's `balance_after` sequence exact in id order)."""
-    return s.connection().execute(_BALANCE, {"id": account_id}).scalar_one()
 
 
 _HELD = "gpucloud.ledger.held"
@@ -132,9 +126,12 @@ def charge_hour(s: Session, instance: Instance, period_start: dt.datetime,
     instance.reserve -= price
     instance.spent += price
     instance.billed_until = period_start + HOUR
+    # The UPDATE also locks the account row, so no other movement interleaves before our entry
+    # is written (keeps each account's `balance_after` sequence exact in id order).
+    balance = s.connection().execute(
+        _CHARGE, {"amount": price, "id": instance.account_id}).scalar_one()
     _entry(s, at=now, account_id=instance.account_id, instance_id=instance.id, kind=CHARGE,
-           amount=price, balance_after=_locked_balance(s, instance.account_id),
-           period_start=period_start)
+           amount=price, balance_after=balance, period_start=period_start)
     s.flush()
 
 
@@ -153,7 +150,8 @@ def refund_reserve(s: Session, instance: Instance, now: dt.datetime) -> int:
         return 0
     new_balance = s.execute(
         update(Account).where(Account.id == instance.account_id)
-        .values(balance=Account.balance + amount).returning(Account.balance)
+        .values(balance=Account.balance + amount, reserved=Account.reserved - amount)
+        .returning(Account.balance)
     ).scalar_one()
     instance.reserve = 0
     _entry(s, at=now, account_id=instance.account_id, instance_id=instance.id, kind=REFUND,
