@@ -193,16 +193,11 @@ def insert_charges(s: Session, now: dt.datetime) -> None:
 
 
 def apply_charges(s: Session) -> None:
-    """One UPDATE per batch: charge the hour, move the boundary, add the decided top-up; and
-    one for the accounts' running totals (the top-ups' part moves in `write_topups`)."""
+    """One UPDATE per batch: charge the hour, move the boundary, add the decided top-up.
+    The accounts' side (balance and running totals) moves in `write_topups(charged=True)`."""
     s.execute(update(I).where(I.c.id == B.c.id, B.c.ends == 0).values(
         reserve=I.c.reserve - B.c.price + B.c.topup, spent=I.c.spent + B.c.price,
         billed_until=B.c.next_until))
-    per_account = (select(B.c.account_id, func.sum(B.c.price).label("amount"))
-                   .where(B.c.ends == 0).group_by(B.c.account_id).subquery())
-    s.execute(update(A).where(A.c.id == per_account.c.account_id)
-              .values(reserved=A.c.reserved - per_account.c.amount,
-                      spent=A.c.spent + per_account.c.amount))
 
 
 def end_exhausted(s: Session, now: dt.datetime) -> int:
@@ -264,8 +259,11 @@ def apply_topups(s: Session) -> None:
               .values(reserve=I.c.reserve + B.c.topup))
 
 
-def write_topups(s: Session, now: dt.datetime) -> int:
-    """Ledger entries (running balance per account) and the balances for decided top-ups."""
+def write_topups(s: Session, now: dt.datetime, charged: bool = False) -> int:
+    """Ledger entries (running balance per account) and the balances for decided top-ups,
+    with the accounts' running totals. `charged`: this batch also charged its rows that did
+    not end (an hour boundary, not a retry); their charges move `reserved` into `spent` in
+    the same UPDATE, so each account row is written once per batch."""
     running = func.sum(B.c.topup).over(partition_by=B.c.account_id, order_by=_order(),
                                        rows=(None, 0))
     rows = (select(literal(now, UTCDateTime()), B.c.account_id, B.c.id, literal(TOPUP),
@@ -274,6 +272,15 @@ def write_topups(s: Session, now: dt.datetime) -> int:
             .order_by(*_order()))
     s.execute(insert(L).from_select(_INSERT_COLS, rows))
     done = _count(s, B.c.topup > 0)
+    if charged:
+        per_account = (select(B.c.account_id, func.sum(B.c.topup).label("amount"),
+                              func.sum(B.c.price).label("charged"))
+                       .where(B.c.ends == 0).group_by(B.c.account_id).subquery())
+        s.execute(update(A).where(A.c.id == per_account.c.account_id).values(
+            balance=A.c.balance - per_account.c.amount,
+            reserved=A.c.reserved + per_account.c.amount - per_account.c.charged,
+            spent=A.c.spent + per_account.c.charged))
+        return done
     per_account = (select(B.c.account_id, func.sum(B.c.topup).label("amount"))
                    .where(B.c.topup > 0).group_by(B.c.account_id).subquery())
     s.execute(update(A).where(A.c.id == per_account.c.account_id)

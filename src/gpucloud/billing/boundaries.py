@@ -61,7 +61,7 @@ def process_batch(s: Session, now: dt.datetime, limit: int) -> BatchResult:
     ended = q.end_exhausted(s, now)
     q.decide_topups(s)
     q.apply_charges(s)
-    q.write_topups(s, now)
+    q.write_topups(s, now, charged=True)
     q.greedy_topups(s, now)
     return BatchResult(taken, taken - deferred, ended)
 
