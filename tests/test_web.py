@@ -8,8 +8,11 @@ import json
 import logging
 import re
 
+from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from opentelemetry import trace
+from starlette.responses import Response
 from starlette.routing import Match
 
 from gpucloud.accounts import routes as accounts
@@ -19,7 +22,7 @@ from gpucloud.billing import routes as billing
 from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.instances import container_routes, vm_routes
-from gpucloud.routing import PrefixRoute
+from gpucloud.routing import PrefixRoute, get_telemetry_data
 from gpucloud.settings import Settings
 from gpucloud.web.logs import JsonFormatter, RequestIdFilter
 from gpucloud.web.server import settle_heap
@@ -219,3 +222,45 @@ def test_no_public_route_waits_for_a_thread_to_solve_a_dependency(rt):
     for route in public:
         for call in calls(route.dependant):
             assert inspect.iscoroutinefunction(call), (route.path, call)
+
+
+class _Tracing(trace.TracerProvider):
+    """A configured provider (FastAPI ignores the no-op one) whose spans go nowhere."""
+
+    def get_tracer(self, *args, **kwargs):
+        return trace.NoOpTracer()
+
+
+def test_request_only_endpoints_skip_fastapis_handler_unless_telemetry_records(rt):
+    app = create_app(rt=rt)
+    lean = {(r.path, m) for r in app.routes if isinstance(r, PrefixRoute) and r.lean
+            for m in r.methods}
+    # The polled reads that authenticate and read their path themselves
+    for path in ("/gpu/plans/", "/gpu/default-images/", "/gpu/instances/",
+                 "/gpu/instances/{instance_id}", "/gpu/instances/vms/{instance_id}",
+                 "/gpu/instances/baremetal", "/gpu/account"):
+        assert (path, "GET") in lean, path
+    # Anything with a parameter, a dependency or a body keeps FastAPI's handler
+    for path, method in (("/gpu/instances/", "POST"), ("/gpu/account/transactions", "GET"),
+                         ("/gpu/instances/{instance_id}/logs", "GET"),
+                         ("/gpu/instances/{instance_id}", "PUT"), ("/admin/accounts", "GET")):
+        assert (path, method) not in lean, path
+
+    # With FastAPI's OpenTelemetry recording a request, it goes FastAPI's way: the request is
+    # in the telemetry data its log processors read.
+    async def traced(request: Request):
+        data = get_telemetry_data()
+        return Response(b"yes" if data is not None and data.request is request else b"no")
+
+    async def returns_a_dict(request: Request):
+        return {"not": "a response"}
+
+    for telemetry, expected in (({"tracer_provider": _Tracing()}, b"yes"),
+                                ({"tracing": False, "metrics": False, "logs": False}, b"no")):
+        demo = FastAPI(telemetry=telemetry)
+        demo.router.routes.append(PrefixRoute("/traced", traced, methods=["GET"]))
+        demo.router.routes.append(PrefixRoute("/dict", returns_a_dict, methods=["GET"]))
+        with TestClient(demo, raise_server_exceptions=False) as client:
+            assert client.get("/traced").content == expected
+            # Without telemetry the endpoint is called directly and must answer a Response
+            assert client.get("/dict").status_code == (200 if expected == b"yes" else 500)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from gpucloud import idempotency
 from gpucloud.accounts import service
-from gpucloud.accounts.auth import Caller, current_account, require_admin
+from gpucloud.accounts.auth import current_account, require_admin
 from gpucloud.accounts.schemas import (
     AccountCreate,
     AccountCreated,
@@ -34,8 +34,9 @@ def account_json(summary: dict) -> dict:
 
 
 @public.get("/account", response_model=AccountOut, operation_id="getAccount")
-async def get_account(request: Request, caller: Caller = Depends(current_account)):
+async def get_account(request: Request):
     rt = request.app.state.rt
+    caller = await current_account(request)
     return JSON(account_json(await rt.offload(_money, rt, caller.account_id)))
 
 

@@ -72,8 +72,9 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
 
 @router.get("/", response_model=list[ContainerItem], operation_id="listContainers",
             summary="List containers, newest first")
-async def list_containers(request: Request, caller: Caller = Depends(current_account)):
+async def list_containers(request: Request):
     rt = request.app.state.rt
+    caller = await current_account(request)
     return JSON(await rt.offload(list_body, rt, caller.account_id, "container"))
 
 
