@@ -1,7 +1,7 @@
 """CPU per request, in-process: where the microseconds of each GET go, without HTTP or wrk.
 
     .venv/bin/python bench/api_cpu.py [--db sqlite,postgres] [--n 2000] [--only LABEL,…]
-                                      [--profile LABEL]
+                                      [--profile LABEL] [--loop-thread]
 
 Sets up the same data as bench/api.py (a real `gpucloud serve`, 100 instances of each kind),
 stops that server, builds the app in this process on the same database, and calls it as an
@@ -11,7 +11,9 @@ for a bare Starlette app returning the plans bytes. On a loaded machine CPU time
 less than req/s does, so this is the script to compare changes with; `bench/api.py` is the
 one that measures throughput over HTTP.
 
-`--profile LABEL` runs that endpoint under cProfile and prints the top functions.
+`--profile LABEL` runs the endpoints whose label contains LABEL under cProfile and prints the
+top functions. `--loop-thread` also prints the event loop thread's share of the CPU (what a
+second process could not take over: the rest is the threads' database work).
 """
 
 from __future__ import annotations
@@ -28,7 +30,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import api  # noqa: E402
+import httpx  # noqa: E402
+import uvloop  # noqa: E402
 from servers import free_port  # noqa: E402
+from starlette.applications import Starlette  # noqa: E402
+from starlette.responses import Response  # noqa: E402
+from starlette.routing import Route  # noqa: E402
+
+from gpucloud.app import create_app  # noqa: E402
+from gpucloud.runtime import Runtime  # noqa: E402
+from gpucloud.settings import Settings  # noqa: E402
+from gpucloud.web.logs import configure  # noqa: E402
+from gpucloud.web.server import settle_heap  # noqa: E402
 
 
 def _scope(method: str, path: str, headers: dict[str, str], body: bytes | None) -> dict:
@@ -65,7 +78,8 @@ async def _call(app, scope: dict, body: bytes | None) -> int:
     return status
 
 
-async def _drive(app, scope, body, n: int, concurrency: int) -> tuple[float, float, dict]:
+async def _drive(app, scope, body, n: int, concurrency: int,
+                 loop_thread: bool = False) -> tuple[float, float, dict]:
     statuses: dict[int, int] = {}
     per_task = max(1, n // concurrency)
 
@@ -77,17 +91,13 @@ async def _drive(app, scope, body, n: int, concurrency: int) -> tuple[float, flo
     cpu, wall, main = time.process_time(), time.perf_counter(), time.thread_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     done = per_task * concurrency
-    if os.environ.get("SPEED_DEBUG"):
+    if loop_thread:
         print(f"   loop thread {(time.thread_time() - main) / done * 1e6:.0f} µs/req")
     return ((time.process_time() - cpu) / done * 1e6, done / (time.perf_counter() - wall),
             statuses)
 
 
 def _bare(body: bytes):
-    from starlette.applications import Starlette
-    from starlette.responses import Response
-    from starlette.routing import Route
-
     async def endpoint(request):
         return Response(body, media_type="application/json")
 
@@ -113,24 +123,13 @@ async def _measure(app, bare, ctx, args) -> None:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(35)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(60)
-        cpu, rps, statuses = await _drive(target, scope, body, n, 32)
+        cpu, rps, statuses = await _drive(target, scope, body, n, 32, args.loop_thread)
         cpu1, rps1, _ = await _drive(target, scope, body, max(50, n // 4), 1)
         print(f"{label:40} {cpu:10.0f} {rps:10.0f} {cpu1:10.0f} {rps1:10.0f}  {statuses}",
               flush=True)
 
 
 async def _run(app, bare, ctx, args) -> None:
-    if os.environ.get("SPEED_DEBUG"):
-        from gpucloud.instances.container_routes import fetch_row
-        rt = app.state.rt
-        acct = app.state.rt.db.reader.execute(
-            __import__("sqlalchemy").text("select account_id from instances limit 1")).scalar()
-        print(acct, ctx)
-        for _ in range(3):
-            c = time.process_time()
-            for _ in range(1000):
-                fetch_row(rt, acct, ctx["container"], "container")
-            print("fetch_row µs", (time.process_time() - c) * 1000)
     async with app.router.lifespan_context(app):
         await _measure(app, bare, ctx, args)
 
@@ -141,17 +140,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--only", default="")
     ap.add_argument("--profile", default="")
+    ap.add_argument("--loop-thread", action="store_true")
     ap.add_argument("--pg-url", default=os.environ.get(
         "GPUCLOUD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/gpucloud_bench_cpu"))
     args = ap.parse_args()
-    import uvloop
-
-    from gpucloud.app import create_app
-    from gpucloud.runtime import Runtime
-    from gpucloud.settings import Settings
-    from gpucloud.web.logs import configure
-    from gpucloud.web.server import settle_heap
-
     print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} on "
           f"{os.cpu_count()} cores")
     for name in args.db.split(","):
@@ -162,7 +154,6 @@ def main() -> None:
             server = api.start_gpucloud(tmp, port, url, 1)
             try:
                 ctx = api.setup(f"http://{api.HOST}:{port}")
-                import httpx
                 plans_body = httpx.get(f"http://{api.HOST}:{port}/gpu/plans/",
                                        headers={"X-API-KEY": ctx["key"]}).content
             finally:
