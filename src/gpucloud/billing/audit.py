@@ -22,6 +22,15 @@ _BALANCE_DELTA = ("CASE kind WHEN 'deposit' THEN amount WHEN 'refund' THEN amoun
 _RESERVE_DELTA = ("CASE kind WHEN 'reserve' THEN amount WHEN 'topup' THEN amount "
                   "WHEN 'charge' THEN -amount WHEN 'refund' THEN -amount ELSE 0 END")
 
+
+def _instance_sums(by: str) -> str:
+    """The reserve and the spend the instances' entries add up to, per `by` (instance_id or
+    account_id): what the instance rows, and their account's running totals, must hold."""
+    return f"""SELECT {by}, SUM({_RESERVE_DELTA}) AS reserve,
+                 SUM(CASE kind WHEN 'charge' THEN amount ELSE 0 END) AS spent
+               FROM ledger_entries WHERE instance_id IS NOT NULL GROUP BY {by}"""
+
+
 # name → (what it means, a query returning the offending ids)
 CHECKS: dict[str, tuple[str, str]] = {
     "account_balances": (
@@ -40,22 +49,16 @@ CHECKS: dict[str, tuple[str, str]] = {
     "instance_reserves": (
         "Every reserve equals what was reserved and topped up minus charges and refunds; "
         "`spent` equals the charges.",
-        f"""SELECT i.id FROM instances i LEFT JOIN (
-              SELECT instance_id, SUM({_RESERVE_DELTA}) AS reserve,
-                     SUM(CASE kind WHEN 'charge' THEN amount ELSE 0 END) AS spent
-              FROM ledger_entries WHERE instance_id IS NOT NULL GROUP BY instance_id
+        f"""SELECT i.id FROM instances i LEFT JOIN ({_instance_sums("instance_id")}
             ) l ON l.instance_id = i.id
             WHERE i.reserve <> COALESCE(l.reserve, 0) OR i.spent <> COALESCE(l.spent, 0)
                OR i.reserve < 0 ORDER BY i.id"""),
     "account_totals": (
         "Every account's `reserved` and `spent` equal the reserves and charges of its "
         "instances' entries.",
-        f"""SELECT a.id FROM accounts a LEFT JOIN (
-              SELECT account_id, SUM({_RESERVE_DELTA}) AS reserved,
-                     SUM(CASE kind WHEN 'charge' THEN amount ELSE 0 END) AS spent
-              FROM ledger_entries WHERE instance_id IS NOT NULL GROUP BY account_id
+        f"""SELECT a.id FROM accounts a LEFT JOIN ({_instance_sums("account_id")}
             ) l ON l.account_id = a.id
-            WHERE a.reserved <> COALESCE(l.reserved, 0) OR a.spent <> COALESCE(l.spent, 0)
+            WHERE a.reserved <> COALESCE(l.reserve, 0) OR a.spent <> COALESCE(l.spent, 0)
             ORDER BY a.id"""),
     "orphan_entries": (
         "Every entry belongs to an existing account.",
