@@ -226,6 +226,9 @@ class Page:
     def act(self, element, shot: str | None) -> None:
         """Click; when the click loads a new page (`shot` given), wait until it has."""
         element.click()
+        self._settle(element, shot)
+
+    def _settle(self, element, shot: str | None) -> None:
         if shot is None:
             return
         try:
@@ -241,11 +244,18 @@ class Page:
         self.visited(shot)
 
     def press(self, button_text: str, shot: str | None = None) -> None:
-        for el in self.b.find_elements(By.CSS_SELECTOR, "button, a[role=button]"):
-            if el.text.strip() == button_text and el.is_displayed():
-                self.act(el, shot)
-                return
-        raise AssertionError(f"no button {button_text!r} on {self.b.current_url}")
+        """Find the button and click it, again from the start when a polled section is
+        swapped under the search (a button read or clicked there goes stale; a stale click
+        never reached the page, so repeating it presses once)."""
+
+        def find_and_click():
+            for el in self.b.find_elements(By.CSS_SELECTOR, "button, a[role=button]"):
+                if el.text.strip() == button_text and el.is_displayed():
+                    el.click()
+                    return el
+            raise AssertionError(f"no button {button_text!r} on {self.b.current_url}")
+
+        self._settle(self.fresh(find_and_click), shot)
 
     def wait_for(self, condition, message: str = "", timeout: float = WAIT):
         return WebDriverWait(self.b, timeout, poll_frequency=0.2,
