@@ -221,7 +221,15 @@ class Page:
         Select(self.labelled(label)).select_by_visible_text(option_text)
 
     def click(self, selector: str, shot: str | None = None) -> None:
-        self.act(self.css(selector), shot)
+        """Find and click, again from the start when a polled section swaps the element
+        between the two (as `press`)."""
+
+        def find_and_click():
+            el = self.css(selector)
+            el.click()
+            return el
+
+        self._settle(self.fresh(find_and_click), shot)
 
     def act(self, element, shot: str | None) -> None:
         """Click; when the click loads a new page (`shot` given), wait until it has."""
