@@ -15,6 +15,7 @@ from gpucloud.drivers.simulated.models import SimWorkload
 from gpucloud.instances import allocations, lifecycle, reconcile
 from gpucloud.instances.models import Instance
 from gpucloud.runtime import Runtime
+from gpucloud.workers.runner import drain
 
 LEASE = 0.5
 
@@ -80,8 +81,6 @@ def test_work_resumes_after_restart(api, rt):
     assert _row(rt, iid).status == "INITIALIZED"
     restarted = Runtime.build(rt.settings, migrate=False)
     try:
-        from gpucloud.workers.runner import drain
-
         drain(restarted, restarted.clock.now() + dt.timedelta(seconds=10))
     finally:
         restarted.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ADMIN_KEY, PG_DB, fresh_pg_database, postgres_only
+from tests.podman_env import wait_for
 from tests.procs import GPUCLOUD, ServerProcess
 
 ADMIN = {"X-ADMIN-KEY": ADMIN_KEY}
@@ -50,8 +51,13 @@ def test_two_processes_serve_and_share_the_background_work(backend, tmp_path):
         acct = c.post("/admin/accounts", json={"name": "a", "balance": "1000"},
                       headers=ADMIN).json()
         key = {"X-API-KEY": acct["api_key"]}
+        # Running at once: the two processes' workers activate the deploys in wall time, and
+        # the clock moves once they are all ACTIVE. (Moved while a create is still under way,
+        # the create would finish an hour late, past its deadline: POST /admin/clock does not
+        # wait for a step in flight, docs/api.md.)
         pid = c.post("/admin/providers", json={"name": "sim", "driver": "simulated",
-                                               "config": {}}, headers=ADMIN).json()["id"]
+                                               "config": {"provision_seconds": 0}},
+                     headers=ADMIN).json()["id"]
         offer = c.post("/admin/offers", headers=ADMIN, json={
             "provider_id": pid, "workload": "container",
             "gpu": {"vendor": "nvidia", "model": "a100", "vram": "80Gi", "interface": "SXM"},
@@ -65,6 +71,9 @@ def test_two_processes_serve_and_share_the_background_work(backend, tmp_path):
                                        "expose": [{"port": 22, "protocol": "tcp"}]}})
             assert r.status_code == 201, r.text
             ids.append(r.json()["instance_id"])
+        wait_for(lambda: {c.get(f"/gpu/instances/{i}", headers=key).json()["instance_status"]
+                          for i in ids} == {"ACTIVE"},
+                 timeout=120, every=0.5, what="the 12 deploys to be ACTIVE")
         assert c.post("/admin/clock", json={"advance_seconds": 3700},
                       headers=ADMIN).status_code == 200
         spent = set()
