@@ -37,7 +37,9 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log = cwd / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 60) -> ServerProcess:
+    # A start imports, migrates and builds the OpenAPI document: over a minute was seen on a
+    # machine whose two cores also booted guests under TCG.
+    def start(self, timeout: float = 180) -> ServerProcess:
         self.cwd.mkdir(parents=True, exist_ok=True)
         fh = open(self.log, "ab")
         self.proc = subprocess.Popen([GPUCLOUD, "serve", "--port", str(self.port)], cwd=self.cwd,

@@ -54,8 +54,9 @@ def config(media_port: int, machines: list[dict], **overrides) -> dict:
            "images": {IMAGE: {"kernel": str(CACHE / "vmlinuz"),
                               "initrd": str(CACHE / "testos.img")}},
            "wipe": {"kernel": str(CACHE / "vmlinuz"), "initrd": str(CACHE / "wipe.img")},
-           "machines": machines, "graceful_off_seconds": 1, "boot_timeout_seconds": 300,
-           "wipe_timeout_seconds": 240}
+           # Wall-clock bounds: a boot or a wipe under TCG took minutes on a loaded machine.
+           "machines": machines, "graceful_off_seconds": 1, "boot_timeout_seconds": 600,
+           "wipe_timeout_seconds": 480}
     out.update(overrides)
     return out
 
