@@ -7,8 +7,9 @@ import inspect
 import json
 import logging
 import re
+import uuid
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from opentelemetry import trace
@@ -22,11 +23,13 @@ from gpucloud.billing import routes as billing
 from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.instances import container_routes, vm_routes
+from gpucloud.jsonresp import JSON
 from gpucloud.routing import PrefixRoute, get_telemetry_data
 from gpucloud.settings import Settings
 from gpucloud.web.logs import JsonFormatter, RequestIdFilter
 from gpucloud.web.server import settle_heap
 from tests.conftest import ADMIN_KEY
+from tests.factories import Api
 
 ROUTERS = (catalog.router, vm_routes.router, container_routes.router, accounts.public,
            billing.router, accounts.admin, billing.admin, catalog_admin.router, admin.router)
@@ -231,6 +234,46 @@ class _Tracing(trace.TracerProvider):
         return trace.NoOpTracer()
 
 
+def test_the_lean_feeds_answer_a_bad_last_exactly_as_fastapi_would(rt):
+    """logs and events read `?last=` themselves (container_routes.last_lines): for every input
+    they answer what FastAPI answers for `last: int | None = Query(None, ge=1)` on a route of
+    the same app, and in the same order of checks: the key first, then `last`, then the id."""
+    app = create_app(rt=rt)
+
+    async def reference(last: int | None = Query(None, ge=1)):
+        return JSON({"last": str(last)})
+
+    app.add_api_route("/gpu/feed-reference", reference, methods=["GET"])
+    with TestClient(app) as client:
+        api = Api(client, rt, ADMIN_KEY)
+        _, key = api.account(balance=100)
+        pid = api.provider()
+        ids = {"": api.deploy(key, api.offer(pid)),
+               "vms/": api.deploy_vm(key, api.offer(pid, "vm")),
+               "baremetal/": api.deploy_vm(key, api.offer(pid, "baremetal"), kind="baremetal")}
+        feeds = [f"{kind}{iid}/events" for kind, iid in ids.items()] + [f"{ids['']}/logs"]
+        bad = ["0", "-3", "abc", "", "1.5", "1e3", "%D9%A3", "0x10", "1&last=0"]
+        for value in bad:
+            expected = client.get(f"/gpu/feed-reference?last={value}")
+            assert expected.status_code == 422, value
+            for feed in feeds:
+                got = client.get(f"/gpu/instances/{feed}?last={value}", headers=key)
+                assert (got.status_code, got.content) == (422, expected.content), (feed, value)
+                # The key is checked before `last`, `last` before the instance is looked up.
+                assert client.get(f"/gpu/instances/{feed}?last={value}",
+                                  headers={"X-API-KEY": "wrong"}).status_code == 403
+                unknown = feed.replace(feed.split("/")[-2], str(uuid.uuid4()))
+                assert client.get(f"/gpu/instances/{unknown}?last={value}",
+                                  headers=key).content == expected.content
+        for value, n in (("1", 1), ("0&last=2", 2), ("+2", 2), ("99999999999999999999999", 0)):
+            assert client.get(f"/gpu/feed-reference?last={value}").status_code == 200
+            for feed in feeds:
+                got = client.get(f"/gpu/instances/{feed}?last={value}", headers=key)
+                everything = client.get(f"/gpu/instances/{feed}", headers=key).json()
+                assert got.status_code == 200, (feed, value, got.text)
+                assert got.json() == everything[-n:], (feed, value)
+
+
 def test_request_only_endpoints_skip_fastapis_handler_unless_telemetry_records(rt):
     app = create_app(rt=rt)
     lean = {(r.path, m) for r in app.routes if isinstance(r, PrefixRoute) and r.lean
@@ -238,11 +281,14 @@ def test_request_only_endpoints_skip_fastapis_handler_unless_telemetry_records(r
     # The polled reads that authenticate and read their path themselves
     for path in ("/gpu/plans/", "/gpu/default-images/", "/gpu/instances/",
                  "/gpu/instances/{instance_id}", "/gpu/instances/vms/{instance_id}",
-                 "/gpu/instances/baremetal", "/gpu/account"):
+                 "/gpu/instances/baremetal", "/gpu/account",
+                 "/gpu/instances/{instance_id}/logs", "/gpu/instances/{instance_id}/events",
+                 "/gpu/instances/vms/{instance_id}/events",
+                 "/gpu/instances/baremetal/{instance_id}/events"):
         assert (path, "GET") in lean, path
     # Anything with a parameter, a dependency or a body keeps FastAPI's handler
     for path, method in (("/gpu/instances/", "POST"), ("/gpu/account/transactions", "GET"),
-                         ("/gpu/instances/{instance_id}/logs", "GET"),
+                         ("/admin/instances/{instance_id}/console", "GET"),
                          ("/gpu/instances/{instance_id}", "PUT"), ("/admin/accounts", "GET")):
         assert (path, method) not in lean, path
 

@@ -6,13 +6,20 @@ container routes, so GET /gpu/instances/vms is never taken for a container id.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from gpucloud import idempotency
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.bodies import BodyRoute
 from gpucloud.instances import feed, service, transitions, views
-from gpucloud.instances.container_routes import NOT_FOUND_DOC, PATH_ID, fetch_row, list_body
+from gpucloud.instances.container_routes import (
+    FEED_PARAMS,
+    NOT_FOUND_DOC,
+    PATH_ID,
+    fetch_row,
+    last_lines,
+    list_body,
+)
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
 
@@ -72,12 +79,13 @@ def _routes(kind: str, workload: str) -> None:
             transitions.terminate(s, inst, rt.clock.now())
         return Response(status_code=204)
 
-    async def events(instance_id: str, request: Request,
-               last: int | None = Query(None, ge=1, description="Keep only the last N lines"),
-               caller: Caller = Depends(current_account)):
+    async def events(request: Request):
         # An extension beyond the Fluence API: why a VM failed, when it answered SSH.
         rt = request.app.state.rt
-        return JSON(await feed.events(rt, caller.account_id, instance_id, last, workload))
+        caller = await current_account(request)
+        last = last_lines(request)
+        return JSON(await feed.events(rt, caller.account_id, request.path_params["instance_id"],
+                                      last, workload))
 
     base = f"/{kind}"
     router.add_api_route(base, deploy, methods=["POST"], status_code=201, tags=tags,
@@ -98,7 +106,8 @@ def _routes(kind: str, workload: str) -> None:
     router.add_api_route(base + "/{instance_id}/events", events, methods=["GET"], tags=tags,
                          response_model=list[str], operation_id=f"get{title}Events",
                          summary="Lifecycle events (gpucloud's and the provider's), oldest "
-                         "first (extension)", responses=NOT_FOUND_DOC)
+                         "first (extension)", openapi_extra=FEED_PARAMS,
+                         responses=NOT_FOUND_DOC)
 
 
 for _kind, _workload_name in KINDS.items():
