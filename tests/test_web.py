@@ -234,16 +234,21 @@ class _Tracing(trace.TracerProvider):
         return trace.NoOpTracer()
 
 
-def test_the_lean_feeds_answer_a_bad_last_exactly_as_fastapi_would(rt):
-    """logs and events read `?last=` themselves (container_routes.last_lines): for every input
-    they answer what FastAPI answers for `last: int | None = Query(None, ge=1)` on a route of
-    the same app, and in the same order of checks: the key first, then `last`, then the id."""
+def test_request_only_routes_answer_bad_query_parameters_exactly_as_fastapi_would(rt):
+    """logs, events and transactions read their query parameters themselves (params.py): for
+    every input they answer what FastAPI answers for the parameters they used to declare, on a
+    route of the same app, and in the same order of checks: the key, the parameters, the id."""
     app = create_app(rt=rt)
 
-    async def reference(last: int | None = Query(None, ge=1)):
+    async def last_reference(last: int | None = Query(None, ge=1)):
         return JSON({"last": str(last)})
 
-    app.add_api_route("/gpu/feed-reference", reference, methods=["GET"])
+    async def page_reference(limit: int = Query(50, ge=1, le=500),
+                             cursor: str | None = Query(None, max_length=64)):
+        return JSON({"limit": limit, "cursor": cursor})
+
+    app.add_api_route("/gpu/last-reference", last_reference, methods=["GET"])
+    app.add_api_route("/gpu/page-reference", page_reference, methods=["GET"])
     with TestClient(app) as client:
         api = Api(client, rt, ADMIN_KEY)
         _, key = api.account(balance=100)
@@ -252,26 +257,40 @@ def test_the_lean_feeds_answer_a_bad_last_exactly_as_fastapi_would(rt):
                "vms/": api.deploy_vm(key, api.offer(pid, "vm")),
                "baremetal/": api.deploy_vm(key, api.offer(pid, "baremetal"), kind="baremetal")}
         feeds = [f"{kind}{iid}/events" for kind, iid in ids.items()] + [f"{ids['']}/logs"]
-        bad = ["0", "-3", "abc", "", "1.5", "1e3", "%D9%A3", "0x10", "1&last=0"]
-        for value in bad:
-            expected = client.get(f"/gpu/feed-reference?last={value}")
+        for value in ("0", "-3", "abc", "", "1.5", "1e3", "%D9%A3", "0x10", "1&last=0"):
+            expected = client.get(f"/gpu/last-reference?last={value}")
             assert expected.status_code == 422, value
             for feed in feeds:
                 got = client.get(f"/gpu/instances/{feed}?last={value}", headers=key)
                 assert (got.status_code, got.content) == (422, expected.content), (feed, value)
-                # The key is checked before `last`, `last` before the instance is looked up.
                 assert client.get(f"/gpu/instances/{feed}?last={value}",
                                   headers={"X-API-KEY": "wrong"}).status_code == 403
                 unknown = feed.replace(feed.split("/")[-2], str(uuid.uuid4()))
                 assert client.get(f"/gpu/instances/{unknown}?last={value}",
                                   headers=key).content == expected.content
         for value, n in (("1", 1), ("0&last=2", 2), ("+2", 2), ("99999999999999999999999", 0)):
-            assert client.get(f"/gpu/feed-reference?last={value}").status_code == 200
+            assert client.get(f"/gpu/last-reference?last={value}").status_code == 200
             for feed in feeds:
                 got = client.get(f"/gpu/instances/{feed}?last={value}", headers=key)
                 everything = client.get(f"/gpu/instances/{feed}", headers=key).json()
                 assert got.status_code == 200, (feed, value, got.text)
                 assert got.json() == everything[-n:], (feed, value)
+        long = "x" * 65
+        for query in ("limit=0", "limit=501", "limit=abc", "limit=", "limit=2.5", "limit=3&limit=0",
+                      f"cursor={long}", f"limit=0&cursor={long}", f"cursor={long}&limit=abc"):
+            expected = client.get(f"/gpu/page-reference?{query}")
+            assert expected.status_code == 422, query
+            got = client.get(f"/gpu/account/transactions?{query}", headers=key)
+            assert (got.status_code, got.content) == (422, expected.content), query
+            assert client.get(f"/gpu/account/transactions?{query}",
+                              headers={"X-API-KEY": "wrong"}).status_code == 403
+        entries = client.get("/gpu/account/transactions", headers=key).json()["items"]
+        assert len(entries) == 4  # the deposit and three reserves, newest first
+        page = client.get("/gpu/account/transactions?limit=0&limit=2", headers=key).json()
+        assert page["items"] == entries[:2] and page["next_cursor"]
+        rest = client.get("/gpu/account/transactions", headers=key,
+                          params={"cursor": page["next_cursor"], "limit": "+500"}).json()
+        assert rest == {"items": entries[2:], "next_cursor": None}
 
 
 def test_request_only_endpoints_skip_fastapis_handler_unless_telemetry_records(rt):
@@ -284,10 +303,10 @@ def test_request_only_endpoints_skip_fastapis_handler_unless_telemetry_records(r
                  "/gpu/instances/baremetal", "/gpu/account",
                  "/gpu/instances/{instance_id}/logs", "/gpu/instances/{instance_id}/events",
                  "/gpu/instances/vms/{instance_id}/events",
-                 "/gpu/instances/baremetal/{instance_id}/events"):
+                 "/gpu/instances/baremetal/{instance_id}/events", "/gpu/account/transactions"):
         assert (path, "GET") in lean, path
-    # Anything with a parameter, a dependency or a body keeps FastAPI's handler
-    for path, method in (("/gpu/instances/", "POST"), ("/gpu/account/transactions", "GET"),
+    # Anything with a declared parameter, a dependency or a body keeps FastAPI's handler
+    for path, method in (("/gpu/instances/", "POST"), ("/admin/audit", "GET"),
                          ("/admin/instances/{instance_id}/console", "GET"),
                          ("/gpu/instances/{instance_id}", "PUT"), ("/admin/accounts", "GET")):
         assert (path, method) not in lean, path

@@ -6,11 +6,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from gpucloud import metrics
-from gpucloud.accounts.auth import Caller, current_account, require_admin
+from gpucloud import metrics, params
+from gpucloud.accounts.auth import current_account, require_admin
 from gpucloud.billing import audit, service
 from gpucloud.bodies import BodyRoute
 from gpucloud.common import MoneyOut
@@ -43,17 +43,30 @@ def _item(e) -> dict:
             "instance_id": e.instance_id, "balance_after": from_micro(e.balance_after)}
 
 
+# A request-only route (gpucloud/params.py): the same parameters, bounds and 422s as when it
+# declared them, `limit` checked before `cursor`, both after the key.
+_LIMIT_DOC = "Page size."
+_CURSOR_DOC = "`next_cursor` of the previous page."
+LIMIT = params.param("limit", int, 50, ge=1, le=500, doc={
+    "name": "limit", "in": "query", "required": False,
+    "schema": {"type": "integer", "maximum": 500, "minimum": 1, "description": _LIMIT_DOC,
+               "default": 50, "title": "Limit"},
+    "description": _LIMIT_DOC})
+CURSOR = params.param("cursor", str | None, None, max_length=64, doc={
+    "name": "cursor", "in": "query", "required": False,
+    "schema": {"anyOf": [{"type": "string", "maxLength": 64}, {"type": "null"}],
+               "description": _CURSOR_DOC, "title": "Cursor"},
+    "description": _CURSOR_DOC})
+
+
 @router.get("/account/transactions", response_model=TransactionPage,
-            operation_id="listAccountTransactions")
-async def list_transactions(
-    request: Request,
-    limit: int = Query(50, ge=1, le=500, description="Page size."),
-    cursor: str | None = Query(None, max_length=64,
-                               description="`next_cursor` of the previous page."),
-    caller: Caller = Depends(current_account),
-):
+            operation_id="listAccountTransactions",
+            openapi_extra=params.openapi(LIMIT.doc, CURSOR.doc))
+async def list_transactions(request: Request):
     """The account's ledger entries (deposit, reserve, charge, topup, refund), newest first."""
     rt = request.app.state.rt
+    caller = await current_account(request)
+    limit, cursor = params.read(request, LIMIT, CURSOR)
     return JSON(await rt.offload(_page, rt, caller.account_id, limit, cursor))
 
 

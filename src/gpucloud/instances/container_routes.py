@@ -6,13 +6,11 @@ indexed SELECT in the threadpool.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.exceptions import RequestValidationError
-from pydantic import Field, TypeAdapter, ValidationError
 
-from gpucloud import idempotency
+from gpucloud import idempotency, params
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.bodies import BodyRoute
 from gpucloud.errors import INSTANCE_NOT_FOUND
@@ -113,33 +111,17 @@ def terminate_container(instance_id: str, request: Request,
     return Response(status_code=204)
 
 
-# The polled feeds (logs, events) read their two parameters themselves, which makes them
-# request-only routes: no FastAPI request handler, a fifth of their CPU (routing.PrefixRoute,
-# docs/api-speed.md). What FastAPI made of `instance_id: str, last: int | None = Query(None,
-# ge=1)` stays as it was: the same OpenAPI parameters (FEED_PARAMS) and the same 422 for a bad
-# `last` (last_lines), checked after the key and before the instance is looked up.
+# The polled feeds (logs, events) are request-only routes (gpucloud/params.py): the key, then
+# `last`, then the instance, the order FastAPI checked them in when they declared
+# `instance_id: str, last: int | None = Query(None, ge=1)` and a Depends(current_account).
 _LAST_DOC = "Keep only the last N lines"
-FEED_PARAMS = {"parameters": [
-    {"name": "instance_id", "in": "path", "required": True,
-     "schema": {"type": "string", "title": "Instance Id"}},
-    {"name": "last", "in": "query", "required": False,
-     "schema": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
-                "description": _LAST_DOC, "title": "Last"},
-     "description": _LAST_DOC}]}
-_LAST = TypeAdapter(Annotated[int | None, Field(ge=1)])
-
-
-def last_lines(request: Request) -> int | None:
-    """`?last=N` as FastAPI validates it: the last value given counts, and a bad one is a 422
-    whose entries point at ("query", "last")."""
-    raw = request.query_params.get("last")
-    if raw is None:
-        return None
-    try:
-        return _LAST.validate_python(raw)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("query", "last", *e["loc"])}
-                                      for e in exc.errors(include_url=False)]) from None
+LAST = params.param("last", int | None, None, ge=1, doc={
+    "name": "last", "in": "query", "required": False,
+    "schema": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+               "description": _LAST_DOC, "title": "Last"},
+    "description": _LAST_DOC})
+FEED_PARAMS = params.openapi({"name": "instance_id", "in": "path", "required": True,
+                              "schema": {"type": "string", "title": "Instance Id"}}, LAST.doc)
 
 
 @router.get("/{instance_id}/logs", response_model=list[str], operation_id="getContainerLogs",
@@ -148,7 +130,7 @@ def last_lines(request: Request) -> int | None:
 async def container_logs(request: Request):
     # Async: the provider is awaited through the driver-call pool, not in a request thread.
     caller = await current_account(request)
-    last = last_lines(request)
+    [last] = params.read(request, LAST)
     return JSON(await feed.logs(request.app.state.rt, caller.account_id,
                                 request.path_params["instance_id"], last))
 
@@ -158,6 +140,6 @@ async def container_logs(request: Request):
             summary="Lifecycle events (gpucloud's and the provider's), oldest first")
 async def container_events(request: Request):
     caller = await current_account(request)
-    last = last_lines(request)
+    [last] = params.read(request, LAST)
     return JSON(await feed.events(request.app.state.rt, caller.account_id,
                                   request.path_params["instance_id"], last))

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from gpucloud import idempotency
+from gpucloud import idempotency, params
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.bodies import BodyRoute
 from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.container_routes import (
     FEED_PARAMS,
+    LAST,
     NOT_FOUND_DOC,
     PATH_ID,
     fetch_row,
-    last_lines,
     list_body,
 )
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
@@ -83,7 +83,7 @@ def _routes(kind: str, workload: str) -> None:
         # An extension beyond the Fluence API: why a VM failed, when it answered SSH.
         rt = request.app.state.rt
         caller = await current_account(request)
-        last = last_lines(request)
+        [last] = params.read(request, LAST)
         return JSON(await feed.events(rt, caller.account_id, request.path_params["instance_id"],
                                       last, workload))
 
