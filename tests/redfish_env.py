@@ -46,14 +46,22 @@ def machine(i: int, found: dict[str, str], **bmc) -> dict:
             "ssh": {"host": "127.0.0.1", "port": SSH_BASE + i}}
 
 
+# Under TCG on a loaded machine the kernel's early check of the IO-APIC timer can fail ("Kernel
+# panic - not syncing: IO-APIC + timer doesn't work!", seen on a wipe boot): the machine then
+# stays on and the wipe times out. `no_timer_check` skips that check (as cloud images of VMs
+# do), and `panic=10` reboots a kernel that panics anyway, so the boot media run again.
+CMDLINE = "console=ttyS0,115200 no_timer_check panic=10"
+
+
 def config(media_port: int, machines: list[dict], **overrides) -> dict:
     media = MEDIA_ROOT / uuid.uuid4().hex[:8]
     media.mkdir(parents=True, exist_ok=True)
     out = {"media_url": f"http://127.0.0.1:{media_port}",
            "media_listen": f"127.0.0.1:{media_port}", "media_dir": str(media),
            "images": {IMAGE: {"kernel": str(CACHE / "vmlinuz"),
-                              "initrd": str(CACHE / "testos.img")}},
-           "wipe": {"kernel": str(CACHE / "vmlinuz"), "initrd": str(CACHE / "wipe.img")},
+                              "initrd": str(CACHE / "testos.img"), "cmdline": CMDLINE}},
+           "wipe": {"kernel": str(CACHE / "vmlinuz"), "initrd": str(CACHE / "wipe.img"),
+                    "cmdline": CMDLINE},
            # Wall-clock bounds: a boot or a wipe under TCG took minutes on a loaded machine.
            "machines": machines, "graceful_off_seconds": 1, "boot_timeout_seconds": 600,
            "wipe_timeout_seconds": 480}
