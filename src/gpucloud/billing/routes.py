@@ -45,18 +45,9 @@ def _item(e) -> dict:
 
 # A request-only route (gpucloud/params.py): the same parameters, bounds and 422s as when it
 # declared them, `limit` checked before `cursor`, both after the key.
-_LIMIT_DOC = "Page size."
-_CURSOR_DOC = "`next_cursor` of the previous page."
-LIMIT = params.param("limit", int, 50, ge=1, le=500, doc={
-    "name": "limit", "in": "query", "required": False,
-    "schema": {"type": "integer", "maximum": 500, "minimum": 1, "description": _LIMIT_DOC,
-               "default": 50, "title": "Limit"},
-    "description": _LIMIT_DOC})
-CURSOR = params.param("cursor", str | None, None, max_length=64, doc={
-    "name": "cursor", "in": "query", "required": False,
-    "schema": {"anyOf": [{"type": "string", "maxLength": 64}, {"type": "null"}],
-               "description": _CURSOR_DOC, "title": "Cursor"},
-    "description": _CURSOR_DOC})
+LIMIT = params.param("limit", int, 50, "Page size.", ge=1, le=500)
+CURSOR = params.param("cursor", str | None, None, "`next_cursor` of the previous page.",
+                      max_length=64)
 
 
 @router.get("/account/transactions", response_model=TransactionPage,

@@ -114,12 +114,7 @@ def terminate_container(instance_id: str, request: Request,
 # The polled feeds (logs, events) are request-only routes (gpucloud/params.py): the key, then
 # `last`, then the instance, the order FastAPI checked them in when they declared
 # `instance_id: str, last: int | None = Query(None, ge=1)` and a Depends(current_account).
-_LAST_DOC = "Keep only the last N lines"
-LAST = params.param("last", int | None, None, ge=1, doc={
-    "name": "last", "in": "query", "required": False,
-    "schema": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
-               "description": _LAST_DOC, "title": "Last"},
-    "description": _LAST_DOC})
+LAST = params.param("last", int | None, None, "Keep only the last N lines", ge=1)
 FEED_PARAMS = params.openapi({"name": "instance_id", "in": "path", "required": True,
                               "schema": {"type": "string", "title": "Instance Id"}}, LAST.doc)
 
