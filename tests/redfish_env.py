@@ -46,6 +46,11 @@ def machine(i: int, found: dict[str, str], **bmc) -> dict:
             "ssh": {"host": "127.0.0.1", "port": SSH_BASE + i}}
 
 
+# Seconds of manual clock per poll in the Redfish tests (a poll every second or so): the clock
+# moves no faster than wall time, since the provisioning deadline is on it while a boot under
+# TCG on a loaded machine took minutes of wall time (the driver's boot timeout is wall time).
+CLOCK_STEP = 1
+
 # Under TCG on a loaded machine the kernel's early check of the IO-APIC timer can fail ("Kernel
 # panic - not syncing: IO-APIC + timer doesn't work!", seen on a wipe boot): the machine then
 # stays on and the wipe times out. `no_timer_check` skips that check (as cloud images of VMs

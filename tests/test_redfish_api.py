@@ -69,9 +69,7 @@ def events(api, site, iid: str) -> list[str]:
 
 
 def settle(api, site, iid: str, timeout: float = 700.0) -> dict:
-    """Poll until ACTIVE or FAILED, moving the manual clock no faster than wall time: the
-    provisioning deadline is on that clock, and a boot under TCG on a loaded machine took
-    minutes of wall time (the driver's own boot timeout is wall time)."""
+    """Poll until ACTIVE or FAILED, moving the manual clock re_.CLOCK_STEP each time."""
     deadline = time.monotonic() + timeout
     while True:
         d = api.instance(site["headers"], iid, "baremetal")
@@ -79,7 +77,7 @@ def settle(api, site, iid: str, timeout: float = 700.0) -> dict:
             return d
         if time.monotonic() > deadline:
             raise AssertionError((d["status"], events(api, site, iid)[-8:]))
-        api.advance(1)
+        api.advance(re_.CLOCK_STEP)
         time.sleep(1)
 
 

@@ -75,11 +75,9 @@ def test_kill_9_mid_deploy_and_mid_wipe_resume_from_the_machines_state(tmp_path)
         return {m["name"]: (m["state"], m["instance_id"])
                 for m in c.get("/admin/machines", headers=ADMIN).json()}
 
-    # The clock moves no faster than wall time: the provisioning deadline is on it, and a boot
-    # under TCG on a loaded machine took minutes (the driver's boot timeout is wall time).
     def settled(c, want: str):
         def check():
-            c.post("/admin/clock", json={"advance_seconds": 1}, headers=ADMIN)
+            c.post("/admin/clock", json={"advance_seconds": re_.CLOCK_STEP}, headers=ADMIN)
             d = c.get(base, headers=user).json()
             return d if d["status"] == want else None
         return check
@@ -115,7 +113,7 @@ def test_kill_9_mid_deploy_and_mid_wipe_resume_from_the_machines_state(tmp_path)
         time.sleep(1.2)
 
         def wiped():
-            c.post("/admin/clock", json={"advance_seconds": 1}, headers=ADMIN)
+            c.post("/admin/clock", json={"advance_seconds": re_.CLOCK_STEP}, headers=ADMIN)
             return machines(c)[mine] == ("free", None)
 
         wait_for(wiped, 600, "the wipe to finish after the restart", step=1)
