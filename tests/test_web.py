@@ -14,7 +14,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from gpucloud.accounts import routes as accounts
 from gpucloud.admin import routes as admin
@@ -24,7 +24,7 @@ from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
-from gpucloud.routing import PrefixRoute, get_telemetry_data
+from gpucloud.routing import PrefixRoute, RouteIndex, get_telemetry_data
 from gpucloud.settings import Settings
 from gpucloud.web.logs import JsonFormatter, RequestIdFilter
 from gpucloud.web.server import settle_heap
@@ -208,6 +208,74 @@ def test_prefix_route_refuses_by_literal_head_and_keeps_every_outcome():
     # The refusal comes before the regular expression: one that takes anything is not asked.
     with_param.path_regex = re.compile(".*")
     assert with_param.matches(scope("/gpu/plans/"))[0] == Match.NONE
+
+
+def _first_full(routes, scope):
+    """What the router's loop finds: the first route that matches path and method."""
+    for route in routes:
+        found, child = route.matches(scope)
+        if found == Match.FULL:
+            return route, child
+    return None, None
+
+
+def test_route_index_finds_the_route_the_routers_loop_would(rt):
+    app = create_app(rt=rt)
+    index = app.router.routes[0]
+    assert isinstance(index, RouteIndex)
+    rest = app.router.routes[1:]
+    paths = {"/nowhere", "/gpu/instances/a/b/c", "/gpu/instances//", "/gpu/plans//",
+             "/gpu/instances/vms/", "/gpu/instances/baremetal", "/metrics"}
+    for route in rest:
+        template = getattr(route, "path", None)
+        if template:  # each id as a uuid and as the words other routes use at its place
+            for word in (ANY_ID, "vms", "baremetal", "logs", "events", "transactions"):
+                paths.add(re.sub(r"\{[^}]+\}", word, template))
+    answered = 0
+    for path in sorted(paths):
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+            found, child = index.matches(dict(scope))
+            expected, expected_child = _first_full(rest, dict(scope))
+            if found == Match.FULL:
+                answered += 1
+                assert child["route"] is expected, (method, path)
+                assert child["path_params"] == expected_child["path_params"]
+            else:  # it declines only what the loop must decide: no API route, or after one
+                   # it cannot read (the console's router)
+                assert found == Match.NONE
+                assert not isinstance(expected, APIRoute) or rest.index(expected) > next(
+                    i for i, r in enumerate(rest) if not hasattr(r, "path_regex")), (method, path)
+    assert answered > 150  # the whole API, not a few routes (over HTTP: every other test)
+
+
+def test_route_index_declines_what_it_cannot_see_and_follows_new_routes():
+    async def endpoint(request: Request):
+        return Response(request.url.path.encode())
+
+    app = FastAPI()
+    app.router.routes.insert(0, RouteIndex(app.router))
+    app.add_api_route("/items/{item_id}", endpoint, methods=["GET"])
+    index = app.router.routes[0]
+
+    def scope(path, **extra):
+        return {"type": "http", "path": path, "method": "GET", "root_path": "", **extra}
+
+    assert index.matches(scope("/items/7"))[0] == Match.FULL
+    # A proxy's root path, FastAPI's telemetry recording, a websocket: the loop decides
+    assert index.matches(scope("/api/items/7", root_path="/api"))[0] == Match.NONE
+    assert index.matches(scope("/items/7", **{"fastapi.telemetry": object()}))[0] == Match.NONE
+    assert index.matches({**scope("/items/7"), "type": "websocket"})[0] == Match.NONE
+    # A route put in front later is seen at once: it is the one the loop takes now
+    app.router.routes.insert(1, PrefixRoute("/items/{other}", endpoint, methods=["GET"]))
+    found, child = index.matches(scope("/items/7"))
+    assert found == Match.FULL and child["route"] is app.router.routes[1]
+    assert child["path_params"] == {"other": "7"}
+    # Nothing after a route it cannot read (a mount) is answered by it
+    app.router.routes.insert(1, Mount("/static", app=Response(b"")))
+    assert index.matches(scope("/items/7"))[0] == Match.NONE
+    with TestClient(app) as client:
+        assert client.get("/items/7").content == b"/items/7"
 
 
 def test_no_public_route_waits_for_a_thread_to_solve_a_dependency(rt):

@@ -25,7 +25,7 @@ from gpucloud.instances import admin_routes as instances_admin
 from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
 from gpucloud.request_context import request_id
-from gpucloud.routing import add_slash_twins, include_flat
+from gpucloud.routing import add_slash_twins, include_flat, index_routes
 from gpucloud.runtime import Runtime
 from gpucloud.settings import Settings, get_settings
 from gpucloud.web import server
@@ -84,6 +84,8 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
         lifespan=lifespan,
     )
     app.state.rt = rt
+    # First in the route list: finds a request's route in one step (routing.RouteIndex).
+    index_routes(app)
     _install_error_handlers(app)
     _include_routers(app)
     openapi.install(app)
