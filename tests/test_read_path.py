@@ -125,6 +125,6 @@ def test_database_close_releases_the_raw_connections(rt, backend):
 
 def test_read_threads_one_on_sqlite_four_on_postgresql_unless_set(rt, backend):
     expected = 1 if rt.db.is_sqlite else min(4, rt.settings.threadpool_size)
-    assert rt.requests._max_workers == expected  # the executor the reads are offloaded to
+    assert rt.requests.size == expected  # the threads the reads are offloaded to
     settings = make_settings(backend["url"], backend["data_dir"], read_threads=3)
     assert read_threads(settings, rt.db.is_sqlite) == 3

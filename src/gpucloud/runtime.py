@@ -6,11 +6,8 @@ as their argument. Tests build their own with other settings.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import json
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +21,7 @@ from gpucloud.instances.engine import Dispatcher
 from gpucloud.migrations.run import upgrade
 from gpucloud.secrets import SecretBox, load_or_create_key
 from gpucloud.settings import Settings
+from gpucloud.threads import RequestThreads
 
 
 def read_threads(settings: Settings, is_sqlite: bool) -> int:
@@ -51,7 +49,7 @@ class Runtime:
     calls: CallPool = field(init=False)
     dispatcher: Dispatcher = field(init=False)
     # The requests' blocking work: their database reads (`offload`).
-    requests: ThreadPoolExecutor = field(init=False)
+    requests: RequestThreads = field(init=False)
 
     def __post_init__(self) -> None:
         self.calls = CallPool(self.settings.driver_pool_size,
@@ -59,8 +57,7 @@ class Runtime:
         # A freed slot is new room for work: the idle lifecycle loop looks again at once.
         self.calls.changed = self.wake
         self.dispatcher = Dispatcher(self)
-        self.requests = ThreadPoolExecutor(read_threads(self.settings, self.db.is_sqlite),
-                                           thread_name_prefix="gpucloud-request")
+        self.requests = RequestThreads(read_threads(self.settings, self.db.is_sqlite))
         # What committed changes mean for this process (registered where they are made).
         self.db.on_effect(PLANS_CHANGED, lambda: self.invalidate("plans"))
         self.db.on_effect(NEW_WORK, self.wake.set)
@@ -77,14 +74,11 @@ class Runtime:
     async def offload(self, fn, *args):
         """Run blocking `fn(*args)` on the request threads and wait for it without blocking
         the event loop, in a copy of the caller's context (the request id and account reach
-        the thread's log lines).
-
-        `loop.run_in_executor` on a plain ThreadPoolExecutor rather than anyio's
-        `to_thread`: measured here with 32 concurrent callers, ~21 µs of CPU per hop against
-        ~79 µs, and ~30 µs of latency against ~375 µs (docs/api-speed.md)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.requests, contextvars.copy_context().run, fn,
-                                          *args)
+        the thread's log lines). `RequestThreads`, not `run_in_executor` or anyio's
+        `to_thread`: measured with 32 concurrent callers, a hop with a one-row SQLite read
+        in it cost ~20–34 µs of CPU against ~80 and (anyio, earlier) more
+        (docs/api-speed.md)."""
+        return await self.requests.run(fn, *args)
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
         """One driver object per provider (and config version), reused across calls."""
@@ -110,7 +104,7 @@ class Runtime:
                 cache.clear()
 
     def close(self) -> None:
-        self.requests.shutdown(wait=True)
+        self.requests.shutdown()
         self.dispatcher.close()
         self.calls.shutdown()
         with self._drivers_lock:
