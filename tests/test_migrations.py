@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from gpucloud.accounts.models import Account
 from gpucloud.clock import SystemClock
 from gpucloud.db import Database
+from gpucloud.instances import service
 from gpucloud.migrations.run import alembic_config, upgrade
 from gpucloud.models import Base
 from tests.conftest import PG_DB, fresh_pg_database, make_settings
@@ -112,3 +113,21 @@ def test_account_totals_are_summed_from_the_instances_on_upgrade(empty_db):
     # two activated: 3 h reserved, 1 h charged, topped back up to 2 h; one only reserved
     assert totals == {"busy": (2_500_000 * 2 + 3_750_000, 1_250_000 * 2), "idle": (0, 0)}
     check_money(rt)
+
+
+def test_the_instance_lists_come_out_of_the_index_in_order(empty_db):
+    """0011: the account's index ends with id, the lists' tie-break, so a list is read in
+    order instead of sorted on every request (SQLite built a temporary B-tree for it)."""
+    upgrade(empty_db)
+    stmt = service.LIST_RAW.params(account_id="acct-1", workload="container")
+    sql = str(stmt.compile(dialect=empty_db.engine.dialect,
+                           compile_kwargs={"literal_binds": True}))
+    with empty_db.engine.connect() as conn:
+        if empty_db.is_sqlite:
+            plan = " ".join(str(row[-1]) for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+            assert "ix_instances_account" in plan
+        else:  # an empty table: make the planner show what it does with the index
+            conn.execute(text("SET LOCAL enable_seqscan = off"))
+            plan = " ".join(row[0] for row in conn.execute(text("EXPLAIN " + sql)))
+            assert "ix_instances_account" in plan and "Index Scan Backward" in plan
+        assert "TEMP B-TREE" not in plan and "Sort" not in plan, plan

@@ -86,7 +86,8 @@ class Instance(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
-        Index("ix_instances_account", "account_id", "workload", "created_at"),
+        # id last: the lists order by created_at, then id, straight from the index.
+        Index("ix_instances_account", "account_id", "workload", "created_at", "id"),
         Index("ix_instances_billing", "status", "billed_until"),
         Index("ix_instances_work", "op", "next_check_at"),
     )
