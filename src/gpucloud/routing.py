@@ -181,10 +181,10 @@ class RouteIndex(BaseRoute):
                 continue
             # A plain Route (APIRoute included) matches on its expression and methods alone;
             # anything else might match first in ways the index cannot see: stop before it.
-            pattern = getattr(getattr(route, "path_regex", None), "pattern", "")
-            if not isinstance(route, Route) or route.methods is None \
-                    or route.path_regex.flags != re.UNICODE \
-                    or not (pattern.startswith("^") and pattern.endswith("$")):
+            if not (isinstance(route, Route) and route.methods is not None
+                    and route.path_regex.flags == re.UNICODE
+                    and route.path_regex.pattern.startswith("^")
+                    and route.path_regex.pattern.endswith("$")):
                 break
             readable.append(route)
         by_method: dict[str, tuple[re.Pattern, list[BaseRoute]]] = {}
