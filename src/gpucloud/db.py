@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from gpucloud import pgexec
 from gpucloud.settings import Settings
 
 
@@ -295,10 +296,11 @@ class Reader:
         try:
             fairy = self.engine.raw_connection()
             raw = fairy.dbapi_connection
-            if not self.is_sqlite:
-                raw.autocommit = True
-            # One cursor per connection, reused: creating one per statement is measurable.
-            return fairy, raw.cursor()
+            if self.is_sqlite:
+                # One cursor per connection, reused: creating one per statement is measurable.
+                return fairy, raw.cursor()
+            raw.autocommit = True
+            return fairy, pgexec.Statements(raw)
         except BaseException:
             with self._lock:
                 self._count -= 1
@@ -352,9 +354,8 @@ class Reader:
     def _run(self, cur, compiled: _Compiled, params: dict | None) -> list:
         if self.is_sqlite:
             cur.execute(compiled.sql, compiled.parameters(params))
-        else:
-            cur.execute(compiled.sql, compiled.parameters(params), prepare=True)
-        return cur.fetchall()
+            return cur.fetchall()
+        return cur.rows(compiled.sql, compiled.parameters(params))
 
     def convert(self, stmt, raw_row):
         """One raw row of `execute(stmt, raw=True)` as `execute(stmt)` would have given it."""
