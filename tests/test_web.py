@@ -147,6 +147,8 @@ def test_metrics_are_operator_only_and_describe_requests_instances_money(client,
     route = {"method": "GET", "route": "/gpu/instances/{instance_id}", "status": "200"}
     gets = _metric(before, "gpucloud_http_requests_total", default=0, **route)
     charged = _metric(before, "gpucloud_billing_instances_charged_total", default=0)
+    feeds = {call: _metric(before, "gpucloud_driver_call_duration_seconds_count", default=0,
+                           driver="simulated", call=call) for call in ("logs", "events")}
     assert _metric(before, "gpucloud_worker_queue_lag_seconds") == 0
     api.advance(1)  # provisioning (a few seconds) is due but not yet run: lag 0, INITIALIZED
     text = client.get("/metrics", headers=api.admin).text
@@ -164,6 +166,15 @@ def test_metrics_are_operator_only_and_describe_requests_instances_money(client,
     assert _metric(text, "gpucloud_api_key_cache_total", result="hit") >= hits + 1
     assert _metric(text, "gpucloud_driver_call_duration_seconds_count", driver="simulated",
                    call="create") >= 1
+    # Each feed request is one driver call, counted under its own name (the series are kept
+    # per driver and call: a mix-up would count one call under the other).
+    for _ in range(2):
+        assert client.get(f"/gpu/instances/{iid}/logs", headers=key).status_code == 200
+    assert client.get(f"/gpu/instances/{iid}/events", headers=key).status_code == 200
+    text = client.get("/metrics", headers=api.admin).text
+    for call, asked in (("logs", 2), ("events", 1)):
+        assert _metric(text, "gpucloud_driver_call_duration_seconds_count", driver="simulated",
+                       call=call) == feeds[call] + asked
     assert _metric(text, "gpucloud_billing_instances_charged_total") >= charged + 1
     assert _metric(text, "gpucloud_billing_boundary_duration_seconds_count") >= 1
     assert _metric(text, "gpucloud_ledger_audit_ok") == 1

@@ -13,6 +13,10 @@ from typing import Any
 from gpucloud import metrics
 
 CALLS = frozenset({"create", "status", "update", "delete", "logs", "events", "list_owned"})
+# (driver, call) → its histogram and counter: `labels()` takes a lock and converts its
+# arguments on every call, and the polled feeds ask a driver on every request. Bounded by the
+# drivers × CALLS.
+_series: dict[tuple[str, str], tuple] = {}
 
 
 class Instrumented:
@@ -24,8 +28,12 @@ class Instrumented:
         value = getattr(self._driver, attr)
         if attr not in CALLS:
             return value
-        seconds = metrics.DRIVER_SECONDS.labels(self._name, attr)
-        errors = metrics.DRIVER_ERRORS.labels(self._name, attr)
+        series = _series.get((self._name, attr))
+        if series is None:
+            series = _series[(self._name, attr)] = (
+                metrics.DRIVER_SECONDS.labels(self._name, attr),
+                metrics.DRIVER_ERRORS.labels(self._name, attr))
+        seconds, errors = series
 
         def timed(*args, **kwargs):
             started = time.perf_counter()
