@@ -60,6 +60,45 @@ def test_instance_lists_follow_renames_terminations_and_changes_from_elsewhere(a
     assert details["name"] == "elsewhere"
 
 
+def test_details_follow_every_column_they_show_even_changed_from_elsewhere(api, rt):
+    """Details are rendered once per distinct row (views.details_body): a change to any
+    column they show, by the API or behind its back, is in the next answer."""
+    _, key = api.account(balance=500)
+    pid = api.provider()
+    box = api.deploy(key, api.offer(pid, "container"), name="box")
+    vm = api.deploy_vm(key, api.offer(pid, "vm"))
+    path = f"/gpu/instances/{box}"
+    before = api.client.get(path, headers=key)
+    assert before.json()["instance_status"] == "INITIALIZED"
+    assert before.json()["network"] is None
+    assert api.client.get(path, headers=key).content == before.content  # the kept bytes
+
+    api.advance(120)
+    active = api.client.get(path, headers=key).json()
+    assert active["instance_status"] == "ACTIVE" and active["container_status"] == "STARTED"
+    assert active["network"]["domain"]
+    api.advance(3600)  # an hour boundary charges it
+    charged = api.client.get(path, headers=key).json()
+    assert charged["billing"]["total_spendings"] > active["billing"]["total_spendings"]
+
+    # Another process changes a JSON column and a money column, and a VM's key.
+    sqlite = rt.db.is_sqlite
+    other = _other_process(rt)
+    with other.begin() as conn:
+        conn.execute(text("UPDATE instances SET network = "
+                          + (":n" if sqlite else "CAST(:n AS JSON)")
+                          + ", spent = spent + 1000000 WHERE id = :id"),
+                     {"id": box, "n": '{"forwarded_ports": [], "uri": "https://elsewhere"}'})
+        conn.execute(text("UPDATE instances SET ssh_key = 'ssh-ed25519 AAAA elsewhere' "
+                          "WHERE id = :id"), {"id": vm})
+    other.dispose()
+    changed = api.client.get(path, headers=key).json()
+    assert changed["network"]["uri"] == "https://elsewhere"
+    assert changed["billing"]["total_spendings"] == charged["billing"]["total_spendings"] + 1
+    vm_details = api.client.get(f"/gpu/instances/vms/{vm}", headers=key).json()
+    assert vm_details["ssh_key"] == "ssh-ed25519 AAAA elsewhere"
+
+
 def test_two_accounts_with_identical_rows_do_not_share_items(api):
     lists = []
     for name in ("one", "two"):

@@ -91,5 +91,14 @@ class RenderedRows:
             parts.append(body)
         return b"[" + b",".join(parts) + b"]"
 
+    def one(self, raw, render) -> bytes:
+        """One row's JSON; `render(raw) -> bytes` when it was not seen before."""
+        body = self._bytes.get(raw)
+        if body is None:
+            if len(self._bytes) >= self.size:
+                self._bytes.clear()
+            body = self._bytes[raw] = render(raw)
+        return body
+
 
 __all__ = ["JSON", "RenderedRows", "dumps", "isoformat_z", "Decimal"]

@@ -6,8 +6,6 @@ indexed SELECT in the threadpool.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Request, Response
 
 from gpucloud import idempotency, params
@@ -36,10 +34,11 @@ NOT_FOUND_DOC = {404: {
 
 # --- shared with vm_routes -------------------------------------------------------------------
 
-def fetch_row(rt, account_id: str, instance_id: str, workload: str) -> Any:
+def details_body(rt, account_id: str, instance_id: str, workload: str) -> bytes:
     """Blocking: call through `rt.offload`."""
     with rt.db.query() as conn:
-        return service.details_row(conn, account_id, instance_id, workload)
+        raw = service.details_raw(conn, account_id, instance_id, workload)
+        return views.details_body(conn, service.DETAILS_RAW, raw)
 
 
 def list_body(rt, account_id: str, workload: str) -> bytes:
@@ -84,9 +83,8 @@ async def list_containers(request: Request):
 async def get_container(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = await rt.offload(fetch_row, rt, caller.account_id,
-                           request.path_params["instance_id"], "container")
-    return JSON(views.container_details(row))
+    return JSON(await rt.offload(details_body, rt, caller.account_id,
+                                 request.path_params["instance_id"], "container"))
 
 
 @router.put("/{instance_id}", status_code=204, operation_id="updateContainer",

@@ -226,14 +226,6 @@ _DETAIL_COLUMNS = _LIST_COLUMNS + [Instance.__table__.c[name] for name in (
 )]
 
 
-# Built once: constructing a statement and its cache key costs more than running it.
-_DETAILS = select(*_DETAIL_COLUMNS).where(
-    Instance.id == bindparam("instance_id"),
-    Instance.account_id == bindparam("account_id"),
-    Instance.workload == bindparam("workload"),
-)
-
-
 # The same list with the JSON column as the text the database holds, for RenderedRows: every
 # column a list item shows, hashable, unconverted (views.list_body converts only rows it has
 # not rendered before).
@@ -245,16 +237,29 @@ LIST_RAW = (
 )
 
 
-def details_row(conn, account_id: str, instance_id: str, workload: str) -> Any:
-    """The instance for GET …/{id}, as a row with the columns the details show (`conn`: a
-    Session or a Connection). Other accounts' and other types' ids are exactly as unknown as
-    a typo."""
-    row = conn.execute(_DETAILS, {"instance_id": instance_id, "account_id": account_id,
-                                  "workload": workload}).one_or_none() \
+# Details the same way (views.details_body): every JSON column as the text the database holds,
+# so the row is hashable and its rendering can be kept. Built once: constructing a statement
+# and its cache key costs more than running it.
+_JSON_COLUMNS = ("resources", "container", "network")
+DETAILS_RAW = select(
+    *[cast(c, Text).label(c.key) if c.key in _JSON_COLUMNS else c for c in _DETAIL_COLUMNS]
+).where(
+    Instance.id == bindparam("instance_id"),
+    Instance.account_id == bindparam("account_id"),
+    Instance.workload == bindparam("workload"),
+)
+
+
+def details_raw(conn, account_id: str, instance_id: str, workload: str) -> tuple:
+    """The instance for GET …/{id} as the database returns DETAILS_RAW's columns (`conn`:
+    `Database.query()`). Other accounts' and other types' ids are exactly as unknown as a
+    typo."""
+    rows = conn.execute(DETAILS_RAW, {"instance_id": instance_id, "account_id": account_id,
+                                      "workload": workload}, raw=True) \
         if plausible_id(instance_id) else None
-    if row is None:
+    if not rows:
         raise NotFound(INSTANCE_NOT_FOUND)
-    return row
+    return rows[0]
 
 
 _DRIVER_TARGET = (

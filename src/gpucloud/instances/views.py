@@ -67,6 +67,28 @@ def list_body(conn, stmt, params: dict) -> bytes:
     return _LIST_ITEMS.join(conn.execute(stmt, params, raw=True), render)
 
 
+# Details are polled (a console, a script waiting for ACTIVE): each distinct row is rendered
+# once, as the list items are. Fewer than the list's: a details row is several times larger.
+_DETAILS = RenderedRows(size=10_000)
+
+
+def _json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def details_body(conn, stmt, raw) -> bytes:
+    """GET /gpu/instances/{id} and the VM and bare-metal details: the JSON of one raw row of
+    `stmt` (service.DETAILS_RAW), rendered once per distinct row."""
+
+    def render(raw) -> bytes:
+        row = conn.convert(stmt, raw)
+        row = row._replace(resources=_json(row.resources), container=_json(row.container),
+                           network=_json(row.network))
+        return dumps(container_details(row) if row.workload == "container" else vm_details(row))
+
+    return _DETAILS.one(raw, render)
+
+
 def billing(i: Any) -> dict[str, Any]:
     active = i.status == ACTIVE
     return {

@@ -11,13 +11,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from gpucloud import idempotency, params
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.bodies import BodyRoute
-from gpucloud.instances import feed, service, transitions, views
+from gpucloud.instances import feed, service, transitions
 from gpucloud.instances.container_routes import (
     FEED_PARAMS,
     LAST,
     NOT_FOUND_DOC,
     PATH_ID,
-    fetch_row,
+    details_body,
     list_body,
 )
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
@@ -42,9 +42,8 @@ async def list_vms(request: Request):
 async def get_vm(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    row = await rt.offload(fetch_row, rt, caller.account_id,
-                           request.path_params["instance_id"], _workload(request))
-    return JSON(views.vm_details(row))
+    return JSON(await rt.offload(details_body, rt, caller.account_id,
+                                 request.path_params["instance_id"], _workload(request)))
 
 
 def _routes(kind: str, workload: str) -> None:
