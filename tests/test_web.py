@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import inspect
 import json
@@ -103,6 +104,21 @@ def test_a_500_carries_the_request_id_in_its_response_and_its_log_line(rt, caplo
     assert errors and errors[0].request_id == "req-500"
     access = [rec for rec in caplog.records if rec.name == "gpucloud.access"]
     assert access[-1].access["status"] == 500 and access[-1].request_id == "req-500"
+
+
+def test_json_lines_carry_their_own_millisecond_in_utc():
+    """The formatter keeps the current second's text: records within one second, in the next
+    one and back in an earlier one each get their own time."""
+    formatter = JsonFormatter()
+    at = dt.datetime(2026, 12, 1, 13, 59, 59, tzinfo=dt.UTC).timestamp()
+    for created, expected in ((at + 0.25, "2026-12-01T13:59:59.250Z"),
+                              (at + 0.9995, "2026-12-01T13:59:59.999Z"),
+                              (at + 1.0, "2026-12-01T14:00:00.000Z"),
+                              (at + 0.5, "2026-12-01T13:59:59.500Z"),
+                              (at + 3600 * 24 + 1.042, "2026-12-02T14:00:00.042Z")):
+        record = logging.LogRecord("gpucloud.access", logging.INFO, __file__, 1, "m", (), None)
+        record.created = created
+        assert json.loads(formatter.format(record))["ts"] == expected
 
 
 def test_access_log_is_one_json_line_per_request_without_secrets(client, api, caplog):
