@@ -9,8 +9,17 @@ at once. On SQLite and PostgreSQL (the conftest runs both).
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import (
+    Float,
+    Integer,
+    LargeBinary,
+    create_engine,
+    literal_column,
+    select,
+    text,
+)
 
+from gpucloud.billing import service as billing_service
 from gpucloud.db import Database
 from gpucloud.runtime import read_threads
 from tests.conftest import make_settings
@@ -124,6 +133,28 @@ def test_ledger_pages_show_new_entries_and_their_balances_at_once(api):
     rest = api.client.get(f"/gpu/account/transactions?limit=1&cursor={two['next_cursor']}",
                           headers=key).json()
     assert rest == {"items": [page["items"][1]], "next_cursor": None}
+
+
+def test_row_keys_come_in_the_statements_order_and_convert_to_its_rows(rt, api):
+    """`Reader.keys` (what the lists and ledger pages render from): on SQLite each row's JSON
+    text, all of them read in one step; the same rows, in the same order, as `execute`."""
+    acct, _ = api.account(balance=5)
+    for amount in ("1", "2", "3"):
+        api.deposit(acct, amount)
+    stmt, params = billing_service.page_query(acct, 10, None)  # newest first: ids descending
+    reader = rt.db.reader
+    rows = reader.execute(stmt, params)
+    keys = reader.keys(stmt, params)
+    assert [reader.convert(stmt, k) for k in keys] == list(rows)
+    assert [r.id for r in rows] == sorted((r.id for r in rows), reverse=True) and len(rows) == 4
+    assert all(isinstance(k, str) for k in keys) == rt.db.is_sqlite
+    if rt.db.is_sqlite:
+        # Columns JSON would not give back unchanged (a float, bytes) are read row by row.
+        odd = select(literal_column("0.1", Float).label("x"), literal_column("1", Integer),
+                     literal_column("x'00ff'", LargeBinary).label("b"))
+        assert reader.keys(odd) == reader.execute(odd, raw=True) == [(0.1, 1, b"\x00\xff")]
+    assert reader.keys(stmt, params | {"account_id": "00000000-0000-4000-8000-000000000000"}) \
+        == []
 
 
 def test_reads_keep_working_when_every_raw_connection_is_busy(rt, api):

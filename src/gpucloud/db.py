@@ -21,7 +21,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-from sqlalchemy import BigInteger, DateTime, Integer, String, create_engine, event
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -178,7 +189,7 @@ class _Compiled:
     `dialect_impl(dialect)` processors, which are what SQLAlchemy caches and applies itself
     (tests/test_parity.py and test_read_path.py compare the bytes on both databases)."""
 
-    __slots__ = ("sql", "positional", "binds", "bind_procs", "procs", "row")
+    __slots__ = ("sql", "positional", "binds", "bind_procs", "procs", "row", "packed")
 
     def __init__(self, stmt, dialect):
         compiled = stmt.compile(dialect=dialect)
@@ -199,6 +210,7 @@ class _Compiled:
         self.procs = [(i, c.type.dialect_impl(dialect).result_processor(dialect, None))
                       for i, c in enumerate(columns)]
         self.procs = [(i, p) for i, p in self.procs if p is not None]
+        self.packed = _packed_sql(stmt, dialect, self.positional, columns)
         self.row = namedtuple("Row", list(columns.keys()) if columns else [], rename=True)
 
     def parameters(self, params: dict | None):
@@ -224,6 +236,31 @@ class _Compiled:
                 raw[i] = proc(raw[i])
             out.append(make(raw))
         return out
+
+
+# SQLite, `Reader.keys`: all rows of a statement as one text, each row a JSON array, joined by
+# the ASCII record separator (JSON escapes control characters, so no row's text holds it).
+_ROW_SEPARATOR = "\x1e"
+# Types whose SQLite values a JSON array gives back unchanged. Not floats (SQLite prints 15
+# digits) and not bytes (no JSON for them): a statement with such a column is read row by row.
+_JSON_SAFE = (Integer, String, DateTime, Boolean)
+
+
+def _packed_sql(stmt, dialect, positional, columns) -> str | None:
+    """SQLite: `SELECT group_concat(json_array(<columns>), char(30)) FROM (<stmt>)`, one row
+    and one step for the whole result, in the statement's order (SQLite never flattens an
+    ordered subquery into an aggregate, so the aggregate reads the rows as the subquery sorts
+    them; tests/test_read_path.py checks a descending order against the table's own)."""
+    if dialect.name != "sqlite" or not columns:
+        return None
+    if not all(isinstance(getattr(c.type, "impl", c.type), _JSON_SAFE) for c in columns):
+        return None
+    sub = stmt.subquery()
+    packed = select(func.group_concat(func.json_array(*sub.c), literal_column("char(30)")))
+    compiled = packed.compile(dialect=dialect)
+    if (list(compiled.positiontup) if compiled.positional else None) != positional:
+        return None  # its parameters in another order: not worth translating
+    return str(compiled)
 
 
 class Rows(list):
@@ -318,19 +355,36 @@ class Reader:
         """The statement's rows; with `raw`, the driver's own tuples, unconverted (what
         `convert` turns into a row later, e.g. only for rows not rendered before)."""
         compiled = self._prepared(stmt)
+        fetched = self._fetch(compiled, params, False)
+        return fetched if raw else compiled.rows(fetched)
+
+    def keys(self, stmt, params: dict | None = None) -> list:
+        """Each row as a hashable key for what is rendered from it, which `convert` turns
+        into the row. On SQLite each row's JSON text, the whole result read in one step:
+        SQLite releases the interpreter lock around every step, and under load the lock
+        changing hands around each of a list's 100 rows cost more than the rows did
+        (docs/api-speed.md). Elsewhere, and for columns JSON would change, the driver's
+        tuples (as `execute(raw=True)`)."""
+        compiled = self._prepared(stmt)
+        if compiled.packed is None:
+            return self._fetch(compiled, params, False)
+        text = self._fetch(compiled, params, True)[0][0]
+        return text.split(_ROW_SEPARATOR) if text else []
+
+    def _fetch(self, compiled: _Compiled, params: dict | None, packed: bool) -> list:
         held = self._checkout()
         if held is None:
             # Every raw connection is busy: borrow a pooled one's driver connection.
             with self.fallback.connect() as conn:
                 cur = conn.connection.dbapi_connection.cursor()
                 try:
-                    cur.execute(compiled.sql, compiled.parameters(params))
-                    fetched = cur.fetchall()
+                    cur.execute(compiled.packed if packed else compiled.sql,
+                                compiled.parameters(params))
+                    return cur.fetchall()
                 finally:
                     cur.close()
-            return fetched if raw else compiled.rows(fetched)
         try:
-            fetched = self._run(held[1], compiled, params)
+            fetched = self._run(held[1], compiled, params, packed)
         except self.dialect.loaded_dbapi.Error:
             # A broken connection (a database restart) is dropped and the read, which
             # changes nothing, is tried once more on a new one. A statement error leaves an
@@ -339,9 +393,9 @@ class Reader:
             self._discard(held)
             held = self._checkout()
             if held is None:
-                return self.execute(stmt, params, raw)
+                return self._fetch(compiled, params, packed)
             try:
-                fetched = self._run(held[1], compiled, params)
+                fetched = self._run(held[1], compiled, params, packed)
             except BaseException:
                 self._discard(held)
                 raise
@@ -349,17 +403,20 @@ class Reader:
             self._discard(held)
             raise
         self._free.append(held)
-        return fetched if raw else compiled.rows(fetched)
+        return fetched
 
-    def _run(self, cur, compiled: _Compiled, params: dict | None) -> list:
+    def _run(self, cur, compiled: _Compiled, params: dict | None, packed: bool) -> list:
         if self.is_sqlite:
-            cur.execute(compiled.sql, compiled.parameters(params))
+            cur.execute(compiled.packed if packed else compiled.sql, compiled.parameters(params))
             return cur.fetchall()
         return cur.rows(compiled.sql, compiled.parameters(params))
 
-    def convert(self, stmt, raw_row):
-        """One raw row of `execute(stmt, raw=True)` as `execute(stmt)` would have given it."""
-        return self._prepared(stmt).rows([raw_row])[0]
+    def convert(self, stmt, key):
+        """One key of `keys(stmt)`, or one raw row of `execute(stmt, raw=True)`, as
+        `execute(stmt)` would have given the row."""
+        if isinstance(key, str):
+            key = orjson.loads(key)
+        return self._prepared(stmt).rows([key])[0]
 
     def close(self) -> None:
         with self._lock:

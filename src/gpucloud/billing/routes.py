@@ -68,9 +68,10 @@ _ITEMS = RenderedRows()
 def _page(rt, account_id: str, limit: int, cursor: str | None) -> bytes:
     stmt, params = service.page_query(account_id, limit, cursor)
     with rt.db.query() as conn:
-        rows = conn.execute(stmt, params, raw=True)
+        rows = conn.keys(stmt, params)
         page = rows[:limit]
-        next_cursor = service.encode_cursor(page[-1][0]) if len(rows) > limit else None
+        next_cursor = service.encode_cursor(conn.convert(stmt, page[-1]).id) \
+            if len(rows) > limit else None
         items = _ITEMS.join(page, lambda raw: dumps(_item(conn.convert(stmt, raw))))
     # What dumps({"items": [...], "next_cursor": …}) writes, with the items already JSON.
     return b'{"items":' + items + b',"next_cursor":' + dumps(next_cursor) + b"}"

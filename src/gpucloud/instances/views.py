@@ -64,7 +64,7 @@ def list_body(conn, stmt, params: dict) -> bytes:
         row = row._replace(resources=orjson.loads(row.resources))
         return dumps(container_item(row) if row.workload == "container" else vm_item(row))
 
-    return _LIST_ITEMS.join(conn.execute(stmt, params, raw=True), render)
+    return _LIST_ITEMS.join(conn.keys(stmt, params), render)
 
 
 # Details are polled (a console, a script waiting for ACTIVE): each distinct row is rendered
