@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import re
+import sys
 import uuid
 
 from fastapi import FastAPI, Query, Request
@@ -27,7 +28,7 @@ from gpucloud.instances import container_routes, vm_routes
 from gpucloud.jsonresp import JSON
 from gpucloud.routing import PrefixRoute, RouteIndex, get_telemetry_data
 from gpucloud.settings import Settings
-from gpucloud.web.logs import JsonFormatter, RequestIdFilter
+from gpucloud.web.logs import JsonFormatter, RequestIdFilter, configure
 from gpucloud.web.server import settle_heap
 from tests.conftest import ADMIN_KEY
 from tests.factories import Api
@@ -119,6 +120,65 @@ def test_json_lines_carry_their_own_millisecond_in_utc():
         record = logging.LogRecord("gpucloud.access", logging.INFO, __file__, 1, "m", (), None)
         record.created = created
         assert json.loads(formatter.format(record))["ts"] == expected
+
+
+def test_access_lines_written_directly_are_the_lines_logging_would_write(
+        client, api, tmp_path, monkeypatch):
+    """With only the JSON handler `configure` installs on the way, the middleware writes the
+    access line to it directly (web/logs.AccessLog); with anything else on the way, the
+    record goes through logging. Same fields, same order, either way."""
+    root, access = logging.getLogger(), logging.getLogger("gpucloud.access")
+    levels = root.level, access.level
+    path = tmp_path / "server.log"
+    with path.open("w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        configure("info", "json", True)
+        ours = next(h for h in root.handlers if h.get_name() == "gpucloud")
+        installed = root.handlers
+        try:
+            # pytest's own capture handlers sit on the root logger too: out of the way.
+            monkeypatch.setattr(root, "handlers", [ours])
+            made = []  # the access records logging made
+            make = access.makeRecord
+            monkeypatch.setattr(access, "makeRecord",
+                                lambda *a, **kw: made.append(a) or make(*a, **kw))
+            acct, key = api.account()
+            assert client.get("/gpu/account", headers={**key, "X-Request-ID": "direct-1"}) \
+                .status_code == 200
+            seen: list[logging.LogRecord] = []
+            collector = logging.Handler()
+            collector.emit = seen.append
+            root.addHandler(collector)
+            assert client.get("/gpu/account", headers={**key, "X-Request-ID": "logged-1"}) \
+                .status_code == 200
+            root.removeHandler(collector)
+            ours.flush()
+        finally:
+            installed.remove(ours)
+            ours.close()
+            root.setLevel(levels[0])
+            access.setLevel(levels[1])
+    lines = [json.loads(line) for line in path.read_text().splitlines()
+             if '"gpucloud.access"' in line and "/gpu/account" in line]
+    assert [line["request_id"] for line in lines] == ["direct-1", "logged-1"]
+    assert [r.request_id for r in seen if r.name == "gpucloud.access"] == ["logged-1"]
+    assert len(made) == 1  # the first line never was a record
+    direct, logged = lines
+    assert list(direct) == list(logged) == ["ts", "level", "logger", "msg", "request_id",
+                                            "method", "route", "status", "duration_ms",
+                                            "account_id"]
+    for line in lines:
+        assert line["msg"] == "GET /gpu/account 200" and line["account_id"] == acct
+        assert line["level"] == "info" and line["duration_ms"] > 0
+    # The text itself: what the formatter writes for the equivalent record.
+    formatter = JsonFormatter()
+    fields = {"method": "GET", "route": "/gpu/account", "status": 200, "duration_ms": 0.25,
+              "account_id": acct}
+    record = access.makeRecord(access.name, logging.INFO, "", 0, "%s %s %s",
+                               ("GET", "/gpu/account", 200), None,
+                               extra={"access": fields, "request_id": "r-1"})
+    assert formatter.access_line(access.name, record.created, "r-1", fields) == \
+        formatter.format(record)
 
 
 def test_access_log_is_one_json_line_per_request_without_secrets(client, api, caplog):

@@ -22,8 +22,9 @@ import time
 
 from gpucloud import metrics
 from gpucloud.request_context import RequestInfo, current
+from gpucloud.web.logs import AccessLog
 
-access_log = logging.getLogger("gpucloud.access")
+access_log = AccessLog(logging.getLogger("gpucloud.access"))
 
 _VALID_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 UNMATCHED = "<unmatched>"  # 404s: one label, whatever path was asked for
@@ -77,7 +78,7 @@ class RequestMiddleware:
                                             metrics.REQUEST_SECONDS.labels(method, route, code))
             series[0].inc()
             series[1].observe(duration)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %s", method, route, status, extra={"access": {
+            if access_log.enabled():
+                access_log.write(rid, {
                     "method": method, "route": route, "status": status,
-                    "duration_ms": round(duration * 1000, 3), "account_id": info.account_id}})
+                    "duration_ms": round(duration * 1000, 3), "account_id": info.account_id})
