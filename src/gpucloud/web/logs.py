@@ -116,7 +116,7 @@ class BufferedHandler(logging.StreamHandler):
 class AccessLog:
     """The access log's one line per request, on the `gpucloud.access` logger.
 
-    Through `logging` a line cost ~15 µs of the server's CPU per request (a record, two
+    Through `logging` a line cost 10–15 µs of the server's CPU per request (a record, two
     filters, three loggers' handler lists, the formatter), a third of a cached plans response;
     writing the same JSON line costs ~1 µs (docs/api-speed.md). So when the line would reach
     exactly one handler, the JSON one `configure` installs, with nothing on the way that could
