@@ -43,28 +43,28 @@ class JsonFormatter(logging.Formatter):
         return f"{text}.{int(created % 1 * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": self._ts(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "request_id": getattr(record, "request_id", None),
-        }
-        access = getattr(record, "access", None)
-        if access:
-            out.update(access)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out).decode()
+        return self._line(record.created, record.levelname.lower(), record.name,
+                          record.getMessage(), getattr(record, "request_id", None),
+                          getattr(record, "access", None),
+                          self.formatException(record.exc_info) if record.exc_info else None)
 
     def access_line(self, logger: str, created: float, request_id: str | None,
                     access: dict) -> str:
         """What `format` gives for the access log's record (`AccessLog.write`), without the
         record."""
-        return orjson.dumps({
-            "ts": self._ts(created), "level": "info", "logger": logger,
-            "msg": f"{access['method']} {access['route']} {access['status']}",
-            "request_id": request_id, **access}).decode()
+        return self._line(created, "info", logger,
+                          f"{access['method']} {access['route']} {access['status']}",
+                          request_id, access, None)
+
+    def _line(self, created: float, level: str, logger: str, msg: str,
+              request_id: str | None, access: dict | None, exc: str | None) -> str:
+        out = {"ts": self._ts(created), "level": level, "logger": logger, "msg": msg,
+               "request_id": request_id}
+        if access:
+            out.update(access)
+        if exc:
+            out["exc"] = exc
+        return orjson.dumps(out).decode()
 
 
 class TextFormatter(logging.Formatter):
