@@ -274,3 +274,20 @@ def test_logs_of_a_hung_provider_fail_in_time_and_hold_no_request_thread(tmp_pat
     with httpx.Client(base_url=server.url, timeout=bound) as c:
         r = c.get(f"/gpu/instances/{stuck}/logs", headers=headers)
         assert r.status_code == 400 and "temporarily unavailable" in r.json()["detail"]
+        r = c.get(f"/gpu/instances/{stuck}/events", headers=headers)
+        assert r.status_code == 200 and any("scheduled" in line for line in r.json()), r.json()
+        # Another account's id at the hung provider is unknown, not "unavailable".
+        _, stranger = api.account(balance=10)
+        for what in ("logs", "events"):
+            r = c.get(f"/gpu/instances/{stuck}/{what}", headers=stranger)
+            assert r.status_code == 404, r.text
+    # A provider whose own call timeout is shorter than the read timeout: that is the deadline
+    # (0.3 s; its calls hang 1.3 s, then fail, which would answer the same after 1.3 s).
+    brief = api.offer(api.provider("brief", hang_calls=True, call_timeout_seconds=0.3))
+    brief_one = api.deploy(headers, brief, name="brief")
+    with httpx.Client(base_url=server.url, timeout=bound) as c:
+        for what in ("logs", "events"):
+            started = time.monotonic()
+            r = c.get(f"/gpu/instances/{brief_one}/{what}", headers=headers)
+            assert r.status_code == (400 if what == "logs" else 200), r.text
+            assert time.monotonic() - started < 1.0, what

@@ -97,3 +97,43 @@ def test_a_loop_that_closes_before_the_call_returns_leaves_the_thread_serving():
 
     assert asyncio.run(next_caller()) == "still here"
     threads.shutdown()
+
+
+def test_hand_leaves_the_future_to_the_work_it_starts_and_settles_it_only_with_an_error():
+    threads = RequestThreads(1)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        request_id.set("req-2")
+        passed_on = loop.create_future()
+
+        def start_more():  # on a request thread: hands the future on to a thread of its own
+            seen = request_id.get()
+            threading.Thread(target=lambda: loop.call_soon_threadsafe(
+                passed_on.set_result, f"{seen} done later")).start()
+            return "dropped"
+
+        threads.hand(passed_on, start_more)
+        assert await passed_on == "req-2 done later"  # not "dropped"
+
+        failed = loop.create_future()
+        threads.hand(failed, lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            await failed
+
+        # A future settled while its call waited in the queue (a deadline): the call never runs.
+        ran = []
+        release = threading.Event()
+        blocking = threads.run(release.wait, 10)
+        expired = loop.create_future()
+        threads.hand(expired, ran.append, "expired")
+        expired.set_exception(TimeoutError("deadline"))
+        release.set()
+        assert await blocking is True
+        assert await threads.run(lambda: "next") == "next"
+        assert ran == []
+        with pytest.raises(TimeoutError):
+            await expired
+
+    asyncio.run(main())
+    threads.shutdown()

@@ -27,8 +27,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
-    if fut.cancelled():
+def settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
+    """On the loop: hand a thread's outcome to `fut`, unless its caller stopped waiting
+    (cancelled, or a deadline settled it first)."""
+    if fut.done():
         return
     if ok:
         fut.set_result(value)
@@ -53,14 +55,23 @@ class RequestThreads:
 
     def run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Call on the event loop: a future of `fn(*args)` run on one of the threads."""
+        fut = asyncio.get_running_loop().create_future()
+        self._put(fut, fn, args, True)
+        return fut
+
+    def hand(self, fut: asyncio.Future, fn: Callable[..., Any], *args: Any) -> None:
+        """Call on the event loop: `fn(*args)` on one of the threads, where it passes `fut` on
+        to be settled by other work it starts (a driver read); what it raises settles `fut`,
+        what it returns is dropped. The request's next step then starts from the thread,
+        without a round trip through the event loop in between."""
+        self._put(fut, fn, args, False)
+
+    def _put(self, fut: asyncio.Future, fn: Callable[..., Any], args: tuple, settles: bool):
         if not self._threads:
             self._start()
         if self._closed:
             raise RuntimeError("the request threads are shut down")
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._queue.put((loop, fut, contextvars.copy_context(), fn, args))
-        return fut
+        self._queue.put((fut.get_loop(), fut, contextvars.copy_context(), fn, args, settles))
 
     def _start(self) -> None:
         with self._lock:
@@ -80,18 +91,19 @@ class RequestThreads:
             item = get()
             if item is None:
                 return
-            loop, fut, ctx, fn, args = item
+            loop, fut, ctx, fn, args, settles = item
             item = None
-            if fut.cancelled():
+            if fut.done():  # cancelled, or settled by a deadline while it was queued
                 continue
             try:
                 value, ok = ctx.run(fn, *args), True
             except BaseException as exc:  # handed to the awaiting request
                 value, ok = exc, False
-            try:
-                loop.call_soon_threadsafe(_settle, fut, ok, value)
-            except RuntimeError:  # the loop closed while this ran: nobody is waiting
-                pass
+            if settles or not ok:  # (`hand`: fn passed the future on)
+                try:
+                    loop.call_soon_threadsafe(settle, fut, ok, value)
+                except RuntimeError:  # the loop closed while this ran: nobody is waiting
+                    pass
             loop = fut = ctx = fn = args = value = None  # hold nothing while idle
 
     def shutdown(self) -> None:

@@ -1,20 +1,25 @@
 """A container's logs and events as readable lines: what GET …/logs and …/events answer, and
 what the console shows.
 
-The database is read in the threadpool; the driver is asked through the driver-call pool
-(`CallPool.start_read`: a few reads at a time per provider, on threads of their own) and
-awaited on the event loop with a timeout, so a provider that hangs costs a request its
-timeout and holds no request thread at all.
+A feed read starts on a request thread, which reads our rows (the instance and its provider,
+for events our own lines) and from there hands the driver call to a read slot of the
+provider (`CallPool.start_read`: a few reads at a time per provider, on driver-call threads);
+that thread merges and formats the lines and settles the request's future. The event loop
+waits once, with a deadline, and nothing passes through it between the two threads.
+
+A provider that hangs costs a request its deadline (the read timeout, or the provider's call
+timeout when shorter) and holds no request thread at all; events then answer with gpucloud's
+own lines, read again on a request thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import datetime as dt
 from typing import Any
 
 from gpucloud.drivers.base import DriverError
-from gpucloud.drivers.pool import CallTimeout
+from gpucloud.drivers.pool import expire_after
 from gpucloud.errors import BadRequest
 from gpucloud.instances import events as instance_events
 from gpucloud.instances import service
@@ -23,50 +28,69 @@ from gpucloud.jsonresp import isoformat_z
 LOGS_UNAVAILABLE = "Logs are temporarily unavailable from the provider"
 
 
-def _with_driver(rt, account_id: str, instance_id: str, with_events: bool = False,
-                 workload: str = "container"):
-    # One pre-built statement (instance, provider) on a plain connection: these are polled.
+def _target(rt, account_id: str, instance_id: str, workload: str, with_events: bool):
+    """Our rows for a feed (`NotFound` for another account's id or another type's): the
+    instance with its provider, the driver for it and, if asked, our own lines."""
     with rt.db.query() as conn:
         inst = service.driver_target(conn, account_id, instance_id, workload)
         ours = instance_events.for_instance(conn, instance_id) if with_events else []
-    driver = rt.driver_for(inst.provider_id, inst.driver, inst.config or {})
-    return inst, driver, ours
+    return inst, rt.driver_for(inst.provider_id, inst.driver, inst.config or {}), ours
 
 
-async def ask(rt, provider_id: str, driver, what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """One driver read for a request, bounded by the read timeout (and the driver's own)."""
-    timeout = min(driver.call_timeout, rt.settings.driver_read_timeout_seconds)
-    pending = rt.calls.start_read(provider_id, fn, *args)
+async def _read(rt, account_id: str, instance_id: str, workload: str, what: str, job,
+                last: int | None) -> list[str]:
+    """`job(inst, driver, ours, last)` in a read slot of the instance's provider, after our
+    rows are read on a request thread; `CallTimeout` (a `DriverError`) past the deadline."""
+    answer = asyncio.get_running_loop().create_future()
+    limit = rt.settings.driver_read_timeout_seconds
+
+    def dispatch() -> None:  # on a request thread
+        inst, driver, ours = _target(rt, account_id, instance_id, workload, what == "events")
+        if driver.call_timeout < limit:  # the provider's own, shorter deadline
+            answer.get_loop().call_soon_threadsafe(expire_after, answer, driver.call_timeout,
+                                                   what)
+        rt.calls.start_read(inst.provider_id, answer, job, inst, driver, ours, last)
+
+    rt.requests.hand(answer, dispatch)
+    timer = expire_after(answer, limit, what)
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(pending), timeout)
-    except TimeoutError:
-        pending.cancel()  # still queued: it never starts; running: its thread is abandoned
-        raise CallTimeout(f"the provider did not answer within {timeout:g} s ({what})") \
-            from None
+        return await answer
+    finally:
+        timer.cancel()
 
 
-async def logs(rt, account_id: str, instance_id: str, last: int | None) -> list[str]:
-    inst, driver, _ = await rt.offload(_with_driver, rt, account_id, instance_id)
+def _lines(entries: list[tuple[dt.datetime, str]], last: int | None) -> list[str]:
+    lines = [f"{isoformat_z(at)} {message}" for at, message in entries]
+    return lines[-last:] if last else lines
+
+
+def _logs(inst: Any, driver, ours: list, last: int | None) -> list[str]:
+    lines = driver.logs(inst.id, inst.driver_state, last)
+    return lines[-last:] if last else lines
+
+
+def _events(inst: Any, driver, ours: list, last: int | None) -> list[str]:
     try:
-        lines = await ask(rt, inst.provider_id, driver, "logs", driver.logs, inst.id,
-                          inst.driver_state, last)
+        theirs = [(e.at, e.message) for e in driver.events(inst.id, inst.driver_state)]
+    except DriverError:
+        theirs = []  # the provider is unreachable; our own record still tells the story
+    return _lines(sorted(ours + theirs, key=lambda e: e[0]), last)  # stable: ours first on ties
+
+
+async def logs(rt, account_id: str, instance_id: str, last: int | None,
+               workload: str = "container") -> list[str]:
+    try:
+        return await _read(rt, account_id, instance_id, workload, "logs", _logs, last)
     except DriverError:  # CallTimeout included
         raise BadRequest(LOGS_UNAVAILABLE) from None
-    return lines[-last:] if last else lines
 
 
 async def events(rt, account_id: str, instance_id: str, last: int | None,
                  workload: str = "container") -> list[str]:
     """gpucloud's own lifecycle lines merged with the provider's, oldest first (containers,
     VMs and bare metal alike)."""
-    inst, driver, ours = await rt.offload(_with_driver, rt, account_id, instance_id,
-                                                 True, workload)
     try:
-        found = await ask(rt, inst.provider_id, driver, "events", driver.events, inst.id,
-                          inst.driver_state)
-        theirs = [(e.at, e.message) for e in found]
-    except DriverError:  # CallTimeout included
-        theirs = []  # the provider is unreachable; our own record still tells the story
-    merged = sorted(ours + theirs, key=lambda e: e[0])  # stable: ours first on ties
-    lines = [f"{isoformat_z(at)} {message}" for at, message in merged]
-    return lines[-last:] if last else lines
+        return await _read(rt, account_id, instance_id, workload, "events", _events, last)
+    except DriverError:  # no answer in time: our own lines alone
+        _, _, ours = await rt.offload(_target, rt, account_id, instance_id, workload, True)
+        return _lines(ours, last)
