@@ -1,7 +1,7 @@
 """CPU per request, in-process: where the microseconds of each GET go, without HTTP or wrk.
 
     .venv/bin/python bench/api_cpu.py [--db sqlite,postgres] [--n 2000] [--only LABEL,…]
-                                      [--profile LABEL] [--loop-thread]
+                                      [--profile LABEL] [--loop-thread] [--repeat R]
 
 Sets up the same data as bench/api.py (a real `gpucloud serve`, 100 instances of each kind),
 stops that server, builds the app in this process on the same database, and calls it as an
@@ -123,10 +123,11 @@ async def _measure(app, bare, ctx, args) -> None:
             prof.disable()
             pstats.Stats(prof).sort_stats("tottime").print_stats(35)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(60)
-        cpu, rps, statuses = await _drive(target, scope, body, n, 32, args.loop_thread)
-        cpu1, rps1, _ = await _drive(target, scope, body, max(50, n // 4), 1)
-        print(f"{label:40} {cpu:10.0f} {rps:10.0f} {cpu1:10.0f} {rps1:10.0f}  {statuses}",
-              flush=True)
+        for _ in range(args.repeat):
+            cpu, rps, statuses = await _drive(target, scope, body, n, 32, args.loop_thread)
+            cpu1, rps1, _ = await _drive(target, scope, body, max(50, n // 4), 1)
+            print(f"{label:40} {cpu:10.0f} {rps:10.0f} {cpu1:10.0f} {rps1:10.0f}  {statuses}",
+                  flush=True)
 
 
 async def _run(app, bare, ctx, args) -> None:
@@ -141,6 +142,8 @@ def main() -> None:
     ap.add_argument("--only", default="")
     ap.add_argument("--profile", default="")
     ap.add_argument("--loop-thread", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="measure each endpoint this many times (a row each: see the spread)")
     ap.add_argument("--pg-url", default=os.environ.get(
         "GPUCLOUD_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/gpucloud_bench_cpu"))
     args = ap.parse_args()
