@@ -9,6 +9,9 @@ at once. On SQLite and PostgreSQL (the conftest runs both).
 
 from __future__ import annotations
 
+import datetime as dt
+
+import pytest
 from sqlalchemy import (
     Float,
     Integer,
@@ -21,6 +24,8 @@ from sqlalchemy import (
 
 from gpucloud.billing import service as billing_service
 from gpucloud.db import Database
+from gpucloud.errors import NotFound
+from gpucloud.instances import events, service
 from gpucloud.runtime import read_threads
 from tests.conftest import make_settings
 
@@ -198,3 +203,25 @@ def test_read_threads_one_on_sqlite_four_on_postgresql_unless_set(rt, backend):
     assert rt.requests.size == expected  # the threads the reads are offloaded to
     settings = make_settings(backend["url"], backend["data_dir"], read_threads=3)
     assert read_threads(settings, rt.db.is_sqlite) == 3
+
+
+def test_a_feeds_target_and_our_lines_in_one_read_are_what_two_reads_give(rt, api):
+    """Events read the instance (with its provider) and our own lines in one statement: the
+    same row and lines, in order, as `driver_target` and `events.for_instance`; another
+    account's id (whose lines exist) and another type's are unknown."""
+    acct, headers = api.account(balance=100)
+    other, _ = api.account(balance=100)
+    plan = api.offer(api.provider("one-read"))
+    iid = api.deploy(headers, plan, name="feed")
+    with rt.db.write() as s:  # two more lines, in id order, the later one dated earlier
+        events.record(s, iid, dt.datetime(2030, 1, 2, tzinfo=dt.UTC), "second")
+        events.record(s, iid, dt.datetime(2030, 1, 1, tzinfo=dt.UTC), "third")
+    with rt.db.query() as conn:
+        target, ours = service.driver_target_and_events(conn, acct, iid, "container")
+        assert tuple(target[:5]) == tuple(service.driver_target(conn, acct, iid, "container"))
+        assert ours == events.for_instance(conn, iid) and len(ours) >= 3
+        assert [m for _, m in ours[-2:]] == ["second", "third"]
+        assert all(isinstance(at, dt.datetime) and at.tzinfo for at, _ in ours)
+        for account_id, workload in ((other, "container"), (acct, "vm")):
+            with pytest.raises(NotFound):
+                service.driver_target_and_events(conn, account_id, iid, workload)

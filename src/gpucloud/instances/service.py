@@ -10,7 +10,19 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Text,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal_column,
+    null,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from gpucloud.billing import ledger
@@ -26,6 +38,7 @@ from gpucloud.instances.models import (
     OP_CREATE,
     OP_UPDATE,
     Instance,
+    InstanceEvent,
 )
 from gpucloud.instances.schemas import (
     ContainerDeploy,
@@ -270,6 +283,39 @@ _DRIVER_TARGET = (
            Instance.account_id == bindparam("account_id"),
            Instance.workload == bindparam("workload"))
 )
+
+
+# The same row and the instance's own lifecycle lines in one statement (one round trip for a
+# polled events feed): the instance's row first, its `at`/`message` NULL, then one row per
+# line with the instance's columns NULL. Typed NULLs keep each column's result processing.
+_TARGET_AND_EVENTS = union_all(
+    select(Instance.id, Instance.driver_state, Provider.id.label("provider_id"),
+           Provider.driver, Provider.config,
+           type_coerce(null(), InstanceEvent.at.type).label("at"),
+           type_coerce(null(), InstanceEvent.message.type).label("message"),
+           literal_column("0", BigInteger).label("seq"))
+    .join(Provider, Provider.id == Instance.provider_id)
+    .where(Instance.id == bindparam("instance_id"),
+           Instance.account_id == bindparam("account_id"),
+           Instance.workload == bindparam("workload")),
+    select(type_coerce(null(), Instance.id.type), type_coerce(null(), Instance.driver_state.type),
+           type_coerce(null(), Provider.id.type), type_coerce(null(), Provider.driver.type),
+           type_coerce(null(), Provider.config.type), InstanceEvent.at, InstanceEvent.message,
+           InstanceEvent.id)
+    .where(InstanceEvent.instance_id == bindparam("instance_id")),
+).order_by(literal_column("seq"))
+
+
+def driver_target_and_events(conn, account_id: str, instance_id: str, workload: str
+                             ) -> tuple[Any, list[tuple[dt.datetime, str]]]:
+    """`driver_target` and the instance's own lifecycle lines, oldest first, in one read."""
+    rows = conn.execute(_TARGET_AND_EVENTS, {"instance_id": instance_id,
+                                              "account_id": account_id,
+                                              "workload": workload}).all() \
+        if plausible_id(instance_id) else None
+    if not rows or rows[0].seq != 0:
+        raise NotFound(INSTANCE_NOT_FOUND)
+    return rows[0], [(r.at, r.message) for r in rows[1:]]
 
 
 def driver_target(conn, account_id: str, instance_id: str, workload: str) -> Any:
