@@ -13,7 +13,9 @@ one that measures throughput over HTTP.
 
 `--profile LABEL` runs the endpoints whose label contains LABEL under cProfile and prints the
 top functions. `--loop-thread` also prints the event loop thread's share of the CPU (what a
-second process could not take over: the rest is the threads' database work).
+second process could not take over: the rest is the threads' database work), the system
+time and the context switches of the process per request (each hand-over of the interpreter
+lock between a thread and the loop is one).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import cProfile
 import os
 import pstats
+import resource
 import sys
 import tempfile
 import time
@@ -89,10 +92,15 @@ async def _drive(app, scope, body, n: int, concurrency: int,
             statuses[code] = statuses.get(code, 0) + 1
 
     cpu, wall, main = time.process_time(), time.perf_counter(), time.thread_time()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     done = per_task * concurrency
     if loop_thread:
-        print(f"   loop thread {(time.thread_time() - main) / done * 1e6:.0f} µs/req")
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"   loop thread {(time.thread_time() - main) / done * 1e6:.0f} µs/req; "
+              f"system {(after.ru_stime - usage.ru_stime) / done * 1e6:.0f} µs/req; "
+              f"context switches {(after.ru_nvcsw - usage.ru_nvcsw) / done:.1f} voluntary, "
+              f"{(after.ru_nivcsw - usage.ru_nivcsw) / done:.1f} forced per request")
     return ((time.process_time() - cpu) / done * 1e6, done / (time.perf_counter() - wall),
             statuses)
 
