@@ -12,11 +12,11 @@ on it with a timeout is the only way to stop waiting). Threads whose call return
 spares for the next call (`SpareThreads`): starting one per call cost every logs or events
 request a thread start and its context switches.
 
-Reads a request asks for (logs, events) go through `start_read`: at most `per_provider` of them run
-at once per provider, beside the lifecycle's slots (a provider busy with deploys still answers
-its customers' log requests), the rest queue until one returns. Nobody waits on a thread: the
-request awaits its answer on the event loop with a deadline (`expire_after`), so a hung
-provider holds at most its own read threads, never request threads.
+Reads a request asks for (logs, events) go through `start_read`: at most `per_provider` of
+them run at once per provider, beside the lifecycle's slots (a provider busy with deploys
+still answers its customers' log requests), the rest queue until one returns. Nobody waits on
+a thread: the request awaits its answer on the event loop with a deadline (`expire_after`),
+so a hung provider holds at most its own read threads, never request threads.
 """
 
 from __future__ import annotations

@@ -289,26 +289,19 @@ _DRIVER_TARGET = (
 # polled events feed): the instance's row first, its `at`/`message` NULL, then one row per
 # line with the instance's columns NULL. Typed NULLs keep each column's result processing.
 _TARGET_AND_EVENTS = union_all(
-    select(Instance.id, Instance.driver_state, Provider.id.label("provider_id"),
-           Provider.driver, Provider.config,
-           type_coerce(null(), InstanceEvent.at.type).label("at"),
-           type_coerce(null(), InstanceEvent.message.type).label("message"),
-           literal_column("0", BigInteger).label("seq"))
-    .join(Provider, Provider.id == Instance.provider_id)
-    .where(Instance.id == bindparam("instance_id"),
-           Instance.account_id == bindparam("account_id"),
-           Instance.workload == bindparam("workload")),
-    select(type_coerce(null(), Instance.id.type), type_coerce(null(), Instance.driver_state.type),
-           type_coerce(null(), Provider.id.type), type_coerce(null(), Provider.driver.type),
-           type_coerce(null(), Provider.config.type), InstanceEvent.at, InstanceEvent.message,
-           InstanceEvent.id)
+    _DRIVER_TARGET.add_columns(type_coerce(null(), InstanceEvent.at.type).label("at"),
+                               type_coerce(null(), InstanceEvent.message.type).label("message"),
+                               literal_column("0", BigInteger).label("seq")),
+    select(*[type_coerce(null(), c.type) for c in _DRIVER_TARGET.selected_columns],
+           InstanceEvent.at, InstanceEvent.message, InstanceEvent.id)
     .where(InstanceEvent.instance_id == bindparam("instance_id")),
 ).order_by(literal_column("seq"))
 
 
 def driver_target_and_events(conn, account_id: str, instance_id: str, workload: str
                              ) -> tuple[Any, list[tuple[dt.datetime, str]]]:
-    """`driver_target` and the instance's own lifecycle lines, oldest first, in one read."""
+    """`driver_target`'s row (its first five columns) and the instance's own lifecycle lines,
+    oldest first, in one read."""
     rows = conn.execute(_TARGET_AND_EVENTS, {"instance_id": instance_id,
                                               "account_id": account_id,
                                               "workload": workload}).all() \
