@@ -23,16 +23,24 @@ from gpucloud.drivers.docker.labels import EXEC_FAILED
 # with four emulated guests booting beside the engine; only a command that neither
 # execs nor exits waits it out, so a long bound costs nothing in the normal case.
 LOCAL_LIMIT = 60.0
-LOG_PATIENCE = 0.5
+# Seconds to wait for the init's "failed to exec" line after it exited with an init's code:
+# the engine copies the output asynchronously, later on a loaded host; only an exit with
+# such a code and no such line (a command that exits 1 at once) waits it out.
+LOG_PATIENCE = 2.0
 
 
 def exec_state(pid: int) -> str:
-    """`execed`, `pending` (the init has not exec'd a child yet) or `unknown` (no /proc view:
-    another PID namespace, a kernel without /proc/…/children, a process that is gone)."""
+    """`execed`, `pending` (the init has not exec'd a child yet), `gone` (no such process
+    here: it exited, or lives in another PID namespace) or `unknown` (no view into it: a
+    kernel without /proc/…/children, a process not ours to read)."""
+    if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+        return "gone"
     try:
         init_exe = os.readlink(f"/proc/{pid}/exe")
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             children = [int(c) for c in fh.read().split()]
+    except FileNotFoundError:
+        return "gone"  # exited between the two looks
     except (OSError, ValueError):
         return "unknown"
     for child in children:
@@ -47,6 +55,7 @@ def exec_state(pid: int) -> str:
 def exec_failure(engine, container, window: float, local: bool) -> str | None:
     """The init's complaint when the startup command could not be executed, else None."""
     started = time.monotonic()
+    gone_pid = None  # a pid the engine calls running that /proc does not show
     while True:
         elapsed = time.monotonic() - started
         try:
@@ -59,10 +68,18 @@ def exec_failure(engine, container, window: float, local: bool) -> str | None:
         if container.status != "running":
             break
         if local:
-            state = exec_state(int((container.attrs.get("State") or {}).get("Pid") or 0))
+            pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
+            state = exec_state(pid)
             if state == "execed" or elapsed >= LOCAL_LIMIT:
                 return None
-            if state == "unknown":
+            if state == "gone" and pid != gone_pid:
+                # Most often the init exited after the engine's answer: ask the engine again
+                # (it then says exited). Falling back to the time window here counted a
+                # command that could not exec as started whenever the engine was slower to
+                # answer than the window (seen in CI).
+                gone_pid = pid
+                continue
+            if state in ("gone", "unknown"):
                 local = False  # no view into this engine's processes: use the time window
         if not local and elapsed >= window:
             return None
