@@ -163,20 +163,21 @@ def _running_events(db: Database, iid: str) -> int:
 
 
 def test_a_long_call_is_never_taken_over_by_a_second_process(tmp_path, servers):
-    """A create of 90 s under a 20 s lease, two processes on one PostgreSQL database: the
-    lease is renewed while the call runs, so only one create ever reaches the provider."""
-    env = _env(tmp_path, "postgres", GPUCLOUD_LEASE_SECONDS="20")
+    """A create of 40 s under an 8 s lease (five leases; renewed every third of one), two
+    processes on one PostgreSQL database: the lease is renewed while the call runs, so only
+    one create ever reaches the provider."""
+    env = _env(tmp_path, "postgres", GPUCLOUD_LEASE_SECONDS="8")
     first = _start(servers, tmp_path / "one", env)
     _start(servers, tmp_path / "two", env)
     api = _api(first)
     _, headers = api.account(balance=100)
-    offer = api.offer(api.provider("slow", call_latency_seconds=90, provision_seconds=0,
-                                   call_timeout_seconds=150))
+    offer = api.offer(api.provider("slow", call_latency_seconds=40, provision_seconds=0,
+                                   call_timeout_seconds=120))
     iid = api.deploy(headers, offer)
     db = _db(env, tmp_path)
     try:
         wait_for(lambda: api.instance(headers, iid)["instance_status"] == "ACTIVE",
-                 timeout=150, every=1, what="the instance to be ACTIVE after the long create")
+                 timeout=120, every=1, what="the instance to be ACTIVE after the long create")
         assert _create_calls(db, iid) == 1
         assert _running_events(db, iid) == 1
     finally:
