@@ -222,6 +222,29 @@ def test_logs_and_events_with_last(api):
             assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "last"]
 
 
+def test_the_log_tail_of_a_long_running_instance_is_the_end_of_its_log(api):
+    # Up for days, updated, then more heartbeats: the tail holds heartbeats on both sides of
+    # the update's lines, and every `last` is the end of the whole log.
+    _, headers, offer = _setup(api, balance="1000")
+    iid = api.deploy(headers, offer, container_settings={
+        "image": "docker.io/library/ubuntu:22.04", "expose": [{"port": 22}],
+        "startup_command": "sleep infinity"})
+    api.advance(10)
+    api.advance(2 * 86400)
+    body = {"name": "box", "container_settings": {
+        "image": "docker.io/library/ubuntu:24.04", "expose": [{"port": 22}],
+        "startup_command": "sleep infinity"}}
+    assert api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body).status_code == 204
+    api.advance(3700)
+    whole = api.client.get(f"/gpu/instances/{iid}/logs", headers=headers).json()
+    beats = [line for line in whole if "heartbeat" in line]
+    assert len(beats) == 2 * 144 + 6 and "Starting container from docker.io/library/ubuntu:24.04" \
+        in " ".join(whole[-12:])
+    for last in (1, 5, 8, 12, 40, 500):
+        tail = api.client.get(f"/gpu/instances/{iid}/logs?last={last}", headers=headers).json()
+        assert tail == whole[-last:], last
+
+
 def test_last_unit_taken_once_under_concurrency(api):
     _, headers, offer = _setup(api, capacity=1, balance="1000")
     results: list[int] = []

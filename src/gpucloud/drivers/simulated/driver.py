@@ -240,6 +240,11 @@ class SimulatedDriver(Driver):
         row = self._row(instance_id)
         if row is None:
             return []
-        lines = [f"{isoformat_z(at)} {msg}"
-                 for at, msg in simulated_text.logs(row, self._now(), MAX_HEARTBEATS)]
-        return lines[-last:] if last else lines
+        # The newest `last` lines hold at most `last` heartbeats: older ones are neither made
+        # nor formatted. A console polls the tail of an instance that may have been up for
+        # weeks (2,000 heartbeats at the cap), and made and formatted every one per request.
+        beats = min(last, MAX_HEARTBEATS) if last else MAX_HEARTBEATS
+        entries = simulated_text.logs(row, self._now(), beats)
+        if last:
+            entries = entries[-last:]
+        return [f"{isoformat_z(at)} {msg}" for at, msg in entries]
