@@ -72,6 +72,10 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
+def _plain(line: str) -> str:
+    return ANSI.sub("", line)
+
+
 class LibvirtDriver(Driver):
     name = "libvirt"
     workloads = frozenset({"vm"})
@@ -309,10 +313,9 @@ class LibvirtDriver(Driver):
 
     # -- observation ---------------------------------------------------------------------------
     def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]:
-        """The serial console (kernel, systemd and cloud-init output)."""
-        lines = [ANSI.sub("", line) for line in self._files(instance_id).console_tail(None)]
-        lines = [line for line in lines if line.strip()]
-        return lines[-last:] if last else lines
+        """The serial console (kernel, systemd and cloud-init output), terminal escapes
+        removed; the whole log is its last MiB (storage.CONSOLE_READ_LIMIT)."""
+        return self._files(instance_id).console_tail(last, _plain)
 
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
         state = state or {}

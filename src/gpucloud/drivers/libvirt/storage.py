@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,10 @@ import yaml
 from gpucloud.drivers.base import DriverError
 
 COMMAND_TIMEOUT = 120
+# Bytes of the console log's end that a read looks at: at most this much (a whole-log read,
+# or a tail among blank lines), first a chunk (a tail of a few lines).
+CONSOLE_READ_LIMIT = 1 << 20
+CONSOLE_CHUNK = 64 << 10
 
 
 class StorageError(DriverError):
@@ -81,19 +86,38 @@ class InstanceFiles:
             os.chmod(tmp, 0o644)
             tmp.rename(self.seed)
 
-    def console_tail(self, lines: int | None) -> list[str]:
+    def console_tail(self, lines: int | None, clean: Callable[[str], str] = str) -> list[str]:
+        """The console's last `lines` non-blank lines (all of them when None), each through
+        `clean`, read from the end of the file and never more than CONSOLE_READ_LIMIT bytes of
+        it: QEMU appends whatever the guest prints, and a guest flooding its console would
+        otherwise have every poll of its logs read the whole file into memory."""
         try:
-            raw = self.console.read_bytes()
+            with self.console.open("rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                most = min(size, CONSOLE_READ_LIMIT)
+                span = most if lines is None else min(most, CONSOLE_CHUNK)
+                while True:
+                    fh.seek(size - span)
+                    out = _console_lines(fh.read(span), clean, cut=span < size)
+                    if lines is None or len(out) >= lines or span >= most:
+                        break
+                    span = min(most, span * 4)  # blank or long lines: look further back
         except OSError:
             return []
-        out = raw.decode("utf-8", errors="replace").replace("\r", "").splitlines()
-        out = [line for line in out if line.strip()]
         return out[-lines:] if lines else out
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
             raise StorageError(f"could not remove {self.dir}")
+
+
+def _console_lines(raw: bytes, clean: Callable[[str], str], cut: bool) -> list[str]:
+    out = raw.decode("utf-8", errors="replace").replace("\r", "").splitlines()
+    if cut and out:
+        out = out[1:]  # begins mid-line (or mid-character): not a line the guest printed
+    out = [clean(line) for line in out]
+    return [line for line in out if line.strip()]
 
 
 def instance_dirs(storage_dir: str, provider_id: str) -> list[str]:
