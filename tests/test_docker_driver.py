@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from gpucloud.drivers.base import DriverContext, DriverTransientError, PortSpec, WorkloadSpec
 from gpucloud.drivers.docker import DockerDriver
+from gpucloud.drivers.docker import driver as docker_driver
 from gpucloud.instances import allocations as alloc
 from gpucloud.instances.models import Instance, PortAllocation
 from tests import podman_env as pe
@@ -229,6 +230,31 @@ def test_crash_is_not_started_and_visible(rt, world, engine):
     assert after.phase == "running" and after.reason == "Container exited with code 1"
     assert "about to crash" in drv.logs(iid, after.state, None)
     event_lines(drv, iid, after.state, lambda m: "exited with code 1" in m)
+
+
+def test_logs_of_a_container_that_prints_without_end_are_bounded(rt, world, engine):
+    # 30,000 lines (~1.5 MB), then one line of 3 MB: the whole log is the last LOG_LINES
+    # lines and at most LOG_BYTES of them; a tail is the end of the log.
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    script = ("i=0; while [ $i -lt 30000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx;"
+              " i=$((i+1)); done; echo the-end; sleep 600")
+    status = drv.create(spec_for(rt, drv, iid, startup_command=f"sh -c '{script}'"))
+    assert status.phase == "running", status.reason
+    whole = pe.wait_for(lambda: (lines := drv.logs(iid, status.state, None))
+                        and lines[-1] == "the-end" and lines, what="the 30,000 lines")
+    assert len(whole) == docker_driver.LOG_LINES
+    assert whole[0] == f"line-{30001 - docker_driver.LOG_LINES}-" + "x" * 32
+    assert drv.logs(iid, status.state, 3) == whole[-3:]
+
+    iid = new_instance(rt, world, name="long")
+    script = "printf %03000000d 7; echo; echo the-end; sleep 600"
+    status = drv.create(spec_for(rt, drv, iid, startup_command=f"sh -c '{script}'"))
+    assert status.phase == "running", status.reason
+    for last in (None, 1, 2):
+        lines = pe.wait_for(lambda n=last: (got := drv.logs(iid, status.state, n))
+                            and got[-1] == "the-end" and got, what="the long line's end")
+        assert sum(len(line) + 1 for line in lines) <= docker_driver.LOG_BYTES
 
 
 def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):

@@ -44,6 +44,27 @@ from gpucloud.drivers.docker.pulls import Pulls
 from gpucloud.drivers.docker.update import Updater
 from gpucloud.drivers.hostports import host_port_free
 
+# The whole log (no `last`) is the container's last LOG_LINES lines, and any answer at most
+# the last LOG_BYTES of what the engine sends: a container that prints without end (or one
+# endless line) must not make a poll of its logs hold all of it in memory.
+LOG_LINES = 10_000
+LOG_BYTES = 1 << 20
+
+
+def _end_of(chunks, limit: int) -> tuple[bytes, bool]:
+    """The last `limit` bytes of a stream, and whether anything before them was dropped."""
+    kept = bytearray()
+    dropped = False
+    for chunk in chunks:
+        kept += chunk
+        if len(kept) > 2 * limit:
+            del kept[:-limit]
+            dropped = True
+    if len(kept) > limit:
+        del kept[:-limit]
+        dropped = True
+    return bytes(kept), dropped
+
 
 class DockerDriver(Driver):
     name = "docker"
@@ -158,11 +179,14 @@ class DockerDriver(Driver):
         if container is None:
             return []
         try:
-            raw = self.engine.call(container.logs, stdout=True, stderr=True,
-                                   tail=last if last else "all")
+            raw, cut = self.engine.call(lambda: _end_of(container.logs(
+                stdout=True, stderr=True, stream=True, follow=False,
+                tail=last if last else LOG_LINES), LOG_BYTES))
         except docker.errors.NotFound:
             return []
         lines = raw.decode("utf-8", errors="replace").splitlines()
+        if cut and lines:
+            lines = lines[1:]  # begins mid-line: not a line the container printed
         return lines[-last:] if last else lines
 
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
