@@ -8,6 +8,8 @@ scripts/setup-podman.sh). Two layers:
 
 from __future__ import annotations
 
+import os
+
 import docker
 import pytest
 from sqlalchemy import select
@@ -255,6 +257,20 @@ def test_logs_of_a_container_that_prints_without_end_are_bounded(rt, world, engi
         lines = pe.wait_for(lambda n=last: (got := drv.logs(iid, status.state, n))
                             and got[-1] == "the-end" and got, what="the long line's end")
         assert sum(len(line) + 1 for line in lines) <= docker_driver.LOG_BYTES
+
+
+def test_the_engine_keeps_at_most_log_max_mib_of_output(rt, world, engine):
+    # ~5 MB printed under a 1 MiB limit: the engine's log file stays within it.
+    drv = driver(rt, world, log_max_mib=1)
+    iid = new_instance(rt, world)
+    script = ("i=0; while [ $i -lt 100000 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx;"
+              " i=$((i+1)); done; echo the-end; sleep 600")
+    status = drv.create(spec_for(rt, drv, iid, startup_command=f"sh -c '{script}'"))
+    assert status.phase == "running", status.reason
+    pe.wait_for(lambda: drv.logs(iid, status.state, 1) == ["the-end"], timeout=60,
+                what="the 100,000 lines")
+    (container,) = pe.for_instance(engine, iid)
+    assert 0 < os.path.getsize(container.attrs["LogPath"]) <= 2**20 + 4096
 
 
 def test_update_replaces_the_container_and_keeps_ports(rt, world, engine):

@@ -70,6 +70,10 @@ class ContainerBuilder:
             if self.cfg.restart_policy != "no"
             else None,
         }
+        if self.cfg.log_max_mib is not None:
+            # A container that prints without end must not fill the provider's disk.
+            kwargs["log_config"] = {"Type": "json-file",
+                                    "Config": {"max-size": f"{self.cfg.log_max_mib}m"}}
         if spec.startup_command:
             kwargs["command"] = command_args(spec.startup_command)
         if self.cfg.network:

@@ -65,6 +65,11 @@ class DockerConfig(BaseModel):
     stop_timeout_seconds: int = Field(10, ge=0, le=300,
                                       description="Grace period before SIGKILL on stop.")
     pids_limit: int = Field(4096, ge=16, description="PIDs limit of each container.")
+    log_max_mib: int | None = Field(
+        100, ge=1, le=1_000_000, description="Most MiB of output the engine keeps per "
+        "container (the `json-file` log driver's `max-size`; Podman truncates its log file "
+        "there, Docker rotates it). null: the engine's own log driver and limits, which "
+        "by default keep everything a container prints.")
     start_check_seconds: float = Field(
         0.1, ge=0, le=10, description="Remote engines only: how long after start a "
         "container whose startup command cannot be executed (the init process exits at "
