@@ -29,8 +29,9 @@ KINDS = {"vms": "vm", "baremetal": "baremetal"}
 
 
 def _workload(request: Request) -> str:
-    # /gpu/instances/<kind>[/...]
-    return KINDS[request.url.path.split("/")[3]]
+    # /gpu/instances/<kind>[/...]; the scope's path, not `request.url` (which builds and
+    # parses the whole URL: ~4 µs of a ~90 µs details response)
+    return KINDS[request.scope["path"].split("/")[3]]
 
 
 async def list_vms(request: Request):
