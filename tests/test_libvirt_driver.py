@@ -19,6 +19,7 @@ from gpucloud.drivers.base import ForwardedPort, WorkloadSpec
 from gpucloud.drivers.libvirt import LibvirtDriver
 from gpucloud.drivers.libvirt import domain_xml as dx
 from gpucloud.drivers.libvirt.driver import neighbour_address
+from gpucloud.drivers.libvirt.storage import InstanceFiles
 from tests import libvirt_env as le
 from tests.procs import free_port
 
@@ -172,6 +173,32 @@ def test_a_guest_that_never_answers_fails_with_the_console_tail():
         assert st.reason.startswith("The VM's SSH server did not answer within 1 s of its "
                                     "start. Last serial console lines: ")
         assert "Kernel panic" in st.reason.split("lines: ", 1)[1]  # what the guest printed
+    finally:
+        driver.delete(spec.instance_id, None)
+        le.remove_domains([spec.instance_id])
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def test_a_guest_flooding_its_console_leaves_a_bounded_rotated_log():
+    """A guest whose init is `yes` prints to the serial console without end: libvirt hands
+    the console file to its log daemon (qemu.conf `stdio_handler = "logd"`, the default),
+    which rotates it (2 MiB, three old files, its defaults here), so the files stay bounded,
+    and the tail is still the guest's latest output."""
+    le.require_libvirt()
+    storage = le.storage_dir()
+    image = le.image(cmdline="root=/dev/vda console=ttyS0 init=/usr/bin/yes")
+    driver = make_driver(storage, boot_timeout_seconds=600, images={le.IMAGE: image})
+    spec = make_spec(port=driver.cfg.port_range[0], vcpu=1)
+    files = InstanceFiles(storage, spec.provider_id, spec.instance_id)
+    try:
+        assert driver.create(spec).phase == "pending"
+        deadline = time.monotonic() + 180
+        while not (files.dir / "console.log.1").exists() and time.monotonic() < deadline:
+            time.sleep(1)
+        sizes = {p.name: p.stat().st_size for p in files.dir.glob("console.log*")}
+        assert "console.log.1" in sizes, sizes  # rotated twice: > 4 MiB printed
+        assert all(size <= 2 * 2**20 for size in sizes.values()), sizes
+        assert driver.logs(spec.instance_id, None, 3) == ["y", "y", "y"]
     finally:
         driver.delete(spec.instance_id, None)
         le.remove_domains([spec.instance_id])
