@@ -292,3 +292,43 @@ def test_logs_of_a_hung_provider_fail_in_time_and_hold_no_request_thread(tmp_pat
             r = c.get(f"/gpu/instances/{brief_one}/{what}", headers=headers)
             assert r.status_code == (400 if what == "logs" else 200), r.text
             assert time.monotonic() - started < 1.0, what
+
+
+def test_operator_calls_at_a_hung_provider_hold_no_blocking_thread(tmp_path, servers):
+    """On SQLite the blocking routes have one thread (the default). An operator reading the
+    console of a VM at a provider that never answers, twice at once, gets the documented
+    error at the read timeout (3 s), and meanwhile a customer's deploy, which needs that
+    thread, is answered: the console read waits in the provider's driver-call slots."""
+    timeout = 3.0
+    env = _env(tmp_path, "sqlite", GPUCLOUD_DRIVER_READ_TIMEOUT_SECONDS=str(timeout))
+    env.pop("GPUCLOUD_THREADPOOL_SIZE", None)
+    server = _start(servers, tmp_path, env)
+    api = _api(server)
+    _, headers = api.account(balance=1000)
+    hung = api.offer(api.provider("hung", hang_calls=True, call_timeout_seconds=30),
+                     workload="vm")
+    fast = api.offer(api.provider("fast", provision_seconds=0), capacity=5)
+    vm = api.deploy_vm(headers, hung, name="stuck")
+
+    def console() -> httpx.Response:
+        with httpx.Client(base_url=server.url, timeout=4 * timeout + 10) as c:
+            return c.get(f"/admin/instances/{vm}/console", headers=api.admin)
+
+    results: list[httpx.Response] = []
+    threads = [threading.Thread(target=lambda: results.append(console()), daemon=True)
+               for _ in range(2)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # both console reads are in
+    with httpx.Client(base_url=server.url, timeout=httpx.Timeout(timeout)) as other:
+        r = other.post("/gpu/instances/", headers=headers,
+                       json=api.container_body(fast, name="meanwhile"))
+        assert r.status_code == 201, r.text
+        assert time.monotonic() - started < timeout  # answered before the reads gave up
+    for t in threads:
+        t.join(4 * timeout + 10)
+    assert [r.status_code for r in results] == [400, 400]
+    assert all(r.json() == {"detail": "The console is temporarily unavailable from the "
+                                      "provider"} for r in results)
+    assert time.monotonic() - started < 2 * timeout + 2  # each gave up at its deadline

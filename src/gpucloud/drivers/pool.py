@@ -241,6 +241,20 @@ class CallPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+async def call(pool: CallPool, provider_id: str, timeout: float, what: str,
+               fn: Callable[..., Any], *args: Any) -> Any:
+    """From the event loop: `fn(*args)` in one of the provider's read slots, awaited with a
+    deadline (`CallTimeout` past it). For a route that asks a provider once, so that a slow
+    one holds a driver-call thread, never a thread of the blocking routes."""
+    answer = asyncio.get_running_loop().create_future()
+    pool.start_read(provider_id, answer, fn, *args)
+    timer = expire_after(answer, timeout, what)
+    try:
+        return await answer
+    finally:
+        timer.cancel()
+
+
 def expire_after(answer: asyncio.Future, timeout: float, what: str) -> asyncio.TimerHandle:
     """On `answer`'s loop: settle it with `CallTimeout` in `timeout` seconds unless it is
     settled by then (cancel the returned handle once it is)."""
