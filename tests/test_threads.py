@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import types
 
+import anyio
 import pytest
 
-from gpucloud.threads import RequestThreads
+from gpucloud.threads import RequestThreads, run_aside
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -137,3 +139,32 @@ def test_hand_leaves_the_future_to_the_work_it_starts_and_settles_it_only_with_a
 
     asyncio.run(main())
     threads.shutdown()
+
+
+def test_run_aside_keeps_off_the_blocking_routes_threads_and_its_own_bound():
+    """Long work run aside (an audit, BMC reads) takes a limiter of its own: with the default
+    limiter at one token (SQLite's blocking routes) and that work stuck, a blocking call is
+    still served; and two aside calls with one token run one after the other."""
+    async def main() -> list[str]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1
+        state = types.SimpleNamespace()
+        gate = threading.Event()
+        order: list[str] = []
+
+        def stuck(name: str) -> None:
+            order.append(f"{name} in")
+            gate.wait(5)
+            order.append(f"{name} out")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_aside, state, "slow", 1, stuck, "a")
+            tg.start_soon(run_aside, state, "slow", 1, stuck, "b")
+            await anyio.sleep(0.2)
+            assert await anyio.to_thread.run_sync(lambda: "served") == "served"
+            assert order == ["a in"] or order == ["b in"]  # the other waits for the token
+            gate.set()
+        assert state.slow.total_tokens == 1
+        return order
+
+    order = anyio.run(main)
+    assert order[0][0] == order[1][0] and order[2][0] == order[3][0] != order[0][0]

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+
 T = TypeVar("T")
 
 
@@ -116,3 +118,15 @@ class RequestThreads:
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join()
+
+
+async def run_aside(state, name: str, tokens: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on a worker thread under a limiter of its own (`tokens` at once, kept on
+    `state` as `name`) instead of the blocking routes' limiter: for long work (an audit, BMC
+    reads at registration) that must not hold the threads the customers' writes need (one
+    on SQLite)."""
+    limiter = getattr(state, name, None)
+    if limiter is None:
+        limiter = anyio.CapacityLimiter(tokens)
+        setattr(state, name, limiter)
+    return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)

@@ -8,6 +8,7 @@ request re-cache the old rows.
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 
 from gpucloud.accounts.auth import require_admin
@@ -24,6 +25,7 @@ from gpucloud.catalog.schemas import (
 )
 from gpucloud.errors import BadRequest, FieldError
 from gpucloud.jsonresp import JSON
+from gpucloud.threads import run_aside
 
 router = APIRouter(prefix="/admin", route_class=BodyRoute, tags=["admin: catalog"],
                     dependencies=[Depends(require_admin)])
@@ -36,24 +38,34 @@ def _provider_out(s, provider_id: str) -> dict:
 
 @router.post("/providers", status_code=201, response_model=ProviderOut,
              operation_id="adminCreateProvider")
-def create_provider(body: ProviderCreate, request: Request):
+async def create_provider(body: ProviderCreate, request: Request):
     """A provider with machines (bare metal): each machine's inventory is read from its BMC
     first, outside the transaction, and checked against the offers it serves."""
     rt = request.app.state.rt
+    # The BMCs (network, seconds each) are read aside, not on the blocking routes' threads.
+    inventories = await run_aside(request.app.state, "registrations", 2,
+                                  _provider_inventories, rt, body)
+    out = await run_in_threadpool(_create_provider, rt, body, inventories)
+    return JSON(out, status_code=201)
+
+
+def _provider_inventories(rt, body: ProviderCreate) -> dict:
     service.reject_nul(body.config, ["body", "config"])
     clear = service.validated_driver_config(body.driver, body.config, ["body"])
-    inventories = machines.read_inventories(body.driver, clear, rt.clock)
+    return machines.read_inventories(body.driver, clear, rt.clock)
+
+
+def _create_provider(rt, body: ProviderCreate, inventories: dict) -> dict:
     try:
         with rt.db.write() as s:
             provider = service.create_provider(s, body.name, body.driver, body.config,
                                                body.enabled, rt.clock.now(),
                                                seal=rt.secrets.seal_text,
                                                inventories=inventories)
-            out = service.provider_json(provider)
+            return service.provider_json(provider)
     except IntegrityError:
         # Lost a race with a concurrent create of the same name.
         raise BadRequest(f"Provider {body.name} already exists") from None
-    return JSON(out, status_code=201)
 
 
 @router.get("/providers", response_model=list[ProviderOut], operation_id="adminListProviders")
@@ -109,10 +121,16 @@ def patch_offer(offer_id: str, body: OfferPatch, request: Request):
 
 @router.post("/catalog", response_model=ImportSummary, operation_id="adminImportCatalog",
              summary="Apply a catalog document (idempotent upsert)")
-def import_catalog(body: CatalogDoc, request: Request):
+async def import_catalog(body: CatalogDoc, request: Request):
     """Providers are matched by name, offers by provider + workload + GPU + count + vCPU +
     memory + storage + location. All-or-nothing: an invalid document writes nothing."""
     rt = request.app.state.rt
+    inventories = await run_aside(request.app.state, "registrations", 2,
+                                  _catalog_inventories, rt, body)
+    return JSON(await run_in_threadpool(_import_catalog, rt, body, inventories))
+
+
+def _catalog_inventories(rt, body: CatalogDoc) -> dict:
     inventories = {}
     for p in body.providers:  # the machines' BMCs, read before the transaction
         try:
@@ -120,10 +138,13 @@ def import_catalog(body: CatalogDoc, request: Request):
         except FieldError:
             continue  # the import reports it with every other problem of the document
         inventories[p.name] = machines.read_inventories(p.driver, clear, rt.clock)
+    return inventories
+
+
+def _import_catalog(rt, body: CatalogDoc, inventories: dict):
     try:
         with rt.db.write() as s:
-            summary = importer.import_catalog(s, body, rt.clock.now(), rt.secrets.seal_text,
-                                              inventories=inventories)
+            return importer.import_catalog(s, body, rt.clock.now(), rt.secrets.seal_text,
+                                           inventories=inventories)
     except IntegrityError:
         raise BadRequest("The catalog changed concurrently; apply the document again") from None
-    return JSON(summary)
