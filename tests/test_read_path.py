@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import anyio
 import pytest
 from sqlalchemy import (
     Float,
@@ -199,10 +200,20 @@ def test_database_close_releases_the_raw_connections(rt, backend):
 
 
 def test_read_threads_one_on_sqlite_four_on_postgresql_unless_set(rt, backend):
-    expected = 1 if rt.db.is_sqlite else min(4, rt.settings.threadpool_size)
+    expected = 1 if rt.db.is_sqlite else min(4, rt.settings.blocking_threads(False))
     assert rt.requests.size == expected  # the threads the reads are offloaded to
     settings = make_settings(backend["url"], backend["data_dir"], read_threads=3)
     assert read_threads(settings, rt.db.is_sqlite) == 3
+
+
+def test_blocking_threads_one_on_sqlite_eight_on_postgresql_unless_set(api, rt, backend):
+    # What the app's lifespan gave anyio's limiter, the one the blocking routes take.
+    tokens = api.client.portal.call(
+        lambda: anyio.to_thread.current_default_thread_limiter().total_tokens)
+    assert tokens == (1 if rt.db.is_sqlite else 8) == rt.settings.blocking_threads(
+        rt.db.is_sqlite)
+    settings = make_settings(backend["url"], backend["data_dir"], threadpool_size=3)
+    assert settings.blocking_threads(True) == settings.blocking_threads(False) == 3
 
 
 def test_a_feeds_target_and_our_lines_in_one_read_are_what_two_reads_give(rt, api):

@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, rt: Runtime | None = None) -> F
     async def lifespan(app: FastAPI):
         # Every blocking call of a request (sync routes, run_in_threadpool) takes a token of
         # this limiter; anyio's default of 40 lets 40 threads fight over the GIL.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threadpool_size
+        anyio.to_thread.current_default_thread_limiter().total_tokens = \
+            settings.blocking_threads(rt.db.is_sqlite)
         worker = None
         if settings.workers:
             worker = BackgroundWorker(rt)

@@ -442,7 +442,8 @@ class Database:
         self._query_bind = self.engine if self.is_sqlite else \
             self.engine.execution_options(isolation_level="AUTOCOMMIT")
         # Raw connections for the API's reads: about one per thread that runs them.
-        self.reader = Reader(self.engine, self._query_bind, max(2, settings.threadpool_size))
+        self.reader = Reader(self.engine, self._query_bind,
+                             max(2, settings.blocking_threads(self.is_sqlite)))
         # SQLite has one writer at a time. Threads of this process queue on this lock instead
         # of on SQLite's busy handler, which sleeps up to 100 ms between retries and turns a
         # burst of concurrent writes into seconds of latency. Other processes still queue

@@ -28,7 +28,7 @@ def read_threads(settings: Settings, is_sqlite: bool) -> int:
     """How many threads run the requests' reads (the setting explains the defaults)."""
     if settings.read_threads:
         return settings.read_threads
-    return 1 if is_sqlite else min(4, settings.threadpool_size)
+    return 1 if is_sqlite else min(4, settings.blocking_threads(is_sqlite))
 
 
 @dataclass
