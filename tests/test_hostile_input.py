@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from gpucloud import bodies
+from gpucloud.clock import ManualClock
 from gpucloud.db import Database
 from gpucloud.settings import Settings
 from tests.conftest import ADMIN_KEY
@@ -331,3 +332,31 @@ def test_a_large_body_is_judged_off_the_event_loop(world, live_server, monkeypat
             sender.join(30)
             assert answer[0].status_code == expected, answer[0].text[:300]
     assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 2
+
+
+def test_moving_the_clock_reads_and_drains_off_the_event_loop(world, live_server, monkeypatch):
+    """POST /admin/clock reads the clock's row and drains what is due: held mid-read here,
+    the server still answers a customer, then the move completes."""
+    _, _, headers, *_ = world
+    held, release = threading.Event(), threading.Event()
+    real = ManualClock.refresh
+
+    def held_refresh(self):
+        held.set()
+        release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(ManualClock, "refresh", held_refresh)
+    with httpx.Client(base_url=live_server.url, timeout=30) as c:
+        answer: list[httpx.Response] = []
+        mover = threading.Thread(target=lambda: answer.append(c.post(
+            "/admin/clock", json={"advance_seconds": 60},
+            headers={"X-ADMIN-KEY": ADMIN_KEY})))
+        mover.start()
+        assert held.wait(30)
+        with httpx.Client(base_url=live_server.url, timeout=10) as c2:
+            r = c2.get("/gpu/account", headers=headers)  # answered meanwhile
+        assert r.status_code == 200 and not answer
+        release.set()
+        mover.join(30)
+    assert answer[0].status_code == 200, answer[0].text
