@@ -296,21 +296,46 @@ def test_json_bounds_are_settings(world):
     assert r.status_code == 201
 
 
+class _Hold:
+    """Holds a server-side step (what `wrap` wraps) until released; says when it is held."""
+
+    def __init__(self):
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def wrap(self, real, when=lambda *args: True):
+        def held(*args):
+            if when(*args):
+                self.held.set()
+                self.release.wait(30)
+            return real(*args)
+        return held
+
+
+def _answered_while_held(live_server, hold: _Hold, send, headers: dict) -> httpx.Response:
+    """`send()` from another thread; while its request is held on the server, another
+    client's GET /gpu/account is answered; then the held request's response."""
+    hold.held.clear()
+    hold.release.clear()
+    answer: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: answer.append(send()))
+    sender.start()
+    assert hold.held.wait(30)
+    with httpx.Client(base_url=live_server.url, timeout=10) as other:
+        r = other.get("/gpu/account", headers=headers)  # answered meanwhile
+    assert r.status_code == 200 and not answer
+    hold.release.set()
+    sender.join(30)
+    return answer[0]
+
+
 def test_a_large_body_is_judged_off_the_event_loop(world, live_server, monkeypatch):
     """While a large body is being parsed and validated, the server answers others: the
     judging is held mid-way here, and another client still gets its answer."""
     api, _, headers, _, container, *_ = world
     _, other = api.account(name="other")
-    held, release = threading.Event(), threading.Event()
-    real = bodies.judge
-
-    def held_judge(route, raw, *limits):
-        if len(raw) > 100_000:
-            held.set()
-            release.wait(30)
-        return real(route, raw, *limits)
-
-    monkeypatch.setattr(bodies, "judge", held_judge)
+    hold = _Hold()
+    monkeypatch.setattr(bodies, "judge", hold.wrap(bodies.judge,
+                                                   lambda route, raw, *limits: len(raw) > 100_000))
     big_valid = {"plan_id": container, "name": "big",
                  "container_settings": {"image": "docker.io/library/ubuntu:22.04",
                                         "expose": [{"port": 22}]},
@@ -318,19 +343,9 @@ def test_a_large_body_is_judged_off_the_event_loop(world, live_server, monkeypat
     big_invalid = {f"k{i}": i for i in range(60_000)}  # over max_json_values
     with httpx.Client(base_url=live_server.url, timeout=30) as c:
         for body, expected in ((big_valid, 201), (big_invalid, 422)):
-            held.clear()
-            release.clear()
-            answer: list[httpx.Response] = []
-            sender = threading.Thread(target=lambda b=body, out=answer: out.append(
-                c.post("/gpu/instances/", json=b, headers=headers)))
-            sender.start()
-            assert held.wait(30)
-            with httpx.Client(base_url=live_server.url, timeout=10) as c2:
-                r = c2.get("/gpu/account", headers=other)  # answered meanwhile
-            assert r.status_code == 200 and not answer
-            release.set()
-            sender.join(30)
-            assert answer[0].status_code == expected, answer[0].text[:300]
+            r = _answered_while_held(live_server, hold, lambda b=body: c.post(
+                "/gpu/instances/", json=b, headers=headers), other)
+            assert r.status_code == expected, r.text[:300]
     assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 2
 
 
@@ -338,25 +353,10 @@ def test_moving_the_clock_reads_and_drains_off_the_event_loop(world, live_server
     """POST /admin/clock reads the clock's row and drains what is due: held mid-read here,
     the server still answers a customer, then the move completes."""
     _, _, headers, *_ = world
-    held, release = threading.Event(), threading.Event()
-    real = ManualClock.refresh
-
-    def held_refresh(self):
-        held.set()
-        release.wait(30)
-        return real(self)
-
-    monkeypatch.setattr(ManualClock, "refresh", held_refresh)
+    hold = _Hold()
+    monkeypatch.setattr(ManualClock, "refresh", hold.wrap(ManualClock.refresh))
     with httpx.Client(base_url=live_server.url, timeout=30) as c:
-        answer: list[httpx.Response] = []
-        mover = threading.Thread(target=lambda: answer.append(c.post(
-            "/admin/clock", json={"advance_seconds": 60},
-            headers={"X-ADMIN-KEY": ADMIN_KEY})))
-        mover.start()
-        assert held.wait(30)
-        with httpx.Client(base_url=live_server.url, timeout=10) as c2:
-            r = c2.get("/gpu/account", headers=headers)  # answered meanwhile
-        assert r.status_code == 200 and not answer
-        release.set()
-        mover.join(30)
-    assert answer[0].status_code == 200, answer[0].text
+        r = _answered_while_held(live_server, hold, lambda: c.post(
+            "/admin/clock", json={"advance_seconds": 60}, headers={"X-ADMIN-KEY": ADMIN_KEY}),
+            headers)
+    assert r.status_code == 200, r.text
