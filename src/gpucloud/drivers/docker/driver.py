@@ -49,6 +49,7 @@ from gpucloud.drivers.hostports import host_port_free
 # endless line) must not make a poll of its logs hold all of it in memory.
 LOG_LINES = 10_000
 LOG_BYTES = 1 << 20
+LOG_TRIES = 3
 
 
 def _end_of(chunks, limit: int) -> tuple[bytes, bool]:
@@ -178,12 +179,20 @@ class DockerDriver(Driver):
         container = self.containers.pick(self.containers.of_instance(instance_id))
         if container is None:
             return []
-        try:
-            raw, cut = self.engine.call(lambda: _end_of(container.logs(
-                stdout=True, stderr=True, stream=True, follow=False,
-                tail=last if last else LOG_LINES), LOG_BYTES))
-        except docker.errors.NotFound:
-            return []
+        for attempt in range(LOG_TRIES):
+            try:
+                raw, cut = self.engine.call(lambda: _end_of(container.logs(
+                    stdout=True, stderr=True, stream=True, follow=False,
+                    tail=last if last else LOG_LINES), LOG_BYTES))
+                break
+            except docker.errors.NotFound:
+                return []
+            except EngineError:
+                # Podman truncates a log at `log_max_mib` while it may be reading the file,
+                # and then refuses the read ("… is not a valid container log line"): 3% of
+                # polls of a container printing without end. A read changes nothing: again.
+                if attempt == LOG_TRIES - 1:
+                    raise
         lines = raw.decode("utf-8", errors="replace").splitlines()
         if cut and lines:
             lines = lines[1:]  # begins mid-line: not a line the container printed
