@@ -27,7 +27,6 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import anyio
 from fastapi import Request, params
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect
@@ -36,6 +35,7 @@ from starlette.responses import Response
 from gpucloud.errors import BadRequest, UnsupportedMediaType, validation_detail
 from gpucloud.jsonresp import dumps
 from gpucloud.routing import PrefixRoute
+from gpucloud.threads import run_aside
 
 # Threads parsing at once per process: parsing holds the interpreter lock, so a second one would
 # only take turns with the first, and each turn is one the event loop waits for.
@@ -173,7 +173,4 @@ class BodyRoute(PrefixRoute):
         args = (self, raw, settings.max_json_depth, settings.max_json_values)
         if len(raw) < settings.json_offload_bytes:
             return judge(*args)
-        limiter = getattr(state, "body_parsers", None)
-        if limiter is None:
-            limiter = state.body_parsers = anyio.CapacityLimiter(_PARSERS)
-        return await anyio.to_thread.run_sync(judge, *args, limiter=limiter)
+        return await run_aside(state, "body_parsers", _PARSERS, judge, *args)
