@@ -56,7 +56,7 @@ def test_every_route_passes_a_middleware_added_through_the_public_api(rt):
     app = create_app(rt=rt)
     app.add_middleware(Probe)
     Probe.seen = []
-    calls = []
+    calls, ids = [], set()
     for router in ROUTERS:
         for route in router.routes:
             assert isinstance(route, APIRoute)
@@ -69,7 +69,9 @@ def test_every_route_passes_a_middleware_added_through_the_public_api(rt):
             r = client.request(method, path, headers=headers, json={})
             assert r.status_code < 500 or path == "/admin/clock", (method, path, r.text)
             assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"]), (method, path)
+            ids.add(r.headers["x-request-id"])
     assert Probe.seen == calls
+    assert len(ids) == len(calls)  # a fresh id for every request
     assert len(calls) > 40  # the whole API, not a few routes
 
 

@@ -16,7 +16,7 @@ microseconds per request.
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 import time
 
@@ -48,7 +48,12 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope["headers"]) or os.urandom(16).hex()
+        # Generated from `random`, not `os.urandom`: the id must be unique, not secret, and
+        # os.urandom's getrandom() call releases the interpreter lock, on every request on the
+        # event loop, to a read thread that then holds it through its next database step
+        # (docs/api-speed.md, "request ids"). `random` is seeded from the OS, and reseeded
+        # in a forked child, so processes do not repeat each other's ids.
+        rid = _incoming_id(scope["headers"]) or f"{random.getrandbits(128):032x}"
         info = RequestInfo(rid)
         # Not reset afterwards: each request runs in its own task (so its own context), and
         # the app's 500 handler, which runs outside this middleware, still reads it.
