@@ -137,3 +137,79 @@ def test_reads_run_at_most_per_provider_at_once_in_the_callers_context_and_raise
     with pytest.raises(ZeroDivisionError):
         read(pool, lambda: 1 / 0)
     assert wait_until(lambda: pool.reads_running("p") == 0)
+
+
+def _counting(work):
+    """`work` wrapped to record how many of its calls ran at once (the most ever)."""
+    lock = threading.Lock()
+    running = [0, 0]  # now, most ever
+
+    def counted(*args):
+        with lock:
+            running[0] += 1
+            running[1] = max(running)
+        try:
+            return work(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    return counted, running
+
+
+def _spin(seconds: float) -> str:
+    """CPU work, as a read of our own database is: no waiting on anything."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return threading.current_thread().name
+
+
+def test_reads_that_are_cpu_work_take_turns_on_one_slot_instead_of_opening_more():
+    # grow_after far away: only the measure of what the reads do decides here.
+    pool = CallPool(size=4, per_provider=4, grow_after=30)
+    spin, running = _counting(_spin)
+
+    async def many():
+        return await asyncio.gather(*(read_async(pool, spin, 0.002, timeout=20)
+                                      for _ in range(40)))
+
+    names = asyncio.run(many())
+    # Four slots would have four at once (the code before did): more threads only take turns
+    # at the interpreter lock. One, or two if the machine preempted a read long enough to
+    # make it look like waiting.
+    assert running[1] <= 2 and len(set(names)) <= 2
+    assert wait_until(lambda: pool.reads_running("p") == 0)
+
+
+def test_reads_that_wait_on_the_far_side_open_every_slot():
+    pool = CallPool(size=4, per_provider=4, grow_after=30)
+    nap, running = _counting(time.sleep)
+    read(pool, nap, 0.01)  # measured once (when its slot is given back): it waits
+    assert wait_until(lambda: pool.reads_running("p") == 0)
+
+    async def many():
+        return await asyncio.gather(*(read_async(pool, nap, 0.05, timeout=20)
+                                      for _ in range(8)))
+
+    asyncio.run(many())
+    assert running[1] == 4
+
+
+def test_a_read_queued_behind_a_hung_one_gets_a_slot_of_its_own_once_reads_stall():
+    pool = CallPool(size=2, per_provider=2, grow_after=0.05)
+    release = threading.Event()
+
+    async def both():
+        hung = asyncio.ensure_future(read_async(pool, release.wait, 30, timeout=10))
+        await asyncio.sleep(0.01)  # the hung read holds the provider's first slot
+        started = time.monotonic()
+        answer = await read_async(pool, threading.current_thread, timeout=5)
+        return hung, answer, time.monotonic() - started
+
+    hung, answer, waited = asyncio.run(both())
+    # A provider not measured yet counts as CPU work (one slot); the stall opened the second.
+    assert answer is not None and 0.04 <= waited < 2
+    assert wait_until(lambda: pool.reads_running("p") == 1)  # the hung read keeps its slot
+    release.set()
+    assert wait_until(lambda: pool.reads_running("p") == 0)

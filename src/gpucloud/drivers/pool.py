@@ -17,6 +17,20 @@ them run at once per provider, beside the lifecycle's slots (a provider busy wit
 still answers its customers' log requests), the rest queue until one returns. Nobody waits on
 a thread: the request awaits its answer on the event loop with a deadline (`expire_after`),
 so a hung provider holds at most its own read threads, never request threads.
+
+How many of a provider's read slots are open depends on what its reads do. Reads that wait
+on the far side (a socket to an engine, a BMC, a database server) overlap: while one waits,
+another runs. Reads that are our own CPU work (the simulated provider on SQLite, a console
+file) gain nothing from more threads, which only take turns at the interpreter lock and pay
+a hand-over each time: they queue for one slot, which takes them in turn. Which kind a
+provider's reads are is measured, not declared: the share of each read's time spent on its
+thread's CPU (`time.thread_time`), averaged per provider; a read that finds the open slots
+busy opens another while fewer than 1 / share are open (`_wanted`). A provider not measured
+yet counts as CPU work, and a read that stalls (no read of the provider started or finished
+for GROW_AFTER while others wait, as with a hung provider) opens another slot whatever the
+measure says. Measured on the simulated provider's feeds (docs/api-speed.md, "read slots by
+what the reads do"): on SQLite four slots cost ~1.5× the CPU per request of one and 3–4×
+the context switches.
 """
 
 from __future__ import annotations
@@ -25,6 +39,7 @@ import asyncio
 import contextvars
 import queue
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +49,11 @@ from gpucloud.drivers.base import DriverTransientError
 from gpucloud.threads import settle
 
 T = TypeVar("T")
+
+# How long a provider's reads may make no progress (no read started or finished) while others
+# wait before one more of its read slots opens: far longer than a read that answers at once,
+# far shorter than what a customer notices.
+GROW_AFTER = 0.005
 
 
 class CallTimeout(DriverTransientError):
@@ -122,9 +142,10 @@ class SpareThreads:
 
 
 class CallPool:
-    def __init__(self, size: int, per_provider: int):
+    def __init__(self, size: int, per_provider: int, grow_after: float = GROW_AFTER):
         self.size = size
         self.per_provider = per_provider
+        self.grow_after = grow_after
         self._busy: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="gpucloud-step")
@@ -132,6 +153,11 @@ class CallPool:
         self.changed = threading.Event()  # set whenever a slot or a step thread frees up
         self._reads: Counter[str] = Counter()  # read calls running, per provider
         self._queued: dict[str, deque[tuple[asyncio.Future, Callable[[], None]]]] = {}
+        self._progress: dict[str, float] = {}  # when a read of the provider last started/ended
+        self._watched: set[str] = set()  # providers whose waiting reads a timer looks at
+        # Per provider, the share of its recent reads' time spent on their thread's CPU (a
+        # moving average; the rest they wait on the far side).
+        self._busy_share: dict[str, float] = {}
         self.threads = SpareThreads()  # the driver calls' own threads (steps' calls and reads)
 
     def free_steps(self) -> int:
@@ -179,7 +205,8 @@ class CallPool:
     def start_read(self, provider_id: str, answer: asyncio.Future, fn: Callable[..., Any],
                    *args: Any) -> None:
         """From the event loop or a request thread: `fn(*args)` on a driver-call thread, in
-        one of the provider's read slots (queued until one frees when all are taken), in a
+        one of the provider's read slots (queued while its open slots are busy; see the
+        module's note on when another opens), in a
         copy of the calling thread's context; its outcome settles `answer` on the loop
         `answer` belongs to. A read whose answer was settled meanwhile (its deadline passed,
         its caller was cancelled) never starts; one already running keeps its thread until
@@ -206,21 +233,72 @@ class CallPool:
                 pass
 
         with self._lock:
-            go = self._reads[provider_id] < self.per_provider
+            running = self._reads[provider_id]
+            go = running < self._wanted(provider_id)
             if go:
-                self._reads[provider_id] += 1
+                self._reads[provider_id] = running + 1
+                self._progress[provider_id] = time.monotonic()
             else:
                 self._queued.setdefault(provider_id, deque()).append((answer, run))
+            watch = not go and running < self.per_provider \
+                and provider_id not in self._watched
+            if watch:
+                self._watched.add(provider_id)
         if go:
             self.threads.run(lambda: self._drain(provider_id, run))
+        elif watch:
+            try:
+                loop.call_soon_threadsafe(self._watch, provider_id, loop)
+            except RuntimeError:  # the loop closed: nobody waits for this read
+                with self._lock:
+                    self._watched.discard(provider_id)
+
+    def _wanted(self, provider_id: str) -> int:
+        """How many read slots the provider's reads keep busy: while one read is on the CPU,
+        the others wait on the far side, so 1 / (the share of a read's time on the CPU),
+        rounded — one for reads that are all CPU work, `per_provider` at most. Under the
+        lock."""
+        share = self._busy_share.get(provider_id, 1.0)
+        return min(self.per_provider, max(1, round(1 / max(share, 0.01))))
+
+    def _watch(self, provider_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_later(self.grow_after, self._grow, provider_id, loop)
+
+    def _grow(self, provider_id: str, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop, `grow_after` seconds after reads began to wait: one more slot for the
+        provider if its reads made no progress meanwhile (a stalled or hung read); looks
+        again while reads wait."""
+        run = None
+        with self._lock:
+            waiting = self._queued.get(provider_id)
+            while waiting and waiting[0][0].done():  # given up on while queued
+                waiting.popleft()
+            if not waiting or self._reads[provider_id] >= self.per_provider:
+                # Nothing waits, or every slot is open: those slots take what comes next.
+                self._watched.discard(provider_id)
+                return
+            now = time.monotonic()
+            if now - self._progress.get(provider_id, 0.0) >= self.grow_after:
+                _, run = waiting.popleft()
+                self._reads[provider_id] += 1
+                self._progress[provider_id] = now
+        if run is not None:
+            self.threads.run(lambda: self._drain(provider_id, run))
+        loop.call_later(self.grow_after, self._grow, provider_id, loop)
 
     def _drain(self, provider_id: str, run: Callable[[], None]) -> None:
         """One read slot at work: its read, then the provider's queued reads still wanted, on
         the same thread (handing each to a thread of its own cost a wake-up and a switch per
         read), until none is left and the slot is given back."""
         while True:
+            started, cpu = time.monotonic(), time.thread_time()
             run()
+            ended = time.monotonic()
+            busy = (time.thread_time() - cpu) / max(ended - started, 1e-9)
             with self._lock:
+                self._progress[provider_id] = ended
+                self._busy_share[provider_id] = \
+                    0.8 * self._busy_share.get(provider_id, busy) + 0.2 * min(busy, 1.0)
                 queue = self._queued.get(provider_id)
                 while queue:
                     waiting, run = queue.popleft()
@@ -231,6 +309,7 @@ class CallPool:
                     self._reads[provider_id] -= 1
                     if self._reads[provider_id] <= 0:
                         del self._reads[provider_id]
+                        del self._progress[provider_id]
                     return
 
     def reads_running(self, provider_id: str) -> int:
