@@ -152,7 +152,7 @@ class CallPool:
         self._running = 0  # steps submitted and not finished
         self.changed = threading.Event()  # set whenever a slot or a step thread frees up
         self._reads: Counter[str] = Counter()  # read calls running, per provider
-        self._queued: dict[str, deque[tuple[asyncio.Future, Callable[[], None]]]] = {}
+        self._queued: dict[str, deque[tuple[asyncio.Future, Callable[[], bool]]]] = {}
         self._progress: dict[str, float] = {}  # when a read of the provider last started/ended
         self._watched: set[str] = set()  # providers whose waiting reads a timer looks at
         # Per provider, the share of its recent reads' time spent on their thread's CPU (a
@@ -220,9 +220,10 @@ class CallPool:
         loop = answer.get_loop()
         ctx = contextvars.copy_context()
 
-        def run() -> None:
-            if answer.done():  # given up on while it was queued
-                return
+        def run() -> bool:
+            """The read, unless it was given up on while queued; whether it ran."""
+            if answer.done():
+                return False
             try:
                 value, ok = ctx.run(fn, *args), True
             except BaseException as exc:  # handed to the awaiting request
@@ -231,6 +232,7 @@ class CallPool:
                 loop.call_soon_threadsafe(settle, answer, ok, value)
             except RuntimeError:  # the loop closed while this ran: nobody waits
                 pass
+            return True
 
         with self._lock:
             running = self._reads[provider_id]
@@ -286,19 +288,20 @@ class CallPool:
             self.threads.run(lambda: self._drain(provider_id, run))
         loop.call_later(self.grow_after, self._grow, provider_id, loop)
 
-    def _drain(self, provider_id: str, run: Callable[[], None]) -> None:
+    def _drain(self, provider_id: str, run: Callable[[], bool]) -> None:
         """One read slot at work: its read, then the provider's queued reads still wanted, on
         the same thread (handing each to a thread of its own cost a wake-up and a switch per
         read), until none is left and the slot is given back."""
         while True:
             started, cpu = time.monotonic(), time.thread_time()
-            run()
+            ran = run()
             ended = time.monotonic()
-            busy = (time.thread_time() - cpu) / max(ended - started, 1e-9)
+            busy = min(1.0, (time.thread_time() - cpu) / max(ended - started, 1e-9))
             with self._lock:
                 self._progress[provider_id] = ended
-                self._busy_share[provider_id] = \
-                    0.8 * self._busy_share.get(provider_id, busy) + 0.2 * min(busy, 1.0)
+                if ran:  # (a read given up on says nothing about the provider)
+                    self._busy_share[provider_id] = \
+                        0.8 * self._busy_share.get(provider_id, busy) + 0.2 * busy
                 queue = self._queued.get(provider_id)
                 while queue:
                     waiting, run = queue.popleft()
