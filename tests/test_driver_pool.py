@@ -213,3 +213,32 @@ def test_a_read_queued_behind_a_hung_one_gets_a_slot_of_its_own_once_reads_stall
     assert wait_until(lambda: pool.reads_running("p") == 1)  # the hung read keeps its slot
     release.set()
     assert wait_until(lambda: pool.reads_running("p") == 0)
+
+
+def test_slots_opened_for_waiting_reads_close_again_when_the_reads_turn_out_cpu_work():
+    pool = CallPool(size=4, per_provider=4, grow_after=30)
+    lock = threading.Lock()
+    running = [0]
+    seen: list[int] = []  # how many ran at once as each read started
+
+    def work(kind: str) -> None:
+        with lock:
+            running[0] += 1
+            seen.append(running[0])
+        try:
+            time.sleep(0.02) if kind == "nap" else _spin(0.002)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    async def many(kind: str, n: int):
+        await asyncio.gather(*(read_async(pool, work, kind, timeout=30) for _ in range(n)))
+
+    read(pool, work, "nap")
+    assert wait_until(lambda: pool.reads_running("p") == 0)
+    asyncio.run(many("nap", 8))
+    assert max(seen) == 4  # waiting reads: every slot
+    seen.clear()
+    asyncio.run(many("spin", 60))
+    # Four slots were open when the CPU work began; they close as its measure comes in.
+    assert max(seen[-20:]) <= 2, seen

@@ -24,13 +24,14 @@ another runs. Reads that are our own CPU work (the simulated provider on SQLite,
 file) gain nothing from more threads, which only take turns at the interpreter lock and pay
 a hand-over each time: they queue for one slot, which takes them in turn. Which kind a
 provider's reads are is measured, not declared: the share of each read's time spent on its
-thread's CPU (`time.thread_time`), averaged per provider; a read that finds the open slots
-busy opens another while fewer than 1 / share are open (`_wanted`). A provider not measured
-yet counts as CPU work, and a read that stalls (no read of the provider started or finished
-for GROW_AFTER while others wait, as with a hung provider) opens another slot whatever the
-measure says. Measured on the simulated provider's feeds (docs/api-speed.md, "read slots by
-what the reads do"): on SQLite four slots cost ~1.5× the CPU per request of one and 3–4×
-the context switches.
+thread's CPU (`time.thread_time`, times the slots open, since n reads that are all CPU work
+each hold the interpreter lock 1/n of the time), averaged per provider; a read that finds
+the open slots busy opens another while fewer than 1 / share are open (`_wanted`). A
+provider not measured yet counts as CPU work, and a read that stalls (no read of the
+provider started or finished for GROW_AFTER while others wait, as with a hung provider)
+opens another slot whatever the measure says. Measured on the simulated provider's feeds
+(docs/api-speed.md, "read slots by what the reads do"): on SQLite four slots cost ~1.5× the
+CPU per request of one and 3–4× the context switches.
 """
 
 from __future__ import annotations
@@ -291,17 +292,28 @@ class CallPool:
     def _drain(self, provider_id: str, run: Callable[[], bool]) -> None:
         """One read slot at work: its read, then the provider's queued reads still wanted, on
         the same thread (handing each to a thread of its own cost a wake-up and a switch per
-        read), until none is left and the slot is given back."""
+        read), until none is left, or more slots are open than the provider's reads keep
+        busy, and the slot is given back."""
         while True:
             started, cpu = time.monotonic(), time.thread_time()
             ran = run()
             ended = time.monotonic()
-            busy = min(1.0, (time.thread_time() - cpu) / max(ended - started, 1e-9))
+            cpu = time.thread_time() - cpu
             with self._lock:
                 self._progress[provider_id] = ended
                 if ran:  # (a read given up on says nothing about the provider)
+                    # Times the slots open: n reads that are all CPU work share the
+                    # interpreter lock, each on the CPU 1/n of its time, and must not look
+                    # like reads that wait (which would keep n open, or open more).
+                    busy = min(1.0, cpu * self._reads[provider_id] / max(ended - started, 1e-9))
                     self._busy_share[provider_id] = \
                         0.8 * self._busy_share.get(provider_id, busy) + 0.2 * busy
+                running = self._reads[provider_id]
+                if running > 1 and running > self._wanted(provider_id):
+                    # More slots open than the reads keep busy (they turned out to be CPU
+                    # work): this one closes, the others take what waits.
+                    self._reads[provider_id] = running - 1
+                    return
                 queue = self._queued.get(provider_id)
                 while queue:
                     waiting, run = queue.popleft()

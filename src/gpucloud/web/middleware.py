@@ -51,8 +51,8 @@ class RequestMiddleware:
         # Generated from `random`, not `os.urandom`: the id must be unique, not secret, and
         # os.urandom's getrandom() call releases the interpreter lock, on every request on the
         # event loop, to a read thread that then holds it through its next database step
-        # (docs/api-speed.md, "request ids"). `random` is seeded from the OS, and reseeded
-        # in a forked child, so processes do not repeat each other's ids.
+        # (docs/api-speed.md, "request ids from `random`"). `random` is seeded from the OS,
+        # and reseeded in a forked child, so processes do not repeat each other's ids.
         rid = _incoming_id(scope["headers"]) or f"{random.getrandbits(128):032x}"
         info = RequestInfo(rid)
         # Not reset afterwards: each request runs in its own task (so its own context), and
