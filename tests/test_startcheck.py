@@ -88,6 +88,53 @@ def test_an_init_gone_before_proc_is_read_is_asked_about_again():
     assert container.reloads == 2
 
 
+class _SlowToReportTheExit(_InitThatCouldNotExec):
+    """Podman on a loaded host: the init exits, and the engine goes on calling it running
+    (same pid) for several more inspects before it says exited."""
+
+    def __init__(self, pid: int, line: bytes, running_answers: int):
+        super().__init__(pid, line)
+        self.running_answers = running_answers
+
+    def reload(self):
+        self.reloads += 1
+        if self.reloads <= self.running_answers:
+            self.status, self.attrs = "running", {"State": {"Pid": self.pid}}
+        else:
+            self.status, self.attrs = "exited", {"State": {"Pid": 0, "ExitCode": 127}}
+
+
+def test_an_engine_slow_to_report_the_inits_exit_is_asked_until_it_does():
+    line = b"catatonit: failed to exec pid1: No such file or directory\n"
+    container = _SlowToReportTheExit(_exited_pid(), line, running_answers=20)
+    # (The check before this one took the second "running" with the same vanished pid for
+    # "no view" and called the command started.)
+    failure = exec_failure(_Engine(), container, window=0.0, local=True)
+    assert failure is not None and "failed to exec" in failure
+    assert container.reloads == 21
+
+
+def test_an_init_seen_then_gone_is_waited_for_past_the_patience_for_unseen_pids():
+    # The pid was in /proc (pending: nothing exec'd yet), then the init exited; the engine
+    # says running for longer than GONE_PATIENCE. A pid once seen here is ours to watch.
+    line = b"catatonit: failed to exec pid1: No such file or directory\n"
+    init = _spawn(["sleep", "0.3"])
+    try:
+        container = _SlowToReportTheExit(init.pid, line, running_answers=10**9)
+        started = time.monotonic()
+
+        def reload():
+            container.running_answers = 10**9 if time.monotonic() - started < 2.5 else 0
+            _SlowToReportTheExit.reload(container)
+
+        container.reload = reload
+        failure = exec_failure(_Engine(), container, window=0.0, local=True)
+    finally:
+        init.wait()
+    assert failure is not None and "failed to exec" in failure
+    assert time.monotonic() - started >= 2.5
+
+
 def test_a_pid_that_stays_invisible_falls_back_to_the_window():
     # An engine whose processes this host cannot see (another PID namespace): the same pid
     # reported running twice and never in /proc is "no view", not a wait of a minute.

@@ -27,6 +27,11 @@ LOCAL_LIMIT = 60.0
 # the engine copies the output asynchronously, later on a loaded host; only an exit with
 # such a code and no such line (a command that exits 1 at once) waits it out.
 LOG_PATIENCE = 2.0
+# Seconds the engine may go on calling an init running whose pid this host never saw before
+# the check concludes it has no view into the engine's processes (another PID namespace).
+# Podman reports an init's exit only once its monitor (conmon) has, which on a loaded host
+# took longer than one more inspect (seen in CI): the pid is gone, the engine says running.
+GONE_PATIENCE = 2.0
 
 
 def exec_state(pid: int) -> str:
@@ -55,7 +60,8 @@ def exec_state(pid: int) -> str:
 def exec_failure(engine, container, window: float, local: bool) -> str | None:
     """The init's complaint when the startup command could not be executed, else None."""
     started = time.monotonic()
-    gone_pid = None  # a pid the engine calls running that /proc does not show
+    seen = False  # the init's pid was in /proc at least once: it is ours to watch
+    gone_since = None  # since when the engine calls running a pid /proc does not show
     while True:
         elapsed = time.monotonic() - started
         try:
@@ -72,15 +78,23 @@ def exec_failure(engine, container, window: float, local: bool) -> str | None:
             state = exec_state(pid)
             if state == "execed" or elapsed >= LOCAL_LIMIT:
                 return None
-            if state == "gone" and pid != gone_pid:
-                # Most often the init exited after the engine's answer: ask the engine again
-                # (it then says exited). Falling back to the time window here counted a
-                # command that could not exec as started whenever the engine was slower to
-                # answer than the window (seen in CI).
-                gone_pid = pid
-                continue
-            if state in ("gone", "unknown"):
+            if state == "pending":
+                seen, gone_since = True, None
+            elif state == "gone":
+                # Most often the init exited after the engine's answer: ask the engine until
+                # it says exited. Falling back to the time window here counted a command that
+                # could not exec as started whenever the engine was slower to report the exit
+                # than the window (seen in CI, and again in a full run with Podman slow to
+                # report the exit). Only a pid never seen here, for
+                # GONE_PATIENCE, means no view into the engine's processes.
+                now = time.monotonic()
+                gone_since = gone_since or now
+                if seen or now - gone_since < GONE_PATIENCE:
+                    time.sleep(0.005)
+                    continue
                 local = False  # no view into this engine's processes: use the time window
+            else:  # unknown
+                local = False
         if not local and elapsed >= window:
             return None
         time.sleep(0.005 if local else 0.02)
