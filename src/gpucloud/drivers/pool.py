@@ -251,7 +251,8 @@ class CallPool:
             self.threads.run(lambda: self._drain(provider_id, run))
         elif watch:
             try:
-                loop.call_soon_threadsafe(self._watch, provider_id, loop)
+                loop.call_soon_threadsafe(loop.call_later, self.grow_after, self._grow,
+                                          provider_id, loop)
             except RuntimeError:  # the loop closed: nobody waits for this read
                 with self._lock:
                     self._watched.discard(provider_id)
@@ -263,9 +264,6 @@ class CallPool:
         lock."""
         share = self._busy_share.get(provider_id, 1.0)
         return min(self.per_provider, max(1, round(1 / max(share, 0.01))))
-
-    def _watch(self, provider_id: str, loop: asyncio.AbstractEventLoop) -> None:
-        loop.call_later(self.grow_after, self._grow, provider_id, loop)
 
     def _grow(self, provider_id: str, loop: asyncio.AbstractEventLoop) -> None:
         """On the loop, `grow_after` seconds after reads began to wait: one more slot for the

@@ -85,15 +85,13 @@ def exec_failure(engine, container, window: float, local: bool) -> str | None:
                 # it says exited. Falling back to the time window here counted a command that
                 # could not exec as started whenever the engine was slower to report the exit
                 # than the window (seen in CI, and again in a full run with Podman slow to
-                # report the exit). Only a pid never seen here, for
-                # GONE_PATIENCE, means no view into the engine's processes.
+                # report the exit). Only a pid never seen here, for GONE_PATIENCE, means no
+                # view into the engine's processes: then the time window decides.
                 now = time.monotonic()
                 gone_since = gone_since or now
-                if seen or now - gone_since < GONE_PATIENCE:
-                    time.sleep(0.005)
-                    continue
-                local = False  # no view into this engine's processes: use the time window
-            else:  # unknown
+                if not seen and now - gone_since >= GONE_PATIENCE:
+                    local = False
+            else:  # unknown: no view into this engine's processes
                 local = False
         if not local and elapsed >= window:
             return None
