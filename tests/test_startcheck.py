@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from gpucloud.drivers.docker.startcheck import exec_failure, exec_state
+from gpucloud.drivers.docker.startcheck import exec_failure, exec_state, pid_view
 
 
 def _wait(pred, what: str, limit: float = 10.0):
@@ -54,6 +54,30 @@ def test_exec_state_tells_pending_execed_and_gone():
     assert exec_state(0) == "gone"
 
 
+def test_an_init_that_execs_between_the_reads_is_not_taken_for_the_command(monkeypatch):
+    # The engine called the container running while its first process was still the
+    # runtime (crun) about to exec the init; the init exec'd and forked its child between
+    # our reads of the first process and of its children. The child differs from "crun",
+    # but it is the init's, not the command: look again.
+    parent = _spawn(["sh", "-c", "sleep 30 & wait"])
+    try:
+        assert _wait(lambda: exec_state(parent.pid) == "execed", "the child to exec")
+        real = os.readlink
+        first = {"left": 1}
+
+        def readlink(path, *args, **kwargs):
+            if path == f"/proc/{parent.pid}/exe" and first["left"]:
+                first["left"] -= 1
+                return "/usr/bin/crun"  # the first read, before the exec
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "readlink", readlink)
+        assert exec_state(parent.pid) == "pending"
+        assert exec_state(parent.pid) == "execed"  # looked at again: the child is the command
+    finally:
+        _stop(parent)
+
+
 class _Engine:
     def call(self, fn, *args, **kwargs):
         return fn(*args, **kwargs)
@@ -83,7 +107,7 @@ def test_an_init_gone_before_proc_is_read_is_asked_about_again():
     container = _InitThatCouldNotExec(_exited_pid(), line)
     # A window of 0: the engine's answer came later than the window (a loaded host). The
     # check must not take the vanished pid for "no view" and call the command started.
-    failure = exec_failure(_Engine(), container, window=0.0, local=True)
+    failure = exec_failure(_Engine(), container, window=0.0, view=True)
     assert failure is not None and "failed to exec" in failure
     assert container.reloads == 2
 
@@ -109,35 +133,33 @@ def test_an_engine_slow_to_report_the_inits_exit_is_asked_until_it_does():
     container = _SlowToReportTheExit(_exited_pid(), line, running_answers=20)
     # (The check before this one took the second "running" with the same vanished pid for
     # "no view" and called the command started.)
-    failure = exec_failure(_Engine(), container, window=0.0, local=True)
+    failure = exec_failure(_Engine(), container, window=0.0, view=True)
     assert failure is not None and "failed to exec" in failure
     assert container.reloads == 21
 
 
-def test_an_init_seen_then_gone_is_waited_for_past_the_patience_for_unseen_pids():
-    # The pid was in /proc (pending: nothing exec'd yet), then the init exited; the engine
-    # says running for longer than GONE_PATIENCE. A pid once seen here is ours to watch.
+def test_an_init_never_seen_is_waited_for_while_the_engine_calls_it_running():
+    # The init failed to exec and exited before the first look into /proc (its pid was never
+    # seen here); Podman on a loaded host went on calling it running for seconds (CI). With a
+    # view into the engine's PIDs, a pid not in /proc is an exited init: ask until the engine
+    # says so, however long that takes (within LOCAL_LIMIT), never fall back to the window.
     line = b"catatonit: failed to exec pid1: No such file or directory\n"
-    init = _spawn(["sleep", "0.3"])
-    try:
-        container = _SlowToReportTheExit(init.pid, line, running_answers=10**9)
-        started = time.monotonic()
+    container = _SlowToReportTheExit(_exited_pid(), line, running_answers=10**9)
+    started = time.monotonic()
 
-        def reload():
-            container.running_answers = 10**9 if time.monotonic() - started < 2.5 else 0
-            _SlowToReportTheExit.reload(container)
+    def reload():
+        container.running_answers = 10**9 if time.monotonic() - started < 3.0 else 0
+        _SlowToReportTheExit.reload(container)
 
-        container.reload = reload
-        failure = exec_failure(_Engine(), container, window=0.0, local=True)
-    finally:
-        init.wait()
+    container.reload = reload
+    failure = exec_failure(_Engine(), container, window=0.0, view=True)
     assert failure is not None and "failed to exec" in failure
-    assert time.monotonic() - started >= 2.5
+    assert time.monotonic() - started >= 3.0
 
 
-def test_a_pid_that_stays_invisible_falls_back_to_the_window():
-    # An engine whose processes this host cannot see (another PID namespace): the same pid
-    # reported running twice and never in /proc is "no view", not a wait of a minute.
+def test_without_a_view_the_window_decides():
+    # An engine whose processes this host cannot see: its pid is never in /proc, and a
+    # container still running after the window counts as started, without a wait of a minute.
     class Elsewhere:
         status, attrs, reloads = "created", {}, 0
 
@@ -148,9 +170,33 @@ def test_a_pid_that_stays_invisible_falls_back_to_the_window():
     pid = _exited_pid()
     container = Elsewhere()
     started = time.monotonic()
-    assert exec_failure(_Engine(), container, window=0.2, local=True) is None
-    assert time.monotonic() - started < 5
+    assert exec_failure(_Engine(), container, window=0.2, view=False) is None
+    assert 0.2 <= time.monotonic() - started < 5
     assert container.reloads >= 2
+
+
+def _serve_unix(argv_prefix: list[str], path: str) -> subprocess.Popen:
+    """A process listening on a unix socket at `path`, started under `argv_prefix`."""
+    code = ("import socket, time; s = socket.socket(socket.AF_UNIX); "
+            f"s.bind({path!r}); s.listen(); time.sleep(60)")
+    proc = subprocess.Popen([*argv_prefix, sys.executable, "-c", code])
+    _wait(lambda: os.path.exists(path), "the socket")
+    return proc
+
+
+def test_pid_view_tells_an_engine_in_our_pid_namespace_from_one_elsewhere(tmp_path):
+    here = _serve_unix([], str(tmp_path / "here.sock"))
+    # The same program in a PID namespace of its own (root: the test command runs as root).
+    elsewhere = _serve_unix(["unshare", "--pid", "--fork", "--kill-child"],
+                            str(tmp_path / "elsewhere.sock"))
+    try:
+        assert pid_view(str(tmp_path / "here.sock")) is True
+        assert pid_view(str(tmp_path / "elsewhere.sock")) is False
+        assert pid_view(str(tmp_path / "nobody.sock")) is False  # no engine there at all
+    finally:
+        for proc in (here, elsewhere):
+            proc.kill()
+            proc.wait()
 
 
 def test_a_command_that_execs_is_started():
@@ -164,7 +210,7 @@ def test_a_command_that_execs_is_started():
             self.status, self.attrs = "running", {"State": {"Pid": proc.pid}}
 
     try:
-        assert exec_failure(_Engine(), Running(), window=0.0, local=True) is None
+        assert exec_failure(_Engine(), Running(), window=0.0, view=True) is None
         assert exec_state(proc.pid) == "execed"
     finally:
         _stop(proc)

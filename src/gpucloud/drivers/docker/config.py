@@ -71,10 +71,11 @@ class DockerConfig(BaseModel):
         "there, Docker rotates it). null: the engine's own log driver and limits, which "
         "by default keep everything a container prints.")
     start_check_seconds: float = Field(
-        0.1, ge=0, le=10, description="Remote engines only: how long after start a "
-        "container whose startup command cannot be executed (the init process exits at "
-        "once) counts as failed to start rather than crashed. On a local engine the driver "
-        "sees the command's process itself.")
+        0.1, ge=0, le=10, description="Engines whose processes this host cannot see "
+        "(remote, or in another PID namespace) only: how long after start a container whose "
+        "startup command cannot be executed (the init process exits at once) counts as "
+        "failed to start rather than crashed. Otherwise the driver sees the command's "
+        "process itself.")
 
     @field_validator("engine_url")
     @classmethod
@@ -124,6 +125,11 @@ class DockerConfig(BaseModel):
     def is_local(self) -> bool:
         """The engine runs on this machine, so host ports can be probed here."""
         return self.engine_url.startswith("unix://")
+
+    @property
+    def socket_path(self) -> str:
+        """The local engine's socket file (`unix:///run/x.sock` → `/run/x.sock`)."""
+        return self.engine_url.removeprefix("unix://")
 
 
 def parse_config(config: dict[str, Any]) -> DockerConfig:

@@ -21,7 +21,7 @@ from gpucloud.drivers.docker.labels import (
     generation_of,
     since_of,
 )
-from gpucloud.drivers.docker.startcheck import exec_failure
+from gpucloud.drivers.docker.startcheck import exec_failure, pid_view
 
 
 def _wall() -> dt.datetime:
@@ -41,6 +41,7 @@ class Containers:
         self.engine = engine
         self.cfg = cfg
         self.provider_id = provider_id
+        self._pid_view: bool | None = None  # asked once, at the first start check
 
     # -- lookups -----------------------------------------------------------------------------
     def summaries(self, *labels: str) -> list[dict[str, Any]]:
@@ -81,8 +82,10 @@ class Containers:
                 self.remove(c)
 
     def exec_failure(self, container) -> str | None:
+        if self._pid_view is None:
+            self._pid_view = self.cfg.is_local and pid_view(self.cfg.socket_path)
         return exec_failure(self.engine, container, self.cfg.start_check_seconds,
-                            self.cfg.is_local)
+                            self._pid_view)
 
     # -- status ------------------------------------------------------------------------------
     def status_of(self, container, state: dict[str, Any] | None) -> WorkloadStatus:

@@ -5,15 +5,21 @@ startup command does not exist: the init (catatonit, tini) starts fine, fails to
 command, prints why and exits. That must be a failed create, not an ACTIVE instance whose
 process "crashed".
 
-On an engine on this machine the answer is exact: the init's child process is visible in
-/proc, and once its executable differs from the init's, the command was exec'd. For a remote
-engine there is no such view, so a container that stops within `start_check_seconds` with the
-init's "failed to exec" message counts as not started.
+Whether /proc here shows the engine's processes is a property of the engine, not of one
+container: the process serving the engine's unix socket (SO_PEERCRED) lives in this process's
+PID namespace or not (`pid_view`). With that view the answer is exact: the init's child is
+visible in /proc, and once its executable differs from the init's, the command was exec'd;
+an init pid that is not there has exited, and the engine is asked until it says so. Without
+it (a remote engine, or a socket whose engine runs in another PID namespace) a container that
+stops within `start_check_seconds` with the init's "failed to exec" message counts as not
+started.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 
 from gpucloud.drivers.base import DriverTransientError
@@ -27,11 +33,24 @@ LOCAL_LIMIT = 60.0
 # the engine copies the output asynchronously, later on a loaded host; only an exit with
 # such a code and no such line (a command that exits 1 at once) waits it out.
 LOG_PATIENCE = 2.0
-# Seconds the engine may go on calling an init running whose pid this host never saw before
-# the check concludes it has no view into the engine's processes (another PID namespace).
-# Podman reports an init's exit only once its monitor (conmon) has, which on a loaded host
-# took longer than one more inspect (seen in CI): the pid is gone, the engine says running.
-GONE_PATIENCE = 2.0
+
+
+def pid_view(socket_path: str) -> bool:
+    """Whether the engine serving `socket_path` reports PIDs of this process's namespace:
+    its socket's peer is visible here and shares our PID namespace. An init that fails to
+    exec is often gone before the first look into /proc, so "this pid was never seen" could
+    not tell an exited init from an engine elsewhere (Podman, loaded, reported the exit
+    seconds late: seen in CI)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(socket_path)
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                    struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]  # 0: the peer lives in a namespace we cannot see
+        return pid > 0 and os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return False
 
 
 def exec_state(pid: int) -> str:
@@ -50,18 +69,23 @@ def exec_state(pid: int) -> str:
         return "unknown"
     for child in children:
         try:
-            if os.readlink(f"/proc/{child}/exe") != init_exe:
-                return "execed"
+            if os.readlink(f"/proc/{child}/exe") == init_exe:
+                continue
+            # The engine may call a container running while its first process is still the
+            # runtime's (crun, runc) about to exec the init: if the init exec'd and forked
+            # between the two reads above, its child differs from the runtime, not the init.
+            if os.readlink(f"/proc/{pid}/exe") != init_exe:
+                return "pending"
+            return "execed"
         except OSError:
             continue  # exiting or not ours to read: look at the others, then again
     return "pending"
 
 
-def exec_failure(engine, container, window: float, local: bool) -> str | None:
-    """The init's complaint when the startup command could not be executed, else None."""
+def exec_failure(engine, container, window: float, view: bool) -> str | None:
+    """The init's complaint when the startup command could not be executed, else None.
+    `view`: the engine's PIDs are this host's (`pid_view`)."""
     started = time.monotonic()
-    seen = False  # the init's pid was in /proc at least once: it is ours to watch
-    gone_since = None  # since when the engine calls running a pid /proc does not show
     while True:
         elapsed = time.monotonic() - started
         try:
@@ -73,29 +97,18 @@ def exec_failure(engine, container, window: float, local: bool) -> str | None:
             continue
         if container.status != "running":
             break
-        if local:
+        if view:
             pid = int((container.attrs.get("State") or {}).get("Pid") or 0)
             state = exec_state(pid)
             if state == "execed" or elapsed >= LOCAL_LIMIT:
                 return None
-            if state == "pending":
-                seen, gone_since = True, None
-            elif state == "gone":
-                # Most often the init exited after the engine's answer: ask the engine until
-                # it says exited. Falling back to the time window here counted a command that
-                # could not exec as started whenever the engine was slower to report the exit
-                # than the window (seen in CI, and again in a full run with Podman slow to
-                # report the exit). Only a pid never seen here, for GONE_PATIENCE, means no
-                # view into the engine's processes: then the time window decides.
-                now = time.monotonic()
-                gone_since = gone_since or now
-                if not seen and now - gone_since >= GONE_PATIENCE:
-                    local = False
-            else:  # unknown: no view into this engine's processes
-                local = False
-        if not local and elapsed >= window:
+            if state == "unknown":  # a kernel or a process that does not let us look
+                view = False
+            # pending: nothing exec'd yet. gone: the init exited after the engine's answer;
+            # the engine reports that exit, late on a loaded host: ask again until it does.
+        if not view and elapsed >= window:
             return None
-        time.sleep(0.005 if local else 0.02)
+        time.sleep(0.005 if view else 0.02)
     # The init's message can reach the log a moment after the exit; only wait for it when
     # the exit code is one an init uses for "could not exec" (catatonit 1, tini 126/127).
     code = (container.attrs.get("State") or {}).get("ExitCode")
