@@ -79,6 +79,16 @@ def domstate(i: int) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+def console_tail(i: int, lines: int = 25) -> str:
+    """The end of the machine's serial console (every boot appends to it): what a failure
+    message needs to tell a hung boot from a wipe that ran and failed."""
+    try:
+        text = (STATE / f"gpucloud-bm-{i}.console.log").read_text(errors="replace")
+    except OSError as exc:
+        return f"(no console log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def disk(i: int) -> Path:
     return STATE / f"gpucloud-bm-{i}.qcow2"
 
