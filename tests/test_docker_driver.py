@@ -9,6 +9,7 @@ scripts/setup-podman.sh). Two layers:
 from __future__ import annotations
 
 import os
+import time
 
 import docker
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from gpucloud.drivers.base import DriverContext, DriverTransientError, PortSpec, WorkloadSpec
 from gpucloud.drivers.docker import DockerDriver
 from gpucloud.drivers.docker import driver as docker_driver
+from gpucloud.drivers.docker.engine import EngineError
 from gpucloud.instances import allocations as alloc
 from gpucloud.instances.models import Instance, PortAllocation
 from tests import podman_env as pe
@@ -257,6 +259,38 @@ def test_logs_of_a_container_that_prints_without_end_are_bounded(rt, world, engi
         lines = pe.wait_for(lambda n=last: (got := drv.logs(iid, status.state, n))
                             and got[-1] == "the-end" and got, what="the long line's end")
         assert sum(len(line) + 1 for line in lines) <= docker_driver.LOG_BYTES
+
+
+def test_a_torn_log_line_is_read_again_after_a_pause(rt, world, engine, monkeypatch):
+    # Podman refuses a read that meets a line its monitor is still writing; on a loaded host
+    # three immediate tries met the same torn line (a full test run). The engine's refusal is
+    # the far side here: the first LOG_TRIES - 1 reads get it, the last one reads the log.
+    drv = driver(rt, world)
+    iid = new_instance(rt, world)
+    status = drv.create(spec_for(rt, drv, iid, startup_command="sh -c 'echo hello; sleep 600'"))
+    assert status.phase == "running", status.reason
+    pe.wait_for(lambda: drv.logs(iid, status.state, None) == ["hello"], what="the line")
+    real, calls, torn_reads = docker.models.containers.Container.logs, [], [
+        docker_driver.LOG_TRIES - 1]
+
+    def torn(self, *args, **kwargs):
+        calls.append(time.monotonic())
+        if len(calls) <= torn_reads[0]:
+            raise docker.errors.APIError("500 Server Error", explanation=(
+                "failed to obtain logs for Container: '2026-12-02T01:26:' is not a valid "
+                "container log line"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(docker.models.containers.Container, "logs", torn)
+    assert drv.logs(iid, status.state, None) == ["hello"]
+    assert len(calls) == docker_driver.LOG_TRIES
+    waited = calls[-1] - calls[0]
+    assert waited >= docker_driver.LOG_PAUSE * (2 ** (docker_driver.LOG_TRIES - 1) - 1) * 0.9
+    calls.clear()
+    torn_reads[0] = 10**6  # every read torn: after the last try the refusal shows
+    with pytest.raises(EngineError, match="not a valid container log line"):
+        drv.logs(iid, status.state, None)
+    assert len(calls) == docker_driver.LOG_TRIES
 
 
 def test_the_engine_keeps_at_most_log_max_mib_of_output(rt, world, engine):

@@ -49,7 +49,10 @@ from gpucloud.drivers.hostports import host_port_free
 # endless line) must not make a poll of its logs hold all of it in memory.
 LOG_LINES = 10_000
 LOG_BYTES = 1 << 20
-LOG_TRIES = 3
+# Podman refuses a logs read that meets a torn line (see `logs`); the tries are spread over
+# LOG_PAUSE × (1 + 2 + 4 + 8) = 0.75 s so that a writer descheduled mid-line can finish it.
+LOG_TRIES = 5
+LOG_PAUSE = 0.05
 
 
 def _end_of(chunks, limit: int) -> tuple[bytes, bool]:
@@ -188,11 +191,14 @@ class DockerDriver(Driver):
             except docker.errors.NotFound:
                 return []
             except EngineError:
-                # Podman truncates a log at `log_max_mib` while it may be reading the file,
-                # and then refuses the read ("… is not a valid container log line"): 3% of
-                # polls of a container printing without end. A read changes nothing: again.
+                # Podman refuses a read that meets a line its monitor is still writing, or a
+                # log it is truncating at `log_max_mib` ("… is not a valid container log
+                # line"): 3% of polls of a container printing without end. Three immediate
+                # tries all met the same torn line on a loaded host (a full test run): the
+                # writer had not run since. A read changes nothing: again, after a pause.
                 if attempt == LOG_TRIES - 1:
                     raise
+                time.sleep(LOG_PAUSE * 2 ** attempt)
         lines = raw.decode("utf-8", errors="replace").splitlines()
         if cut and lines:
             lines = lines[1:]  # begins mid-line: not a line the container printed
