@@ -216,6 +216,35 @@ def test_blocking_threads_one_on_sqlite_eight_on_postgresql_unless_set(api, rt, 
     assert settings.blocking_threads(True) == settings.blocking_threads(False) == 3
 
 
+def test_the_api_writes_run_on_threads_of_their_own(api, rt):
+    """Deploys, updates, renames and terminations run their transaction on the write threads
+    (`rt.offload_write`, as many as the blocking routes get), not on anyio's threadpool and
+    not on the read threads; reads alone never start them."""
+    size = rt.settings.blocking_threads(rt.db.is_sqlite)
+    assert rt.writes.size == size and rt.writes.name == "gpucloud-write"
+    acct, headers = api.account(balance=100)
+    plan = api.offer(api.provider("writes"))
+    vm_plan = api.offer(api.provider("writes-vm"), workload="vm")
+    assert api.client.get("/gpu/instances/", headers=headers).status_code == 200
+    assert rt.writes._threads == []  # started by the first write, not by reads
+    iid = api.deploy(headers, plan)
+    assert [t.name for t in rt.writes._threads] == [f"gpucloud-write_{i}" for i in range(size)]
+    vm = api.deploy_vm(headers, vm_plan)
+    body = {"name": "box2", "container_settings": api.container_body(plan)["container_settings"]}
+    r = api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body)
+    # What a write refuses comes back through the thread as the route's answer.
+    assert r.status_code == 400 and r.json()["detail"] == "Only an ACTIVE instance can be updated"
+    api.advance(10)
+    assert api.client.put(f"/gpu/instances/{iid}", headers=headers, json=body).status_code == 204
+    assert api.client.put(f"/gpu/instances/vms/{vm}", headers=headers,
+                          json={"name": "renamed"}).status_code == 204
+    assert api.instance(headers, vm, "vms")["name"] == "renamed"
+    for path in (f"/gpu/instances/{iid}", f"/gpu/instances/vms/{vm}"):
+        assert api.client.delete(path, headers=headers).status_code == 204
+    assert api.instance(headers, iid)["instance_status"] == "ENDED"
+    assert api.client.delete(f"/gpu/instances/{iid}x", headers=headers).status_code == 404
+
+
 def test_a_feeds_target_and_our_lines_in_one_read_are_what_two_reads_give(rt, api):
     """Events read the instance (with its provider) and our own lines in one statement: the
     same row and lines, in order, as `driver_target` and `events.for_instance`; another

@@ -118,12 +118,13 @@ class Settings(BaseSettings):
     )
     threadpool_size: int | None = Field(
         None, ge=1, le=200,
-        description="Threads that run the blocking routes (deploys, updates, terminations, "
-        "the operator's writes); the reads have `read_threads`, and provider calls the "
-        "driver-call pool. Unset: 1 on SQLite (its writes take turns on one writer, and each "
-        "more thread waiting for it cost hand-overs of the interpreter lock: a deploy at 32 "
-        "clients took ~1.8x the CPU with 2 or 8 threads), 8 on PostgreSQL. Sized to the "
-        "database and the cores rather than to the number of clients (docs/api-speed.md).",
+        description="Threads that run the API's writes (deploys, updates, renames, "
+        "terminations) and, as many again, the operator's blocking routes; the reads have "
+        "`read_threads`, and provider calls the driver-call pool. Unset: 1 on SQLite (its "
+        "writes take turns on one writer, and each more thread waiting for it cost "
+        "hand-overs of the interpreter lock: a deploy at 32 clients took ~1.8x the CPU with "
+        "2 or 8 threads), 8 on PostgreSQL. Sized to the database and the cores rather than "
+        "to the number of clients (docs/api-speed.md).",
     )
     gc_gen0_threshold: int = Field(
         50_000, ge=0,

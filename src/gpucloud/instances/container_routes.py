@@ -56,8 +56,9 @@ def _now(rt):
 
 @router.post("/", status_code=201, response_model=Created, operation_id="deployContainer",
              summary="Deploy a container")
-def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(current_account),
-           key: str | None = Depends(idempotency.key_header)):
+async def deploy(body: ContainerDeploy, request: Request,
+                 caller: Caller = Depends(current_account),
+                 key: str | None = Depends(idempotency.key_header)):
     rt = request.app.state.rt
 
     def work(s) -> tuple[int, dict]:
@@ -65,8 +66,8 @@ def deploy(body: ContainerDeploy, request: Request, caller: Caller = Depends(cur
         return 201, {"instance_id": inst.id}
 
     # Plans-cache invalidation and the worker wake-up are after-commit effects of the deploy.
-    return idempotency.run(rt, caller.account_id, key,
-                           idempotency.fingerprint("deployContainer", body), work)
+    return await rt.offload_write(idempotency.run, rt, caller.account_id, key,
+                                  idempotency.fingerprint("deployContainer", body), work)
 
 
 @router.get("/", response_model=list[ContainerItem], operation_id="listContainers",
@@ -89,24 +90,33 @@ async def get_container(request: Request):
 
 @router.put("/{instance_id}", status_code=204, operation_id="updateContainer",
             summary="Replace a container's configuration", responses=NOT_FOUND_DOC)
-def update_container(instance_id: str, body: ContainerUpdate, request: Request,
-                     caller: Caller = Depends(current_account)):
+async def update_container(instance_id: str, body: ContainerUpdate, request: Request,
+                           caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    with rt.db.write() as s:
-        inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
-        service.request_update(s, rt, inst, body, _now(rt))
+    await rt.offload_write(_update, rt, caller.account_id, instance_id, body)
     return Response(status_code=204)
+
+
+def _update(rt, account_id: str, instance_id: str, body: ContainerUpdate) -> None:
+    with rt.db.write() as s:
+        inst = service.get_owned(s, account_id, instance_id, CONTAINER, for_update=True)
+        service.request_update(s, rt, inst, body, _now(rt))
 
 
 @router.delete("/{instance_id}", status_code=204, operation_id="terminateContainer",
                summary="Terminate a container", responses=NOT_FOUND_DOC)
-def terminate_container(instance_id: str, request: Request,
-                        caller: Caller = Depends(current_account)):
+async def terminate_container(instance_id: str, request: Request,
+                              caller: Caller = Depends(current_account)):
     rt = request.app.state.rt
-    with rt.db.write() as s:
-        inst = service.get_owned(s, caller.account_id, instance_id, CONTAINER, for_update=True)
-        transitions.terminate(s, inst, _now(rt))
+    await rt.offload_write(terminate_owned, rt, caller.account_id, instance_id, CONTAINER)
     return Response(status_code=204)
+
+
+def terminate_owned(rt, account_id: str, instance_id: str, workloads: tuple[str, ...]) -> None:
+    """Blocking (`rt.offload_write`); shared with vm_routes."""
+    with rt.db.write() as s:
+        inst = service.get_owned(s, account_id, instance_id, workloads, for_update=True)
+        transitions.terminate(s, inst, _now(rt))
 
 
 # The polled feeds (logs, events) are request-only routes (gpucloud/params.py): the key, then

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from gpucloud import idempotency, params
 from gpucloud.accounts.auth import Caller, current_account
 from gpucloud.bodies import BodyRoute
-from gpucloud.instances import feed, service, transitions
+from gpucloud.instances import feed, service
 from gpucloud.instances.container_routes import (
     FEED_PARAMS,
     LAST,
@@ -19,6 +19,7 @@ from gpucloud.instances.container_routes import (
     PATH_ID,
     details_body,
     list_body,
+    terminate_owned,
 )
 from gpucloud.instances.schemas import Created, VmDeploy, VmDetails, VmItem, VmRename
 from gpucloud.jsonresp import JSON
@@ -47,36 +48,38 @@ async def get_vm(request: Request):
                                  request.path_params["instance_id"], _workload(request)))
 
 
+def _rename(rt, account_id: str, instance_id: str, workload: str, name: str) -> None:
+    with rt.db.write() as s:
+        inst = service.get_owned(s, account_id, instance_id, (workload,), for_update=True)
+        service.rename(inst, name, rt.clock.now())
+
+
 def _routes(kind: str, workload: str) -> None:
     title = "VM" if workload == "vm" else "Baremetal"
     tags = [f"instances: {kind}"]
 
-    def deploy(body: VmDeploy, request: Request, caller: Caller = Depends(current_account),
-               key: str | None = Depends(idempotency.key_header)):
+    async def deploy(body: VmDeploy, request: Request,
+                     caller: Caller = Depends(current_account),
+                     key: str | None = Depends(idempotency.key_header)):
         rt = request.app.state.rt
 
         def work(s) -> tuple[int, dict]:
             inst = service.deploy_vm(s, rt, caller.account_id, workload, body, rt.clock.now())
             return 201, {"instance_id": inst.id}
 
-        return idempotency.run(rt, caller.account_id, key,
-                               idempotency.fingerprint(f"deploy{title}", body), work)
+        return await rt.offload_write(idempotency.run, rt, caller.account_id, key,
+                                      idempotency.fingerprint(f"deploy{title}", body), work)
 
-    def rename(instance_id: str, body: VmRename, request: Request,
-               caller: Caller = Depends(current_account)):
+    async def rename(instance_id: str, body: VmRename, request: Request,
+                     caller: Caller = Depends(current_account)):
         rt = request.app.state.rt
-        with rt.db.write() as s:
-            inst = service.get_owned(s, caller.account_id, instance_id, (workload,),
-                                     for_update=True)
-            service.rename(inst, body.name, rt.clock.now())
+        await rt.offload_write(_rename, rt, caller.account_id, instance_id, workload, body.name)
         return Response(status_code=204)
 
-    def terminate(instance_id: str, request: Request, caller: Caller = Depends(current_account)):
+    async def terminate(instance_id: str, request: Request,
+                        caller: Caller = Depends(current_account)):
         rt = request.app.state.rt
-        with rt.db.write() as s:
-            inst = service.get_owned(s, caller.account_id, instance_id, (workload,),
-                                     for_update=True)
-            transitions.terminate(s, inst, rt.clock.now())
+        await rt.offload_write(terminate_owned, rt, caller.account_id, instance_id, (workload,))
         return Response(status_code=204)
 
     async def events(request: Request):
