@@ -7,6 +7,10 @@ import datetime as dt
 import threading
 from decimal import Decimal
 
+from sqlalchemy import select
+
+from gpucloud.catalog.models import OfferZone
+from gpucloud.instances.models import Instance
 from tests.factories import SSH_ED25519
 
 
@@ -263,3 +267,39 @@ def test_last_unit_taken_once_under_concurrency(api):
         t.join()
     assert sorted(results) == [201, 400, 400, 400]
     assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 1
+
+
+def test_a_deploy_writes_its_zone_location_and_first_line_together(api, rt):
+    """The zone take, the row and its first lifecycle line are one statement on PostgreSQL
+    and three on SQLite: either way a container lands in the zone it asked for (or the one
+    with the most room), its location is that zone's country and the first line names it; a
+    VM keeps its offer's location; a refused deploy writes none of it."""
+    _, headers = api.account(balance="100")
+    pid = api.provider("zones")
+    offer = api.offer(pid, countries=["US", "DE", "FI"], capacity=1)
+    vm_offer = api.offer(pid, workload="vm")
+
+    def zones() -> dict[str, int]:
+        with rt.db.read() as s:
+            return dict(s.execute(select(OfferZone.country, OfferZone.in_use)
+                                  .where(OfferZone.offer_id == offer)).all())
+
+    fi = api.deploy(headers, offer, constraints={"location": "FI"})
+    first = api.deploy(headers, offer)  # equal room left: alphabetical, DE
+    assert zones() == {"DE": 1, "FI": 1, "US": 0}
+    r = api.client.post("/gpu/instances/", headers=headers,
+                        json=api.container_body(offer, constraints={"location": "FI"}))
+    assert r.status_code == 400
+    assert r.json()["detail"] == ("Location FI is not available for this plan. "
+                                  "Available locations: US")
+    vm = api.deploy_vm(headers, vm_offer)
+    for iid, location, kind in ((fi, "FI", ""), (first, "DE", ""), (vm, "us-east-1", "vms")):
+        path = f"/gpu/instances/{kind + '/' if kind else ''}{iid}"
+        assert api.instance(headers, iid, kind)["location"] == location
+        events = api.client.get(f"{path}/events", headers=headers).json()
+        assert events[0].endswith(f" Instance scheduled on provider zones ({location})")
+        with rt.db.read() as s:
+            zone_id = s.get(Instance, iid).zone_id
+            assert zone_id is not None and s.get(OfferZone, zone_id).offer_id in (offer, vm_offer)
+    assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 2
+    assert zones() == {"DE": 1, "FI": 1, "US": 0}

@@ -436,8 +436,17 @@ def check_free(s: Session, offer_id: str, country: str | None) -> None:
         raise _location_error(country, free)
 
 
-def take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone:
-    """Take one unit of the offer's capacity, in the caller's transaction.
+def take_zone_sql(by_country: bool) -> str:
+    """The zone take (`take_zone`'s one statement) as SQL text, bind parameters `:offer_id`
+    and, by country, `:country`, for a caller that runs it inside a larger statement (the
+    PostgreSQL deploy, as a WITH query) and hands that to `take_zone` as `take`."""
+    return _TAKE_ZONE_SQL.format(country="AND country = :country" if by_country else "")
+
+
+def take_zone(s: Session, offer_id: str, country: str | None,
+              take: Callable[[], TakenZone | None] | None = None) -> TakenZone:
+    """Take one unit of the offer's capacity, in the caller's transaction; `take` runs the
+    statement (`take_zone_sql` inside the caller's own) when the caller has one.
 
     The conditional UPDATE is the only arbiter: on PostgreSQL a second writer blocks on the row
     and re-checks `in_use < capacity` after the first commits; SQLite serializes writers. So two
@@ -446,7 +455,7 @@ def take_zone(s: Session, offer_id: str, country: str | None) -> TakenZone:
     # A zone can be taken by someone else between pick and update; try again while any zone
     # still shows free capacity (bounded: each retry means a unit was taken by another).
     for _ in range(8):
-        zone = _take_zone(s, offer_id, country)
+        zone = take() if take is not None else _take_zone(s, offer_id, country)
         if zone is not None:
             after_commit(s, PLANS_CHANGED)  # one less unit on sale
             return zone

@@ -20,6 +20,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     type_coerce,
     union_all,
 )
@@ -130,17 +131,55 @@ def _new_instance(
 
 _COLUMNS = [c.key for c in Instance.__table__.columns]
 _INSERT = insert(Instance.__table__)  # one statement object: compiled once, then cached
-# PostgreSQL: the new row and its first lifecycle line in one statement. Both come after the
-# debit, while the deploy holds its account's row, and each round trip there is time the
-# account's other deploys wait (SQLite: no INSERT inside WITH, and one writer anyway).
-_NEW_ROW = (insert(Instance.__table__)
-            .values({c.key: bindparam(f"p_{c.key}", type_=c.type)
-                     for c in Instance.__table__.columns})
-            .returning(Instance.__table__.c.id).cte("new_instance"))
-_INSERT_WITH_EVENT = insert(InstanceEvent.__table__).from_select(
-    ["instance_id", "at", "message"],
-    select(_NEW_ROW.c.id, bindparam("event_at", type_=InstanceEvent.at.type),
-           bindparam("event_message", type_=InstanceEvent.message.type)))
+
+
+def _deploy_statement(container: bool, by_country: bool):
+    """PostgreSQL: the zone take, the new row and its first lifecycle line in one statement,
+    `SELECT id, country, in_use` of the zone taken (no row, and nothing written, when no zone
+    had room). All three come after the debit, while the deploy holds its account's row, and
+    each round trip there is time the account's other deploys wait (SQLite: no INSERT inside
+    WITH, and one writer anyway). A container's location is its zone's country, so it and the
+    line that names it are taken from the zone's row."""
+    table = Instance.__table__
+    zone = (text(catalog.take_zone_sql(by_country))
+            .columns(id=BigInteger, country=Text, in_use=BigInteger).cte("zone"))
+    given = [c for c in table.columns
+             if c.key != "zone_id" and not (container and c.key == "location")]
+    names = [c.key for c in given] + ["zone_id"] + (["location"] if container else [])
+    values = [bindparam(f"p_{c.key}", type_=c.type) for c in given] + [zone.c.id] + (
+        [zone.c.country] if container else [])
+    new_row = (insert(table).from_select(names, select(*values))
+               .returning(table.c.id, table.c.location).cte("new_instance"))
+    message = (bindparam("event_prefix", type_=Text) + new_row.c.location + ")"
+               if container else bindparam("event_message", type_=Text))
+    first_line = insert(InstanceEvent.__table__).from_select(
+        ["instance_id", "at", "message"],
+        select(new_row.c.id, bindparam("event_at", type_=InstanceEvent.at.type), message),
+    ).cte("first_line")
+    return select(zone.c.id, zone.c.country, zone.c.in_use).add_cte(first_line)
+
+
+# Built once per shape (statement construction cost more than the SQL; deploy is the hottest
+# write). Only containers choose a country.
+_DEPLOY_PG = {(container, by_country): _deploy_statement(container, by_country)
+              for container, by_country in ((True, False), (True, True), (False, False))}
+
+
+def _insert_pg(conn, inst: Instance, provider, country: str | None,
+               now: dt.datetime) -> catalog.TakenZone | None:
+    container = inst.workload == CONTAINER
+    params: dict[str, Any] = {f"p_{k}": getattr(inst, k) for k in _COLUMNS
+                              if k != "zone_id" and not (container and k == "location")}
+    params.update(offer_id=inst.offer_id, event_at=now)
+    if country is not None:
+        params["country"] = country
+    if container:
+        params["event_prefix"] = f"Instance scheduled on provider {provider.name} ("
+    else:
+        params["event_message"] = \
+            f"Instance scheduled on provider {provider.name} ({inst.location})"
+    row = conn.execute(_DEPLOY_PG[container, country is not None], params).one_or_none()
+    return catalog.TakenZone(*row) if row is not None else None
 
 
 def _finish_deploy(
@@ -155,21 +194,23 @@ def _finish_deploy(
         # A plan that is gone is the better answer than "no money" for a plan that is gone.
         catalog.check_free(s, inst.offer_id, country)
         raise
-    zone = catalog.take_zone(s, inst.offer_id, country)
-    inst.zone_id = zone.id
-    if inst.workload == CONTAINER:
-        inst.location = zone.country
-    # Deploy is the hottest write: a Core INSERT instead of an ORM unit of work. The ledger
-    # entry carries the instance id; it has no foreign key, so the order is free.
-    row = {k: getattr(inst, k) for k in _COLUMNS}
-    message = f"Instance scheduled on provider {provider.name} ({inst.location})"
     conn = s.connection()
     if conn.dialect.name == "postgresql":
-        conn.execute(_INSERT_WITH_EVENT, {**{f"p_{k}": v for k, v in row.items()},
-                                          "event_at": now, "event_message": message})
+        zone = catalog.take_zone(s, inst.offer_id, country,
+                                 take=lambda: _insert_pg(conn, inst, provider, country, now))
+        inst.zone_id = zone.id
+        if inst.workload == CONTAINER:
+            inst.location = zone.country
     else:
-        conn.execute(_INSERT, row)
-        events.record(s, inst.id, now, message)
+        zone = catalog.take_zone(s, inst.offer_id, country)
+        inst.zone_id = zone.id
+        if inst.workload == CONTAINER:
+            inst.location = zone.country
+        # Deploy is the hottest write: a Core INSERT instead of an ORM unit of work. The
+        # ledger entry carries the instance id; it has no foreign key, so the order is free.
+        conn.execute(_INSERT, {k: getattr(inst, k) for k in _COLUMNS})
+        events.record(s, inst.id, now,
+                      f"Instance scheduled on provider {provider.name} ({inst.location})")
     after_commit(s, NEW_WORK)
     return inst
 
