@@ -303,3 +303,33 @@ def test_a_deploy_writes_its_zone_location_and_first_line_together(api, rt):
             assert zone_id is not None and s.get(OfferZone, zone_id).offer_id in (offer, vm_offer)
     assert len(api.client.get("/gpu/instances/", headers=headers).json()) == 2
     assert zones() == {"DE": 1, "FI": 1, "US": 0}
+
+
+def test_a_simulated_providers_feeds_are_read_on_the_request_thread_unless_it_is_slow(api, rt):
+    """The simulated provider's logs and events are SELECTs on our own database: a feed reads
+    them right after our rows, on the request thread, and the driver-call pool never sees
+    them. Set to be slow (`call_latency_seconds`) or to hang, the same provider's reads go
+    through the pool with its deadline, and the answers are the same lines."""
+    _, headers = api.account(balance="100")
+    quick = api.offer(api.provider("quick"))
+    slow_pid = api.provider("slow", call_latency_seconds=0.01)
+    slow = api.offer(slow_pid)
+    assert rt.driver_for(slow_pid, "simulated", {"call_latency_seconds": 0.01}).reads_inline \
+        is False
+    assert rt.driver_for(slow_pid, "simulated", {"hang_calls": True}).reads_inline is False
+    a, b = api.deploy(headers, quick), api.deploy(headers, slow)
+    api.advance(700)
+    feeds = {}
+    for iid in (a, b):
+        for what in ("logs", "events"):
+            r = api.client.get(f"/gpu/instances/{iid}/{what}?last=3", headers=headers)
+            assert r.status_code == 200 and len(r.json()) == 3, r.text
+            feeds[iid, what] = [line.split(" ", 1)[1] for line in r.json()]
+    assert feeds[a, "logs"][-1].startswith("heartbeat: up 10m")
+    assert feeds[a, "events"][-1] == feeds[b, "events"][-1] == "Started container box"
+    with rt.db.read() as s:
+        quick_pid, slow_pid_seen = (s.get(Instance, iid).provider_id for iid in (a, b))
+    assert slow_pid_seen == slow_pid
+    # The pool keeps, per provider whose reads it ran, how much of their time was CPU.
+    pooled = rt.calls._busy_share
+    assert slow_pid in pooled and quick_pid not in pooled

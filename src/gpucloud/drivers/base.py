@@ -132,6 +132,11 @@ class Driver(abc.ABC):
     name: ClassVar[str]
     workloads: ClassVar[frozenset[str]] = frozenset({"container", "vm", "baremetal"})
     uses_database: ClassVar[bool] = False
+    # True when `logs` and `events` are reads of gpucloud's own database with no wait of their
+    # own: a feed then asks right after reading our rows, on the same request thread, instead
+    # of handing the call to a driver-call thread (instances/feed.py). Only such a read may;
+    # a provider's API can hang, and only the driver-call pool's deadline bounds that.
+    reads_inline: bool = False
     # How long the control plane waits for one call (provider config `call_timeout_seconds`
     # overrides it); past it the attempt counts as "the provider did not answer".
     default_call_timeout: ClassVar[float] = 60.0

@@ -71,6 +71,9 @@ class SimulatedDriver(Driver):
         super().__init__(provider_id, config, ctx)
         self.cfg = self.validate_config(dict(config or {}))
         self.port_range = tuple(self.cfg["port_range"])
+        # Its reads are SELECTs on our own database, like the feed's own; a provider set to be
+        # slow or to hang keeps the driver-call pool and its deadline.
+        self.reads_inline = not self.cfg["hang_calls"] and not self.cfg["call_latency_seconds"]
 
     def wanted_ports(self, spec: WorkloadSpec) -> list[tuple[int, str]]:
         return [(p.port, p.protocol) for p in spec.expose]
