@@ -88,8 +88,8 @@ class Runtime:
         """`offload` for a request's write transaction, on threads of its own
         (`GPUCLOUD_THREADPOOL_SIZE` of them): a deploy queued behind the database's write
         lock must not hold up the reads. What a plain `def` route would get from FastAPI
-        (anyio's `to_thread`) cost a deploy ~60 µs more of the event loop's CPU and, with 32
-        callers, far more waiting (docs/api-speed.md, "writes on threads of their own")."""
+        (anyio's `to_thread`) cost a deploy 200–400 µs more of the event loop's CPU with 32
+        callers on SQLite (docs/api-speed.md, "writes on threads of their own")."""
         return await self.writes.run(fn, *args)
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):

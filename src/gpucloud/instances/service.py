@@ -165,6 +165,11 @@ _DEPLOY_PG = {(container, by_country): _deploy_statement(container, by_country)
               for container, by_country in ((True, False), (True, True), (False, False))}
 
 
+def _scheduled(provider_name: str, location: str | None) -> str:
+    """A deploy's first lifecycle line."""
+    return f"Instance scheduled on provider {provider_name} ({location})"
+
+
 def _insert_pg(conn, inst: Instance, provider, country: str | None,
                now: dt.datetime) -> catalog.TakenZone | None:
     container = inst.workload == CONTAINER
@@ -173,11 +178,10 @@ def _insert_pg(conn, inst: Instance, provider, country: str | None,
     params.update(offer_id=inst.offer_id, event_at=now)
     if country is not None:
         params["country"] = country
-    if container:
-        params["event_prefix"] = f"Instance scheduled on provider {provider.name} ("
+    if container:  # the line ends with the zone's country: "(" + country + ")"
+        params["event_prefix"] = _scheduled(provider.name, "")[:-1]
     else:
-        params["event_message"] = \
-            f"Instance scheduled on provider {provider.name} ({inst.location})"
+        params["event_message"] = _scheduled(provider.name, inst.location)
     row = conn.execute(_DEPLOY_PG[container, country is not None], params).one_or_none()
     return catalog.TakenZone(*row) if row is not None else None
 
@@ -195,22 +199,17 @@ def _finish_deploy(
         catalog.check_free(s, inst.offer_id, country)
         raise
     conn = s.connection()
-    if conn.dialect.name == "postgresql":
-        zone = catalog.take_zone(s, inst.offer_id, country,
-                                 take=lambda: _insert_pg(conn, inst, provider, country, now))
-        inst.zone_id = zone.id
-        if inst.workload == CONTAINER:
-            inst.location = zone.country
-    else:
-        zone = catalog.take_zone(s, inst.offer_id, country)
-        inst.zone_id = zone.id
-        if inst.workload == CONTAINER:
-            inst.location = zone.country
+    on_pg = conn.dialect.name == "postgresql"
+    zone = catalog.take_zone(s, inst.offer_id, country, take=(
+        (lambda: _insert_pg(conn, inst, provider, country, now)) if on_pg else None))
+    inst.zone_id = zone.id
+    if inst.workload == CONTAINER:
+        inst.location = zone.country
+    if not on_pg:  # (PostgreSQL: the row and its first line came with the zone)
         # Deploy is the hottest write: a Core INSERT instead of an ORM unit of work. The
         # ledger entry carries the instance id; it has no foreign key, so the order is free.
         conn.execute(_INSERT, {k: getattr(inst, k) for k in _COLUMNS})
-        events.record(s, inst.id, now,
-                      f"Instance scheduled on provider {provider.name} ({inst.location})")
+        events.record(s, inst.id, now, _scheduled(provider.name, inst.location))
     after_commit(s, NEW_WORK)
     return inst
 
