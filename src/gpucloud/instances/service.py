@@ -133,6 +133,12 @@ _COLUMNS = [c.key for c in Instance.__table__.columns]
 _INSERT = insert(Instance.__table__)  # one statement object: compiled once, then cached
 
 
+def _given(container: bool) -> list[str]:
+    """The columns a PostgreSQL deploy binds; the zone's row gives the rest (its id, and a
+    container's location)."""
+    return [k for k in _COLUMNS if k != "zone_id" and not (container and k == "location")]
+
+
 def _deploy_statement(container: bool, by_country: bool):
     """PostgreSQL: the zone take, the new row and its first lifecycle line in one statement,
     `SELECT id, country, in_use` of the zone taken (no row, and nothing written, when no zone
@@ -143,10 +149,9 @@ def _deploy_statement(container: bool, by_country: bool):
     table = Instance.__table__
     zone = (text(catalog.take_zone_sql(by_country))
             .columns(id=BigInteger, country=Text, in_use=BigInteger).cte("zone"))
-    given = [c for c in table.columns
-             if c.key != "zone_id" and not (container and c.key == "location")]
-    names = [c.key for c in given] + ["zone_id"] + (["location"] if container else [])
-    values = [bindparam(f"p_{c.key}", type_=c.type) for c in given] + [zone.c.id] + (
+    given = _given(container)
+    names = given + ["zone_id"] + (["location"] if container else [])
+    values = [bindparam(f"p_{k}", type_=table.c[k].type) for k in given] + [zone.c.id] + (
         [zone.c.country] if container else [])
     new_row = (insert(table).from_select(names, select(*values))
                .returning(table.c.id, table.c.location).cte("new_instance"))
@@ -165,21 +170,25 @@ _DEPLOY_PG = {(container, by_country): _deploy_statement(container, by_country)
               for container, by_country in ((True, False), (True, True), (False, False))}
 
 
+def _scheduled_prefix(provider_name: str) -> str:
+    """A deploy's first lifecycle line up to its location (PostgreSQL adds a container's
+    from the zone's row)."""
+    return f"Instance scheduled on provider {provider_name} ("
+
+
 def _scheduled(provider_name: str, location: str | None) -> str:
-    """A deploy's first lifecycle line."""
-    return f"Instance scheduled on provider {provider_name} ({location})"
+    return f"{_scheduled_prefix(provider_name)}{location})"
 
 
 def _insert_pg(conn, inst: Instance, provider, country: str | None,
                now: dt.datetime) -> catalog.TakenZone | None:
     container = inst.workload == CONTAINER
-    params: dict[str, Any] = {f"p_{k}": getattr(inst, k) for k in _COLUMNS
-                              if k != "zone_id" and not (container and k == "location")}
+    params: dict[str, Any] = {f"p_{k}": getattr(inst, k) for k in _given(container)}
     params.update(offer_id=inst.offer_id, event_at=now)
     if country is not None:
         params["country"] = country
-    if container:  # the line ends with the zone's country: "(" + country + ")"
-        params["event_prefix"] = _scheduled(provider.name, "")[:-1]
+    if container:
+        params["event_prefix"] = _scheduled_prefix(provider.name)
     else:
         params["event_message"] = _scheduled(provider.name, inst.location)
     row = conn.execute(_DEPLOY_PG[container, country is not None], params).one_or_none()
