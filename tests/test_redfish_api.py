@@ -396,7 +396,11 @@ def test_a_wipe_that_never_powers_off_puts_the_machine_in_maintenance_until_wipe
     # The broken wipe waits this out; the retry gets more time (below).
     cfg = re_.config(free_port(), [re_.machine(3, found)], boot_timeout_seconds=1,
                      wipe_timeout_seconds=20)
-    cfg["wipe"] = {"kernel": str(re_.CACHE / "vmlinuz"), "initrd": str(wipe_initrd)}
+    # The machines' own command line too: without `no_timer_check panic=10` the retried wipe's
+    # kernel once panicked in its early timer check under load and sat there until the 600 s
+    # wipe timeout (the console tail of that failure is what found it).
+    cfg["wipe"] = {"kernel": str(re_.CACHE / "vmlinuz"), "initrd": str(wipe_initrd),
+                   "cmdline": re_.CMDLINE}
     r = api.client.post("/admin/providers", headers=api.admin, json={
         "name": "rack-broken-wipe", "driver": "redfish", "config": cfg})
     assert r.status_code == 201, r.text
