@@ -164,12 +164,17 @@ def test_row_keys_come_in_the_statements_order_and_convert_to_its_rows(rt, api):
 
 
 def test_reads_keep_working_when_every_raw_connection_is_busy(rt, api):
-    """Past its limit the reader borrows a pooled connection: same rows."""
-    _, key = api.account(balance=5)
+    """Past its limit the reader borrows a pooled connection: same rows. (On PostgreSQL the
+    API's reads go through `rt.read` on pipelined connections; the Reader's raw connections
+    serve the other reads, and `Reader.execute` is asked directly.)"""
+    acct, key = api.account(balance=5)
     reader = rt.db.reader
+    stmt, params = billing_service.page_query(acct, 10, None)
+    expected = reader.execute(stmt, params)
     held = [reader._checkout() for _ in range(reader.limit)]
     try:
         assert reader._checkout() is None
+        assert reader.execute(stmt, params) == expected and len(expected) == 1
         r = api.client.get("/gpu/account", headers=key)
         assert r.status_code == 200 and r.json()["balance"] == 5
         assert api.client.get("/gpu/account/transactions", headers=key).json()["items"]
@@ -180,14 +185,56 @@ def test_reads_keep_working_when_every_raw_connection_is_busy(rt, api):
 
 
 def test_a_broken_raw_connection_is_dropped_and_the_read_retried(rt, api):
-    _, key = api.account(balance=7)
-    assert api.client.get("/gpu/account", headers=key).status_code == 200
+    acct, key = api.account(balance=7)
     reader = rt.db.reader
+    stmt, params = billing_service.page_query(acct, 10, None)
+    expected = reader.execute(stmt, params)
     dead = reader._free[-1]
     dead[0].dbapi_connection.close()  # as a database restart would leave it
+    assert reader.execute(stmt, params) == expected and len(expected) == 1
+    assert dead not in reader._free
     r = api.client.get("/gpu/account", headers=key)
     assert r.status_code == 200 and r.json()["balance"] == 7
-    assert dead not in reader._free
+
+
+def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_postgresql(
+        rt, api, backend):
+    """`rt.read`: lists, details, the account and the ledger page are read on the read
+    threads on SQLite and sent from the event loop on PostgreSQL (gpucloud.pgpipe), where
+    they start no read thread; a connection the database dropped (as a restart leaves it) is
+    replaced and the read answered."""
+    acct, headers = api.account(balance=100)
+    plan = api.offer(api.provider("loop-reads"))
+    vm_plan = api.offer(api.provider("loop-reads-vm"), workload="vm")
+    iid = api.deploy(headers, plan, name="c1")
+    vm = api.deploy_vm(headers, vm_plan)
+    paths = ["/gpu/instances/", f"/gpu/instances/{iid}", "/gpu/instances/vms",
+             f"/gpu/instances/vms/{vm}", "/gpu/account", "/gpu/account/transactions"]
+    rt.requests.shutdown()  # a fresh set, to see whether these start it
+    rt.requests = type(rt.requests)(rt.requests.size)
+    for path in paths:
+        assert api.client.get(path, headers=headers).status_code == 200, path
+    assert bool(rt.requests._threads) == rt.db.is_sqlite
+    if rt.db.is_sqlite:
+        assert rt.db.reader.pipes is None
+        return
+    pipes = rt.db.reader.pipes._open
+    assert pipes and all(p.broken is None for p in pipes)
+    pids = [p.pgconn.backend_pid for p in pipes]
+    engine = create_engine(backend["url"])
+    try:
+        with engine.connect() as c:
+            for pid in pids:
+                assert c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
+    finally:
+        engine.dispose()
+    for path in paths:
+        r = api.client.get(path, headers=headers)
+        assert r.status_code == 200, (path, r.text)
+    assert r.json()["items"][-1]["kind"] == "deposit"
+    assert api.client.get(f"/gpu/instances/{iid}", headers=headers).json()["name"] == "c1"
+    now = rt.db.reader.pipes._open
+    assert now and not {p.pgconn.backend_pid for p in now} & set(pids)
 
 
 def test_database_close_releases_the_raw_connections(rt, backend):

@@ -38,6 +38,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from gpucloud import pgexec
+from gpucloud.pgpipe import Pipelines
 from gpucloud.settings import Settings
 
 
@@ -297,9 +298,16 @@ class Reader:
     from ~250 µs of CPU through a pooled SQLAlchemy connection (checkout, BEGIN, statement
     execution, ROLLBACK, checkin) to ~15 µs. Each statement sees its own snapshot; use
     `Database.read()` when several must agree. When every raw connection is busy, the read
-    goes through a pooled SQLAlchemy connection instead (same rows)."""
+    goes through a pooled SQLAlchemy connection instead (same rows).
+
+    On PostgreSQL `fetch` reads without a thread: from the event loop, on pipelined
+    connections of its own (`pgpipe`); `Runtime.read` picks the way."""
 
     _MAX_STATEMENTS = 512  # bound: a caller building statements per call must not leak
+
+    # PostgreSQL: connections the event loop reads on (docs/api-speed.md, "reads on the
+    # event loop": one served as many as two).
+    PIPELINES = 2
 
     def __init__(self, engine: Engine, fallback: Engine, limit: int):
         self.engine = engine
@@ -312,6 +320,8 @@ class Reader:
         self._count = 0
         self._lock = threading.Lock()
         self._closed = False
+        self.pipes = None if self.is_sqlite else \
+            Pipelines(*self.dialect.create_connect_args(engine.url), size=self.PIPELINES)
 
     def _prepared(self, stmt) -> _Compiled:
         compiled = self._compiled.get(stmt)
@@ -411,6 +421,13 @@ class Reader:
             return cur.fetchall()
         return cur.rows(compiled.sql, compiled.parameters(params))
 
+    async def fetch(self, stmt, params: dict | None = None) -> list:
+        """PostgreSQL, on the event loop: the statement's driver tuples, as
+        `execute(raw=True)` gives them (`convert` makes a row of one), read without blocking
+        the loop."""
+        compiled = self._prepared(stmt)
+        return await self.pipes.rows(compiled.sql, compiled.parameters(params))
+
     def convert(self, stmt, key):
         """One key of `keys(stmt)`, or one raw row of `execute(stmt, raw=True)`, as
         `execute(stmt)` would have given the row."""
@@ -421,6 +438,8 @@ class Reader:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        if self.pipes is not None:
+            self.pipes.close()
         while self._free:
             self._discard(self._free.pop())
 

@@ -67,7 +67,7 @@ class Statements:
             name = self._prepare(key, query)
         res = self.pgconn.exec_prepared(name, values, tx.formats, _TEXT)
         if res.status != pq.ExecStatus.TUPLES_OK:
-            raise _error(res)
+            raise error_of(res)
         tx.set_pgresult(res)
         return tx.load_rows(0, res.ntuples, tuple)
 
@@ -75,18 +75,18 @@ class Statements:
         if len(self._prepared) >= MAX_PREPARED:
             res = self.pgconn.exec_(b"DEALLOCATE ALL")
             if res.status != pq.ExecStatus.COMMAND_OK:
-                raise _error(res)
+                raise error_of(res)
             self._prepared.clear()
             self._numbered.clear()
         name = f"gpucloud_{len(self._prepared)}".encode()
         res = self.pgconn.prepare(name, query, self.tx.types)
         if res.status != pq.ExecStatus.COMMAND_OK:
-            raise _error(res)
+            raise error_of(res)
         self._prepared[key] = name
         return name
 
 
-def _error(res: pq.abc.PGresult) -> psycopg.Error:
+def error_of(res: pq.abc.PGresult) -> psycopg.Error:
     """The server's message as psycopg's error class for its SQLSTATE (a connection that
     broke has none: an OperationalError, which the Reader answers by reconnecting)."""
     message = (res.error_message or b"").decode("utf-8", "replace").strip()

@@ -31,6 +31,12 @@ def read_threads(settings: Settings, is_sqlite: bool) -> int:
     return 1 if is_sqlite else min(4, settings.blocking_threads(is_sqlite))
 
 
+def _read(reader, stmt, params: dict | None, keys: bool, then):
+    """`Runtime.read` on a read thread."""
+    rows = reader.keys(stmt, params) if keys else reader.execute(stmt, params, True)
+    return rows if then is None else then(rows)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -83,6 +89,19 @@ class Runtime:
         in it cost ~20–34 µs of CPU against ~80 and (anyio, earlier) more
         (docs/api-speed.md)."""
         return await self.requests.run(fn, *args)
+
+    async def read(self, stmt, params: dict | None = None, keys: bool = False, then=None):
+        """One SELECT of the API's reads (`Database.query()`'s statements) without blocking the
+        event loop: its raw rows, or with `keys` what `Reader.keys` gives (`db.reader.convert`
+        turns one into a row), or what `then(rows)` makes of them. On PostgreSQL the loop
+        sends it itself on a pipelined connection (`pgpipe`: no thread, no hand-over of the
+        interpreter lock); on SQLite, whose calls block, a read thread runs it, and `then`
+        there too (the loop is what a single process runs out of first)."""
+        reader = self.db.reader
+        if reader.pipes is not None:
+            rows = await reader.fetch(stmt, params)
+            return rows if then is None else then(rows)
+        return await self.requests.run(_read, reader, stmt, params, keys, then)
 
     async def offload_write(self, fn, *args):
         """`offload` for a request's write transaction, on threads of its own

@@ -37,12 +37,7 @@ def account_json(summary: dict) -> dict:
 async def get_account(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    return JSON(account_json(await rt.offload(_money, rt, caller.account_id)))
-
-
-def _money(rt, account_id: str) -> dict:
-    with rt.db.query() as conn:
-        return service.money_summary(conn, account_id)
+    return JSON(account_json(await service.read_money_summary(rt, caller.account_id)))
 
 
 @admin.post("/accounts", status_code=201, response_model=AccountCreated,

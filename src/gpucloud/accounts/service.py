@@ -77,8 +77,19 @@ _MONEY = select(
 
 def money_summary(conn, account_id: str) -> dict:
     """Balance, reserve and spend of an account (`conn`: a Session or a Connection)."""
-    row = conn.execute(_MONEY, {"account_id": account_id}).one_or_none() \
-        if plausible_id(account_id) else None
+    return _summary(conn.execute(_MONEY, {"account_id": account_id}).one_or_none()
+                    if plausible_id(account_id) else None)
+
+
+async def read_money_summary(rt, account_id: str) -> dict:
+    """`money_summary` for GET /gpu/account, read with `rt.read` (no thread on PostgreSQL)."""
+    if not plausible_id(account_id):
+        return _summary(None)
+    return await rt.read(_MONEY, {"account_id": account_id}, then=lambda rows: _summary(
+        rt.db.reader.convert(_MONEY, rows[0]) if rows else None))
+
+
+def _summary(row) -> dict:
     if row is None:
         raise NotFound("Account not found")
     return {

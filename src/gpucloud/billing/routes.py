@@ -59,23 +59,26 @@ async def list_transactions(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
     limit, cursor = params.read(request, LIMIT, CURSOR)
-    return JSON(await rt.offload(_page, rt, caller.account_id, limit, cursor))
+    return JSON(await _page(rt, caller.account_id, limit, cursor))
 
 
 # Ledger entries never change: each is rendered once (keyed by the row as stored).
 _ITEMS = RenderedRows()
 
 
-def _page(rt, account_id: str, limit: int, cursor: str | None) -> bytes:
+async def _page(rt, account_id: str, limit: int, cursor: str | None) -> bytes:
     stmt, params = service.page_query(account_id, limit, cursor)
-    with rt.db.query() as conn:
-        rows = conn.keys(stmt, params)
+    convert = rt.db.reader.convert
+
+    def render(rows: list) -> bytes:
         page = rows[:limit]
-        next_cursor = service.encode_cursor(conn.convert(stmt, page[-1]).id) \
+        next_cursor = service.encode_cursor(convert(stmt, page[-1]).id) \
             if len(rows) > limit else None
-        items = _ITEMS.join(page, lambda raw: dumps(_item(conn.convert(stmt, raw))))
-    # What dumps({"items": [...], "next_cursor": …}) writes, with the items already JSON.
-    return b'{"items":' + items + b',"next_cursor":' + dumps(next_cursor) + b"}"
+        items = _ITEMS.join(page, lambda raw: dumps(_item(convert(stmt, raw))))
+        # What dumps({"items": [...], "next_cursor": …}) writes, with the items already JSON.
+        return b'{"items":' + items + b',"next_cursor":' + dumps(next_cursor) + b"}"
+
+    return await rt.read(stmt, params, keys=True, then=render)
 
 
 def _audit(rt) -> audit.Report:

@@ -1,7 +1,8 @@
 """/gpu/instances — container instances (SPEC §3). Thin: auth, one service call, a JSON body.
 
 GET /gpu/instances/{instance_id} is the hottest read: auth from memory on the event loop, one
-indexed SELECT in the threadpool.
+indexed SELECT through `rt.read` (sent from the loop on PostgreSQL, on a read thread on
+SQLite).
 """
 
 from __future__ import annotations
@@ -34,18 +35,16 @@ NOT_FOUND_DOC = {404: {
 
 # --- shared with vm_routes -------------------------------------------------------------------
 
-def details_body(rt, account_id: str, instance_id: str, workload: str) -> bytes:
-    """Blocking: call through `rt.offload`."""
-    with rt.db.query() as conn:
-        raw = service.details_raw(conn, account_id, instance_id, workload)
-        return views.details_body(conn, service.DETAILS_RAW, raw)
+async def details_body(rt, account_id: str, instance_id: str, workload: str) -> bytes:
+    return await service.read_details(
+        rt, account_id, instance_id, workload,
+        lambda raw: views.details_body(rt.db.reader, service.DETAILS_RAW, raw))
 
 
-def list_body(rt, account_id: str, workload: str) -> bytes:
-    """Blocking: call through `rt.offload`."""
-    with rt.db.query() as conn:
-        return views.list_body(conn, service.LIST_RAW,
-                               {"account_id": account_id, "workload": workload})
+async def list_body(rt, account_id: str, workload: str) -> bytes:
+    return await rt.read(service.LIST_RAW, {"account_id": account_id, "workload": workload},
+                         keys=True,
+                         then=lambda keys: views.list_body(rt.db.reader, service.LIST_RAW, keys))
 
 
 def _now(rt):
@@ -75,7 +74,7 @@ async def deploy(body: ContainerDeploy, request: Request,
 async def list_containers(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    return JSON(await rt.offload(list_body, rt, caller.account_id, "container"))
+    return JSON(await list_body(rt, caller.account_id, "container"))
 
 
 @router.get("/{instance_id}", response_model=ContainerDetails, operation_id="getContainer",
@@ -84,8 +83,8 @@ async def list_containers(request: Request):
 async def get_container(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    return JSON(await rt.offload(details_body, rt, caller.account_id,
-                                 request.path_params["instance_id"], "container"))
+    return JSON(await details_body(rt, caller.account_id, request.path_params["instance_id"],
+                                   "container"))
 
 
 @router.put("/{instance_id}", status_code=204, operation_id="updateContainer",

@@ -328,16 +328,20 @@ DETAILS_RAW = select(
 )
 
 
-def details_raw(conn, account_id: str, instance_id: str, workload: str) -> tuple:
-    """The instance for GET …/{id} as the database returns DETAILS_RAW's columns (`conn`:
-    `Database.query()`). Other accounts' and other types' ids are exactly as unknown as a
-    typo."""
-    rows = conn.execute(DETAILS_RAW, {"instance_id": instance_id, "account_id": account_id,
-                                      "workload": workload}, raw=True) \
-        if plausible_id(instance_id) else None
-    if not rows:
+async def read_details(rt, account_id: str, instance_id: str, workload: str, render):
+    """`render(row)` of the instance for GET …/{id}, its row as the database returns
+    DETAILS_RAW's columns (read with `rt.read`). Other accounts' and other types' ids are
+    exactly as unknown as a typo."""
+    if not plausible_id(instance_id):
         raise NotFound(INSTANCE_NOT_FOUND)
-    return rows[0]
+
+    def found(rows):
+        if not rows:
+            raise NotFound(INSTANCE_NOT_FOUND)
+        return render(rows[0])
+
+    return await rt.read(DETAILS_RAW, {"instance_id": instance_id, "account_id": account_id,
+                                       "workload": workload}, then=found)
 
 
 _DRIVER_TARGET = (

@@ -55,16 +55,17 @@ def vm_item(i: Any) -> dict[str, Any]:
 _LIST_ITEMS = RenderedRows()
 
 
-def list_body(conn, stmt, params: dict) -> bytes:
+def list_body(conn, stmt, keys: list) -> bytes:
     """GET /gpu/instances/, /vms, /baremetal: the JSON array of the account's instances of one
-    workload (`stmt`: service.LIST_RAW), each item rendered once per distinct row."""
+    workload (`keys`: what `rt.read(service.LIST_RAW, …, keys=True)` gave; `conn`: the
+    `Reader` that converts them), each item rendered once per distinct row."""
 
     def render(raw) -> bytes:
         row = conn.convert(stmt, raw)
         row = row._replace(resources=orjson.loads(row.resources))
         return dumps(container_item(row) if row.workload == "container" else vm_item(row))
 
-    return _LIST_ITEMS.join(conn.keys(stmt, params), render)
+    return _LIST_ITEMS.join(keys, render)
 
 
 # Details are polled (a console, a script waiting for ACTIVE): each distinct row is rendered

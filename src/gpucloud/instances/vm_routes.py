@@ -38,14 +38,14 @@ def _workload(request: Request) -> str:
 async def list_vms(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    return JSON(await rt.offload(list_body, rt, caller.account_id, _workload(request)))
+    return JSON(await list_body(rt, caller.account_id, _workload(request)))
 
 
 async def get_vm(request: Request):
     rt = request.app.state.rt
     caller = await current_account(request)
-    return JSON(await rt.offload(details_body, rt, caller.account_id,
-                                 request.path_params["instance_id"], _workload(request)))
+    return JSON(await details_body(rt, caller.account_id, request.path_params["instance_id"],
+                                   _workload(request)))
 
 
 def _rename(rt, account_id: str, instance_id: str, workload: str, name: str) -> None:

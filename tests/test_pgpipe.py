@@ -1,0 +1,178 @@
+"""PostgreSQL reads from the event loop (gpucloud.pgpipe): the values psycopg's cursor gives,
+concurrent reads pipelined on one connection, a failed read failing alone, a dropped
+connection replaced, a bounded number of prepared statements, and a new event loop getting
+connections of its own. Against the real PostgreSQL server; the API's reads through it are
+covered by every API test on the PostgreSQL backend (tests/test_parity.py compares bytes)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+
+from gpucloud import pgexec, pgpipe
+from tests.conftest import PG_ADMIN_URL, _backends
+
+_SELECT = "SELECT id, n, name, at FROM {t} WHERE n >= %(low)s AND n < %(low)s + %(span)s ORDER BY n"
+
+
+@pytest.fixture(params=[b for b in _backends() if b == "postgres"])
+def table(request):
+    """A real table (the pipelines have connections of their own) and a blocking connection
+    to compare with; dropped afterwards."""
+    name = f"pipe_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL.replace("+psycopg", ""), autocommit=True) as c:
+        c.execute(f"CREATE TABLE {name} (id uuid PRIMARY KEY, n bigint, name text, "
+                  "at timestamptz DEFAULT now())")
+        for n in range(200):
+            c.execute(f"INSERT INTO {name} (id, n, name) VALUES (%s, %s, %s)",
+                      (uuid.uuid4(), n, None if n % 7 == 0 else f"row {n}"))
+        try:
+            yield name, c
+        finally:
+            c.execute(f"DROP TABLE {name}")
+
+
+def _pipes(size: int = 1) -> pgpipe.Pipelines:
+    engine = create_engine(PG_ADMIN_URL)
+    try:
+        args, kwargs = engine.dialect.create_connect_args(make_url(PG_ADMIN_URL))
+    finally:
+        engine.dispose()
+    return pgpipe.Pipelines(args, kwargs, size=size)
+
+
+def test_concurrent_reads_are_pipelined_on_one_connection_with_the_cursors_values(table):
+    name, c = table
+    sql = _SELECT.format(t=name)
+    wanted = [{"low": low, "span": span} for low in range(0, 200, 9) for span in (1, 5, 40)]
+    expected = [c.execute(sql, p).fetchall() for p in wanted]
+
+    async def main():
+        pipes = _pipes(1)
+        try:
+            first = await pipes.rows(sql, wanted[0])  # opens the connection
+            pipe = pipes._open[0]
+            futures = [pipe.rows(sql, p) for p in wanted]  # all sent before any answer
+            assert pipe.pending == len(wanted)
+            got = await asyncio.gather(*futures)
+            assert pipe.pending == 0 and pipes._open == [pipe]
+            return first, got
+        finally:
+            pipes.close()
+
+    first, got = asyncio.run(main())
+    assert first == expected[0] and got == expected
+    assert sum(map(len, got)) > 500 and any(r[2] is None for rows in got for r in rows)
+
+
+def test_a_failed_read_fails_alone_and_the_connection_goes_on(table):
+    name, c = table
+    sql = _SELECT.format(t=name)
+    bad = f"SELECT n / %(zero)s FROM {name} WHERE n = 1"
+
+    async def main():
+        pipes = _pipes(1)
+        try:
+            await pipes.rows(sql, {"low": 0, "span": 1})
+            pipe = pipes._open[0]
+            futures = [pipe.rows(sql, {"low": 3, "span": 2}), pipe.rows(bad, {"zero": 0}),
+                       pipe.rows(sql, {"low": 5, "span": 1}),
+                       pipe.rows(f"SELECT nope FROM {name}", {})]
+            out = await asyncio.gather(*futures, return_exceptions=True)
+            after = await pipes.rows(bad, {"zero": 1})
+            return out, after, pipes._open == [pipe] and pipe.broken is None
+        finally:
+            pipes.close()
+
+    (two, zero, one, unknown), after, same = asyncio.run(main())
+    assert [r[1] for r in two] == [3, 4] and [r[1] for r in one] == [5]
+    assert isinstance(zero, psycopg.errors.DivisionByZero)
+    assert isinstance(unknown, psycopg.errors.UndefinedColumn)  # its PREPARE failed
+    assert after == [(1,)] and same
+
+
+def test_a_connection_the_server_drops_is_replaced_and_the_read_answered(table):
+    name, c = table
+    sql = _SELECT.format(t=name)
+
+    async def main():
+        pipes = _pipes(1)
+        try:
+            await pipes.rows(sql, {"low": 0, "span": 1})
+            old = pipes._open[0]
+            pid = old.pgconn.backend_pid
+            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            rows = await pipes.rows(sql, {"low": 10, "span": 3})
+            return rows, old, pipes._open
+        finally:
+            pipes.close()
+
+    rows, old, now = asyncio.run(main())
+    assert [r[1] for r in rows] == [10, 11, 12]
+    assert old.broken is not None and old not in now and len(now) == 1
+
+
+def test_prepared_statements_per_connection_are_bounded(table, monkeypatch):
+    name, _ = table
+    monkeypatch.setattr(pgpipe, "MAX_PREPARED", 3)
+    sqls = [f"SELECT n + {k} FROM {name} WHERE n = %(n)s" for k in range(8)]
+
+    async def main():
+        pipes = _pipes(1)
+        try:
+            got = await asyncio.gather(*(pipes.rows(s, {"n": 2}) for s in sqls))
+            held = await pipes.rows("SELECT count(*) FROM pg_prepared_statements", {})
+            return got, held
+        finally:
+            pipes.close()
+
+    got, held = asyncio.run(main())
+    assert got == [[(2 + k,)] for k in range(8)]
+    assert held[0][0] <= 4  # at most the bound, and the count's own statement
+
+
+def test_each_event_loop_gets_connections_of_its_own_and_close_lets_them_go(table):
+    name, c = table
+    sql = _SELECT.format(t=name)
+    pipes = _pipes(2)
+
+    async def read():
+        rows = await asyncio.gather(*(pipes.rows(sql, {"low": k, "span": 1}) for k in range(6)))
+        pids.update(p.pgconn.backend_pid for p in pipes._open)
+        return rows, list(pipes._open)
+
+    pids: set[int] = set()
+    first, first_pipes = asyncio.run(read())
+    second, second_pipes = asyncio.run(read())
+    pipes.close()
+    assert first == second == [[c.execute(sql, {"low": k, "span": 1}).fetchone()]
+                               for k in range(6)]
+    assert 1 <= len(first_pipes) <= 2 and not set(first_pipes) & set(second_pipes)
+    assert all(p.broken is not None for p in first_pipes + second_pipes)  # all closed
+    assert len(pids) == len(first_pipes) + len(second_pipes)
+    alive = {r[0] for r in c.execute("SELECT pid FROM pg_stat_activity")}
+    assert not pids & alive
+
+
+def test_a_database_that_cannot_be_reached_fails_the_read_and_the_next_one_connects(table):
+    name, _ = table
+    pipes = _pipes(1)
+    good = dict(pipes.connect_kwargs)
+    pipes.connect_kwargs = {**good, "port": 1}
+
+    async def main():
+        try:
+            with pytest.raises(psycopg.OperationalError):
+                await pipes.rows(f"SELECT count(*) FROM {name}", {})
+            pipes.connect_kwargs = good
+            return await pipes.rows(f"SELECT count(*) FROM {name}", {})
+        finally:
+            pipes.close()
+
+    assert asyncio.run(main()) == [(200,)]
+    assert pgexec.MAX_PREPARED == pgpipe.MAX_PREPARED  # one bound for both read paths
