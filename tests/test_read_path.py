@@ -27,6 +27,8 @@ from gpucloud.billing import service as billing_service
 from gpucloud.db import Database
 from gpucloud.errors import NotFound
 from gpucloud.instances import events, service
+from gpucloud.instances.models import Instance
+from gpucloud.jsonresp import isoformat_z
 from gpucloud.runtime import read_threads
 from tests.conftest import make_settings
 
@@ -199,22 +201,38 @@ def test_a_broken_raw_connection_is_dropped_and_the_read_retried(rt, api):
 
 def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_postgresql(
         rt, api, backend):
-    """`rt.read`: lists, details, the account and the ledger page are read on the read
-    threads on SQLite and sent from the event loop on PostgreSQL (gpucloud.pgpipe), where
-    they start no read thread; a connection the database dropped (as a restart leaves it) is
-    replaced and the read answered."""
+    """`rt.read`: lists, details, the account, the ledger page and the feeds of a simulated
+    provider are read on the read threads on SQLite and sent from the event loop on
+    PostgreSQL (gpucloud.pgpipe), where they start no read thread and no driver-call
+    thread; a connection the database dropped (as a restart leaves it) is replaced and the
+    read answered."""
     acct, headers = api.account(balance=100)
     plan = api.offer(api.provider("loop-reads"))
     vm_plan = api.offer(api.provider("loop-reads-vm"), workload="vm")
     iid = api.deploy(headers, plan, name="c1")
     vm = api.deploy_vm(headers, vm_plan)
+    api.advance(30)
     paths = ["/gpu/instances/", f"/gpu/instances/{iid}", "/gpu/instances/vms",
-             f"/gpu/instances/vms/{vm}", "/gpu/account", "/gpu/account/transactions"]
+             f"/gpu/instances/vms/{vm}", "/gpu/account", "/gpu/account/transactions",
+             f"/gpu/instances/{iid}/logs?last=3", f"/gpu/instances/{iid}/events",
+             f"/gpu/instances/vms/{vm}/events"]
     rt.requests.shutdown()  # a fresh set, to see whether these start it
     rt.requests = type(rt.requests)(rt.requests.size)
     for path in paths:
         assert api.client.get(path, headers=headers).status_code == 200, path
     assert bool(rt.requests._threads) == rt.db.is_sqlite
+    assert rt.calls._busy_share == {}  # the pool kept no figure: it ran no driver read
+    # The lines the driver's own calls give, from the row the feed read itself.
+    with rt.db.read() as s:
+        inst = s.get(Instance, iid)
+        driver = rt.driver_for(inst.provider_id, "simulated", {})
+        state = inst.driver_state
+    logs = api.client.get(f"/gpu/instances/{iid}/logs?last=3", headers=headers).json()
+    assert logs == driver.logs(iid, state, 3) and len(logs) == 3
+    events = api.client.get(f"/gpu/instances/{iid}/events", headers=headers).json()
+    theirs = {f"{isoformat_z(e.at)} {e.message}" for e in driver.events(iid, state)}
+    assert theirs and theirs < set(events)
+    assert "Instance scheduled on provider loop-reads" in events[0]
     if rt.db.is_sqlite:
         assert rt.db.reader.pipes is None
         return
@@ -231,7 +249,9 @@ def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_pos
     for path in paths:
         r = api.client.get(path, headers=headers)
         assert r.status_code == 200, (path, r.text)
-    assert r.json()["items"][-1]["kind"] == "deposit"
+    page = api.client.get("/gpu/account/transactions", headers=headers).json()
+    assert page["items"][-1]["kind"] == "deposit"
+    assert api.client.get(f"/gpu/instances/{iid}/logs?last=3", headers=headers).json() == logs
     assert api.client.get(f"/gpu/instances/{iid}", headers=headers).json()["name"] == "c1"
     now = rt.db.reader.pipes._open
     assert now and not {p.pgconn.backend_pid for p in now} & set(pids)

@@ -98,10 +98,15 @@ class Runtime:
         interpreter lock); on SQLite, whose calls block, a read thread runs it, and `then`
         there too (the loop is what a single process runs out of first)."""
         reader = self.db.reader
-        if reader.pipes is not None:
+        if self.reads_on_loop:
             rows = await reader.fetch(stmt, params)
             return rows if then is None else then(rows)
         return await self.requests.run(_read, reader, stmt, params, keys, then)
+
+    @property
+    def reads_on_loop(self) -> bool:
+        """Whether `read` runs on the event loop itself (PostgreSQL) rather than a thread."""
+        return self.db.reader.pipes is not None
 
     async def offload_write(self, fn, *args):
         """`offload` for a request's write transaction, on threads of its own

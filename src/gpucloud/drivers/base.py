@@ -247,6 +247,20 @@ class Driver(abc.ABC):
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
         return []
 
+    def feed_row(self, instance_id: str) -> tuple[Any, dict] | None:
+        """For a driver whose `logs` and `events` are made from one row of gpucloud's own
+        database (`reads_inline`): that SELECT (a prebuilt SQLAlchemy statement) and its
+        parameters. The feeds then read the row where the API's own reads go, from the event
+        loop on PostgreSQL, and hand it (or None) to `logs_from` / `events_from`, which give
+        what `logs` / `events` would. None (the default): call `logs` / `events`."""
+        return None
+
+    def logs_from(self, row: Any, last: int | None) -> list[str]:
+        raise NotImplementedError("only for a driver whose feed_row gives a statement")
+
+    def events_from(self, row: Any) -> list[DriverEvent]:
+        raise NotImplementedError("only for a driver whose feed_row gives a statement")
+
     @abc.abstractmethod
     def list_owned(self) -> list[str]: ...
 

@@ -13,6 +13,9 @@ from typing import Any
 from gpucloud import metrics
 
 CALLS = frozenset({"create", "status", "update", "delete", "logs", "events", "list_owned"})
+# What a feed calls instead of `logs`/`events` when it read the driver's row itself
+# (`Driver.feed_row`): counted as those calls.
+_AS_CALL = {"logs_from": "logs", "events_from": "events"}
 # (driver, call) → its histogram and counter: `labels()` takes a lock and converts its
 # arguments on every call, and the polled feeds ask a driver on every request. Bounded by the
 # drivers × CALLS.
@@ -26,13 +29,14 @@ class Instrumented:
 
     def __getattr__(self, attr: str) -> Any:
         value = getattr(self._driver, attr)
-        if attr not in CALLS:
+        call = _AS_CALL.get(attr, attr)
+        if call not in CALLS:
             return value
-        series = _series.get((self._name, attr))
+        series = _series.get((self._name, call))
         if series is None:
-            series = _series[(self._name, attr)] = (
-                metrics.DRIVER_SECONDS.labels(self._name, attr),
-                metrics.DRIVER_ERRORS.labels(self._name, attr))
+            series = _series[(self._name, call)] = (
+                metrics.DRIVER_SECONDS.labels(self._name, call),
+                metrics.DRIVER_ERRORS.labels(self._name, call))
         seconds, errors = series
 
         def timed(*args, **kwargs):

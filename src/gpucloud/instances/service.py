@@ -367,28 +367,37 @@ _TARGET_AND_EVENTS = union_all(
 ).order_by(literal_column("seq"))
 
 
+def feed_target_query(account_id: str, instance_id: str, workload: str, with_events: bool
+                      ) -> tuple[Any, dict]:
+    """The statement and parameters of a feed's own rows (`feed_target_from` reads its rows);
+    `NotFound` for an id no instance can have."""
+    if not plausible_id(instance_id):
+        raise NotFound(INSTANCE_NOT_FOUND)
+    return (_TARGET_AND_EVENTS if with_events else _DRIVER_TARGET), \
+        {"instance_id": instance_id, "account_id": account_id, "workload": workload}
+
+
+def feed_target_from(rows: list, with_events: bool) -> tuple[Any, list[tuple[dt.datetime, str]]]:
+    """`feed_target_query`'s rows as the instance's target row and, with events, its own
+    lifecycle lines, oldest first; `NotFound` when there is no such instance."""
+    if not rows or (with_events and rows[0].seq != 0):
+        raise NotFound(INSTANCE_NOT_FOUND)
+    return rows[0], [(r.at, r.message) for r in rows[1:]] if with_events else []
+
+
 def driver_target_and_events(conn, account_id: str, instance_id: str, workload: str
                              ) -> tuple[Any, list[tuple[dt.datetime, str]]]:
     """`driver_target`'s row (its first five columns) and the instance's own lifecycle lines,
     oldest first, in one read."""
-    rows = conn.execute(_TARGET_AND_EVENTS, {"instance_id": instance_id,
-                                              "account_id": account_id,
-                                              "workload": workload}).all() \
-        if plausible_id(instance_id) else None
-    if not rows or rows[0].seq != 0:
-        raise NotFound(INSTANCE_NOT_FOUND)
-    return rows[0], [(r.at, r.message) for r in rows[1:]]
+    stmt, params = feed_target_query(account_id, instance_id, workload, True)
+    return feed_target_from(conn.execute(stmt, params).all(), True)
 
 
 def driver_target(conn, account_id: str, instance_id: str, workload: str) -> Any:
     """What a logs/events read needs to ask the provider: the instance's id and driver state,
     its provider's id, driver and config (one statement)."""
-    row = conn.execute(_DRIVER_TARGET, {"instance_id": instance_id, "account_id": account_id,
-                                        "workload": workload}).one_or_none() \
-        if plausible_id(instance_id) else None
-    if row is None:
-        raise NotFound(INSTANCE_NOT_FOUND)
-    return row
+    stmt, params = feed_target_query(account_id, instance_id, workload, False)
+    return feed_target_from(conn.execute(stmt, params).all(), False)[0]
 
 
 _BY_STATE = select(Instance.status, Instance.workload, func.count()).group_by(

@@ -230,9 +230,16 @@ class SimulatedDriver(Driver):
         with self._db.query() as conn:
             return conn.execute(_ROW, {"instance_id": instance_id}).one_or_none()
 
+    def feed_row(self, instance_id: str) -> tuple[Any, dict] | None:
+        # A provider set to be slow or to hang is asked through `logs`/`events`, on a
+        # driver-call thread, under the feed's deadline.
+        return (_ROW, {"instance_id": instance_id}) if self.reads_inline else None
+
     def events(self, instance_id: str, state: dict[str, Any] | None) -> list[DriverEvent]:
         self._far_side()
-        row = self._row(instance_id)
+        return self.events_from(self._row(instance_id))
+
+    def events_from(self, row: Any) -> list[DriverEvent]:
         if row is None:
             return []
         now = self._now()
@@ -240,7 +247,9 @@ class SimulatedDriver(Driver):
 
     def logs(self, instance_id: str, state: dict[str, Any] | None, last: int | None) -> list[str]:
         self._far_side()
-        row = self._row(instance_id)
+        return self.logs_from(self._row(instance_id), last)
+
+    def logs_from(self, row: Any, last: int | None) -> list[str]:
         if row is None:
             return []
         # The newest `last` lines hold at most `last` heartbeats: older ones are neither made
