@@ -7,6 +7,9 @@ covered by every API test on the PostgreSQL backend (tests/test_parity.py compar
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import socket
 import uuid
 
 import psycopg
@@ -176,3 +179,61 @@ def test_a_database_that_cannot_be_reached_fails_the_read_and_the_next_one_conne
 
     assert asyncio.run(main()) == [(200,)]
     assert pgexec.MAX_PREPARED == pgpipe.MAX_PREPARED  # one bound for both read paths
+
+
+def test_reads_larger_than_the_sockets_buffers_go_out_and_come_back_whole(table):
+    """A read whose parameters fill the socket's send buffer is sent when the socket is
+    writable again (`add_writer`); an answer of several megabytes arrives in many readable
+    events. Both among ordinary reads, in order."""
+    name, _ = table
+    sql = _SELECT.format(t=name)
+    # Far more than a 64 KiB send buffer and the server's receive buffer (a few MB on this
+    # machine's loopback) hold, so the first flush leaves most of it queued.
+    big = "é" * 15_000_000  # 30 MB of UTF-8
+
+    async def main():
+        pipes = _pipes(1)
+        try:
+            await pipes.rows(sql, {"low": 0, "span": 1})
+            pipe = pipes._open[0]
+            with socket.socket(fileno=os.dup(pipe.pgconn.socket)) as sock:  # the same socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            first = pipe.rows(sql, {"low": 1, "span": 1})
+            sent = pipe.rows("SELECT length(%(big)s), md5(%(big)s)", {"big": big})
+            writing = pipe._writing  # it did not fit: the rest waits for the socket
+            back = pipe.rows("SELECT repeat(%(s)s, 2000000)", {"s": "ab"})
+            last = pipe.rows(sql, {"low": 2, "span": 1})
+            out = await asyncio.gather(first, sent, back, last)
+            return out, writing, pipe._writing
+        finally:
+            pipes.close()
+
+    (first, sent, back, last), writing, still = asyncio.run(main())
+    assert writing and not still
+    assert [r[1] for r in first] == [1] and [r[1] for r in last] == [2]
+    assert sent[0][0] == 15_000_000
+    assert sent[0][1] == hashlib.md5(big.encode()).hexdigest()
+    assert back == [("ab" * 2_000_000,)]
+
+
+def test_a_read_whose_caller_stopped_waiting_does_not_disturb_the_others(table):
+    name, _ = table
+    sql = _SELECT.format(t=name)
+
+    async def main():
+        pipes = _pipes(1)
+        try:
+            await pipes.rows(sql, {"low": 0, "span": 1})
+            pipe = pipes._open[0]
+            futures = [pipe.rows(sql, {"low": k, "span": 1}) for k in range(5)]
+            futures[2].cancel()  # a client that went away
+            done = await asyncio.gather(*futures, return_exceptions=True)
+            again = await pipes.rows(sql, {"low": 7, "span": 1})
+            return done, again, pipe.pending, pipe.broken
+        finally:
+            pipes.close()
+
+    done, again, pending, broken = asyncio.run(main())
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [d[0][1] for i, d in enumerate(done) if i != 2] == [0, 1, 3, 4]
+    assert [r[1] for r in again] == [7] and pending == 0 and broken is None
