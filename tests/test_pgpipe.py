@@ -7,6 +7,7 @@ covered by every API test on the PostgreSQL backend (tests/test_parity.py compar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -49,6 +50,17 @@ def _pipes(size: int = 1) -> pgpipe.Pipelines:
     return pgpipe.Pipelines(args, kwargs, size=size)
 
 
+@contextlib.asynccontextmanager
+async def _opened(sql: str, size: int = 1):
+    """Pipelines with one connection opened (by a first read of `sql`), closed afterwards."""
+    pipes = _pipes(size)
+    try:
+        await pipes.rows(sql, {"low": 0, "span": 1})
+        yield pipes, pipes._open[0]
+    finally:
+        pipes.close()
+
+
 def test_concurrent_reads_are_pipelined_on_one_connection_with_the_cursors_values(table):
     name, c = table
     sql = _SELECT.format(t=name)
@@ -79,18 +91,13 @@ def test_a_failed_read_fails_alone_and_the_connection_goes_on(table):
     bad = f"SELECT n / %(zero)s FROM {name} WHERE n = 1"
 
     async def main():
-        pipes = _pipes(1)
-        try:
-            await pipes.rows(sql, {"low": 0, "span": 1})
-            pipe = pipes._open[0]
+        async with _opened(sql) as (pipes, pipe):
             futures = [pipe.rows(sql, {"low": 3, "span": 2}), pipe.rows(bad, {"zero": 0}),
                        pipe.rows(sql, {"low": 5, "span": 1}),
                        pipe.rows(f"SELECT nope FROM {name}", {})]
             out = await asyncio.gather(*futures, return_exceptions=True)
             after = await pipes.rows(bad, {"zero": 1})
             return out, after, pipes._open == [pipe] and pipe.broken is None
-        finally:
-            pipes.close()
 
     (two, zero, one, unknown), after, same = asyncio.run(main())
     assert [r[1] for r in two] == [3, 4] and [r[1] for r in one] == [5]
@@ -104,16 +111,10 @@ def test_a_connection_the_server_drops_is_replaced_and_the_read_answered(table):
     sql = _SELECT.format(t=name)
 
     async def main():
-        pipes = _pipes(1)
-        try:
-            await pipes.rows(sql, {"low": 0, "span": 1})
-            old = pipes._open[0]
-            pid = old.pgconn.backend_pid
-            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        async with _opened(sql) as (pipes, old):
+            c.execute("SELECT pg_terminate_backend(%s)", (old.pgconn.backend_pid,))
             rows = await pipes.rows(sql, {"low": 10, "span": 3})
             return rows, old, pipes._open
-        finally:
-            pipes.close()
 
     rows, old, now = asyncio.run(main())
     assert [r[1] for r in rows] == [10, 11, 12]
@@ -192,10 +193,7 @@ def test_reads_larger_than_the_sockets_buffers_go_out_and_come_back_whole(table)
     big = "é" * 15_000_000  # 30 MB of UTF-8
 
     async def main():
-        pipes = _pipes(1)
-        try:
-            await pipes.rows(sql, {"low": 0, "span": 1})
-            pipe = pipes._open[0]
+        async with _opened(sql) as (_, pipe):
             with socket.socket(fileno=os.dup(pipe.pgconn.socket)) as sock:  # the same socket
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             first = pipe.rows(sql, {"low": 1, "span": 1})
@@ -205,8 +203,6 @@ def test_reads_larger_than_the_sockets_buffers_go_out_and_come_back_whole(table)
             last = pipe.rows(sql, {"low": 2, "span": 1})
             out = await asyncio.gather(first, sent, back, last)
             return out, writing, pipe._writing
-        finally:
-            pipes.close()
 
     (first, sent, back, last), writing, still = asyncio.run(main())
     assert writing and not still
@@ -221,17 +217,12 @@ def test_a_read_whose_caller_stopped_waiting_does_not_disturb_the_others(table):
     sql = _SELECT.format(t=name)
 
     async def main():
-        pipes = _pipes(1)
-        try:
-            await pipes.rows(sql, {"low": 0, "span": 1})
-            pipe = pipes._open[0]
+        async with _opened(sql) as (pipes, pipe):
             futures = [pipe.rows(sql, {"low": k, "span": 1}) for k in range(5)]
             futures[2].cancel()  # a client that went away
             done = await asyncio.gather(*futures, return_exceptions=True)
             again = await pipes.rows(sql, {"low": 7, "span": 1})
             return done, again, pipe.pending, pipe.broken
-        finally:
-            pipes.close()
 
     done, again, pending, broken = asyncio.run(main())
     assert isinstance(done[2], asyncio.CancelledError)

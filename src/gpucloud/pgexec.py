@@ -44,6 +44,18 @@ def numbered(sql: str) -> tuple[bytes, list[str]]:
     return _PLACEHOLDER.sub(number, sql).encode(), order
 
 
+def bind(tx: Transformer, cache: dict, sql: str, params: dict) -> tuple[bytes, list, tuple]:
+    """`sql` numbered (once per text, kept in `cache`) and `params` dumped by `tx`: the query,
+    the values, and the key of its prepared statement (the text and the parameter types)."""
+    found = cache.get(sql)
+    if found is None:
+        query, order = numbered(sql)
+        found = cache[sql] = (query, order, [PyFormat.AUTO] * len(order))
+    query, order, formats = found
+    values = tx.dump_sequence([params[name] for name in order], formats)
+    return query, values, (sql, tx.types)
+
+
 class Statements:
     """One autocommit psycopg connection's prepared reads."""
 
@@ -54,14 +66,8 @@ class Statements:
         self._prepared: dict[tuple, bytes] = {}
 
     def rows(self, sql: str, params: dict) -> list[tuple]:
-        found = self._numbered.get(sql)
-        if found is None:
-            query, order = numbered(sql)
-            found = self._numbered[sql] = (query, order, [PyFormat.AUTO] * len(order))
-        query, order, formats = found
         tx = self.tx
-        values = tx.dump_sequence([params[name] for name in order], formats)
-        key = (sql, tx.types)
+        query, values, key = bind(tx, self._numbered, sql, params)
         name = self._prepared.get(key)
         if name is None:
             name = self._prepare(key, query)

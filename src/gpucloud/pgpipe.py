@@ -24,7 +24,7 @@ import psycopg
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 
-from gpucloud.pgexec import MAX_PREPARED, error_of, numbered
+from gpucloud.pgexec import MAX_PREPARED, bind, error_of
 
 _TEXT = pq.Format.TEXT
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
@@ -80,14 +80,8 @@ class Pipeline:
         """Send one SELECT (`%(name)s` placeholders); a future of its rows as tuples."""
         if self.broken is not None:
             raise self.broken
-        found = self._numbered.get(sql)
-        if found is None:
-            query, order = numbered(sql)
-            found = self._numbered[sql] = (query, order, [PyFormat.AUTO] * len(order))
-        query, order, formats = found
         tx = self._dump
-        values = tx.dump_sequence([params[name] for name in order], formats)
-        key = (sql, tx.types)
+        query, values, key = bind(tx, self._numbered, sql, params)
         name = self._prepared.get(key)
         pg = self.pgconn
         try:
@@ -117,6 +111,8 @@ class Pipeline:
         self._prepared.clear()
 
     def _flush(self) -> None:
+        """Send what libpq holds; what the socket does not take now goes when it is writable
+        (this again, as the loop's writer callback)."""
         try:
             unsent = self.pgconn.flush()
         except psycopg.Error as exc:
@@ -124,15 +120,8 @@ class Pipeline:
             return
         if unsent and not self._writing:
             self._writing = True
-            self.loop.add_writer(self._fd, self._writable)
-
-    def _writable(self) -> None:
-        try:
-            unsent = self.pgconn.flush()
-        except psycopg.Error as exc:
-            self._break(exc)
-            return
-        if not unsent:
+            self.loop.add_writer(self._fd, self._flush)
+        elif not unsent and self._writing:
             self._writing = False
             self.loop.remove_writer(self._fd)
 
