@@ -136,10 +136,15 @@ class Pipeline:
             self._break(psycopg.OperationalError("the connection to PostgreSQL broke"))
             return
         segments = self._segments
+        ended = False
         while segments and not pg.is_busy():
             res = pg.get_result()
             if res is None:  # the end of one statement's results
+                if ended:  # twice in a row: nothing more has arrived yet
+                    break
+                ended = True
                 continue
+            ended = False
             seg = segments[0]
             status = res.status
             if status == _SYNC:
