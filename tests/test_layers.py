@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "gpucloud"
 # and every layer listed before it.
 LAYERS: list[set[str]] = [
     {"__init__", "settings", "db", "money", "errors", "jsonresp", "common", "secrets",
-     "metrics", "request_context", "routing", "params", "bodies", "threads", "pgexec"},
+     "metrics", "request_context", "routing", "params", "bodies", "threads", "pgexec",
+     "pgpipe"},
     {"drivers"},
     {"accounts", "catalog", "billing", "instances", "clock", "idempotency"},  # the domains
     {"workers", "runtime", "models", "migrations", "console"},  # console: pages on the services
