@@ -251,15 +251,11 @@ class Driver(abc.ABC):
         """For a driver whose `logs` and `events` are made from one row of gpucloud's own
         database (`reads_inline`): that SELECT (a prebuilt SQLAlchemy statement) and its
         parameters. The feeds then read the row where the API's own reads go, from the event
-        loop on PostgreSQL, and hand it (or None) to `logs_from` / `events_from`, which give
-        what `logs` / `events` would. None (the default): call `logs` / `events`."""
+        loop on PostgreSQL, and hand it (or None) to the driver's `logs_from(row, last)` /
+        `events_from(row)`, which give what `logs` / `events` would: a driver that returns a
+        statement here defines those two (the simulated one). None (the default): the feeds
+        call `logs` / `events`, and nothing else is asked of the driver."""
         return None
-
-    def logs_from(self, row: Any, last: int | None) -> list[str]:
-        raise NotImplementedError("only for a driver whose feed_row gives a statement")
-
-    def events_from(self, row: Any) -> list[DriverEvent]:
-        raise NotImplementedError("only for a driver whose feed_row gives a statement")
 
     @abc.abstractmethod
     def list_owned(self) -> list[str]: ...
