@@ -305,8 +305,9 @@ class Reader:
 
     _MAX_STATEMENTS = 512  # bound: a caller building statements per call must not leak
 
-    # PostgreSQL: connections the event loop reads on (docs/api-speed.md, "reads on the
-    # event loop": one served as many as two).
+    # PostgreSQL: connections the event loop reads on. One served as many as two
+    # (docs/api-speed.md, "PostgreSQL reads from the event loop"); with two, one slow read
+    # does not hold up every read queued behind it.
     PIPELINES = 2
 
     def __init__(self, engine: Engine, fallback: Engine, limit: int):

@@ -8,7 +8,7 @@ non-blocking connection, goes on with other requests, and reads the answer when 
 readable (`loop.add_reader`): ~10 µs of CPU and no context switch. In pipeline mode the reads
 of concurrent requests go out back to back on one connection without waiting for each
 other's answers, so the server runs them in a row and one readable event brings several
-answers. Figures in docs/api-speed.md ("reads on the event loop").
+answers. Figures in docs/api-speed.md ("PostgreSQL reads from the event loop").
 
 Each read is its own pipeline segment (the statement, then a sync point), so a failed read
 fails only its own request. Statements are prepared once per connection and per set of

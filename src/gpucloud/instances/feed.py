@@ -55,7 +55,9 @@ def _target(rt, account_id: str, instance_id: str, workload: str, with_events: b
 async def _read(rt, account_id: str, instance_id: str, workload: str, what: str, job,
                 last: int | None) -> list[str]:
     """`job(inst, driver, ours, last)` in a read slot of the instance's provider, after our
-    rows are read on a request thread; `CallTimeout` (a `DriverError`) past the deadline."""
+    rows are read (on a request thread, or from the loop on PostgreSQL, where a driver with a
+    `feed_row` makes the lines here instead); `CallTimeout` (a `DriverError`) past the
+    deadline."""
     answer = asyncio.get_running_loop().create_future()
     limit = rt.settings.driver_read_timeout_seconds
 
@@ -77,7 +79,9 @@ async def _read(rt, account_id: str, instance_id: str, workload: str, what: str,
         if query is not None:  # the driver's row read like ours, the lines made here
             row = await rt.read(*query, then=lambda rows: rt.db.reader.convert(query[0], rows[0])
                                 if rows else None)
-            return _FROM_ROW[what](inst, driver, row, ours, last)
+            if what == "logs":
+                return driver.logs_from(row, last)
+            return _merged(ours, driver.events_from(row), last)
         if driver.call_timeout < limit:
             expire_after(answer, driver.call_timeout, what)
         rt.calls.start_read(inst.provider_id, answer, job, inst, driver, ours, last)
@@ -123,12 +127,6 @@ def _merged(ours: list, theirs: list, last: int | None) -> list[str]:
     theirs = [(e.at, e.message) for e in theirs]
     return _lines(sorted(ours + theirs, key=lambda e: e[0]), last)  # stable: ours first on ties
 
-
-# `Driver.feed_row`'s row to the lines, as `_logs` / `_events` get them from the driver.
-_FROM_ROW = {
-    "logs": lambda inst, driver, row, ours, last: driver.logs_from(row, last),
-    "events": lambda inst, driver, row, ours, last: _merged(ours, driver.events_from(row), last),
-}
 
 
 async def logs(rt, account_id: str, instance_id: str, last: int | None,
