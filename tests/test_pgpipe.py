@@ -19,6 +19,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from gpucloud import pgexec, pgpipe
+from gpucloud.pipes import Pipelines
 from tests.conftest import PG_ADMIN_URL, _backends
 
 _SELECT = "SELECT id, n, name, at FROM {t} WHERE n >= %(low)s AND n < %(low)s + %(span)s ORDER BY n"
@@ -41,13 +42,17 @@ def table(request):
             c.execute(f"DROP TABLE {name}")
 
 
-def _pipes(size: int = 1) -> pgpipe.Pipelines:
+def _connect_args() -> tuple[tuple, dict]:
     engine = create_engine(PG_ADMIN_URL)
     try:
-        args, kwargs = engine.dialect.create_connect_args(make_url(PG_ADMIN_URL))
+        return engine.dialect.create_connect_args(make_url(PG_ADMIN_URL))
     finally:
         engine.dispose()
-    return pgpipe.Pipelines(args, kwargs, size=size)
+
+
+def _pipes(size: int = 1) -> Pipelines:
+    args, kwargs = _connect_args()
+    return Pipelines(lambda: pgpipe.Pipeline.open(args, kwargs), size)
 
 
 @contextlib.asynccontextmanager
@@ -165,15 +170,15 @@ def test_each_event_loop_gets_connections_of_its_own_and_close_lets_them_go(tabl
 
 def test_a_database_that_cannot_be_reached_fails_the_read_and_the_next_one_connects(table):
     name, _ = table
-    pipes = _pipes(1)
-    good = dict(pipes.connect_kwargs)
-    pipes.connect_kwargs = {**good, "port": 1}
+    args, good = _connect_args()
+    kwargs = {**good, "port": 1}
+    pipes = Pipelines(lambda: pgpipe.Pipeline.open(args, kwargs), 1)
 
     async def main():
         try:
             with pytest.raises(psycopg.OperationalError):
                 await pipes.rows(f"SELECT count(*) FROM {name}", {})
-            pipes.connect_kwargs = good
+            kwargs.update(good)
             return await pipes.rows(f"SELECT count(*) FROM {name}", {})
         finally:
             pipes.close()

@@ -199,13 +199,13 @@ def test_a_broken_raw_connection_is_dropped_and_the_read_retried(rt, api):
     assert r.status_code == 200 and r.json()["balance"] == 7
 
 
-def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_postgresql(
+def test_the_api_reads_are_sent_from_the_event_loop_and_survive_a_lost_connection(
         rt, api, backend):
     """`rt.read`: lists, details, the account, the ledger page and the feeds of a simulated
-    provider are read on the read threads on SQLite and sent from the event loop on
-    PostgreSQL (gpucloud.pgpipe), where they start no read thread and no driver-call
-    thread; a connection the database dropped (as a restart leaves it) is replaced and the
-    read answered."""
+    provider are sent from the event loop, to PostgreSQL on pipelined connections
+    (gpucloud.pgpipe) and on SQLite to read processes of ours (gpucloud.sqlitepipe): they
+    start no read thread and no driver-call thread. A connection the database dropped (as a
+    restart leaves it), or a read process killed, is replaced and the read answered."""
     acct, headers = api.account(balance=100)
     plan = api.offer(api.provider("loop-reads"))
     vm_plan = api.offer(api.provider("loop-reads-vm"), workload="vm")
@@ -220,7 +220,7 @@ def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_pos
     rt.requests = type(rt.requests)(rt.requests.size)
     for path in paths:
         assert api.client.get(path, headers=headers).status_code == 200, path
-    assert bool(rt.requests._threads) == rt.db.is_sqlite
+    assert rt.reads_on_loop and not rt.requests._threads
     assert rt.calls._busy_share == {}  # the pool kept no figure: it ran no driver read
     # The lines the driver's own calls give, from the row the feed read itself.
     with rt.db.read() as s:
@@ -233,19 +233,23 @@ def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_pos
     theirs = {f"{isoformat_z(e.at)} {e.message}" for e in driver.events(iid, state)}
     assert theirs and theirs < set(events)
     assert "Instance scheduled on provider loop-reads" in events[0]
-    if rt.db.is_sqlite:
-        assert rt.db.reader.pipes is None
-        return
     pipes = rt.db.reader.pipes._open
     assert pipes and all(p.broken is None for p in pipes)
-    pids = [p.pgconn.backend_pid for p in pipes]
-    engine = create_engine(backend["url"])
-    try:
-        with engine.connect() as c:
-            for pid in pids:
-                assert c.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar()
-    finally:
-        engine.dispose()
+    if rt.db.is_sqlite:
+        gone = [p.proc.pid for p in pipes]
+        for p in pipes:
+            p.proc.kill()
+            p.proc.wait(10)
+    else:
+        gone = [p.pgconn.backend_pid for p in pipes]
+        engine = create_engine(backend["url"])
+        try:
+            with engine.connect() as c:
+                for pid in gone:
+                    assert c.execute(text("SELECT pg_terminate_backend(:p)"),
+                                     {"p": pid}).scalar()
+        finally:
+            engine.dispose()
     for path in paths:
         r = api.client.get(path, headers=headers)
         assert r.status_code == 200, (path, r.text)
@@ -254,7 +258,8 @@ def test_the_api_reads_go_to_the_read_threads_on_sqlite_and_from_the_loop_on_pos
     assert api.client.get(f"/gpu/instances/{iid}/logs?last=3", headers=headers).json() == logs
     assert api.client.get(f"/gpu/instances/{iid}", headers=headers).json()["name"] == "c1"
     now = rt.db.reader.pipes._open
-    assert now and not {p.pgconn.backend_pid for p in now} & set(pids)
+    ids = {p.proc.pid for p in now} if rt.db.is_sqlite else {p.pgconn.backend_pid for p in now}
+    assert now and not ids & set(gone)
 
 
 def test_database_close_releases_the_raw_connections(rt, backend):

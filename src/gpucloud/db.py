@@ -38,8 +38,10 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from gpucloud import pgexec
-from gpucloud.pgpipe import Pipelines
+from gpucloud.pgpipe import Pipeline
+from gpucloud.pipes import Pipelines
 from gpucloud.settings import Settings
+from gpucloud.sqlitepipe import ReadProcess
 
 
 class UTCDateTime(TypeDecorator):
@@ -300,14 +302,16 @@ class Reader:
     `Database.read()` when several must agree. When every raw connection is busy, the read
     goes through a pooled SQLAlchemy connection instead (same rows).
 
-    On PostgreSQL `fetch` reads without a thread: from the event loop, on pipelined
-    connections of its own (`pgpipe`); `Runtime.read` picks the way."""
+    `fetch` reads without a thread of this process, from the event loop: on PostgreSQL on
+    pipelined connections of its own (`pgpipe`), on SQLite from a read process of its own
+    (`sqlitepipe`; not for an in-memory database, which no other process can open).
+    `Runtime.read` picks the way."""
 
     _MAX_STATEMENTS = 512  # bound: a caller building statements per call must not leak
 
-    # PostgreSQL: connections the event loop reads on. One served as many as two
-    # (docs/api-speed.md, "PostgreSQL reads from the event loop"); with two, one slow read
-    # does not hold up every read queued behind it.
+    # Connections (PostgreSQL) or read processes (SQLite) the event loop reads on. One served
+    # as many as two (docs/api-speed.md, "PostgreSQL reads from the event loop"); with two,
+    # one slow read does not hold up every read queued behind it.
     PIPELINES = 2
 
     def __init__(self, engine: Engine, fallback: Engine, limit: int):
@@ -321,8 +325,17 @@ class Reader:
         self._count = 0
         self._lock = threading.Lock()
         self._closed = False
-        self.pipes = None if self.is_sqlite else \
-            Pipelines(*self.dialect.create_connect_args(engine.url), size=self.PIPELINES)
+        self.pipes = self._pipelines(engine)
+
+    def _pipelines(self, engine: Engine) -> Pipelines | None:
+        if not self.is_sqlite:
+            args, kwargs = self.dialect.create_connect_args(engine.url)
+            return Pipelines(lambda: Pipeline.open(args, kwargs), self.PIPELINES)
+        path = engine.url.database
+        if not path or path == ":memory:" or path.startswith("file:"):
+            return None  # no file another process could open: the read thread reads
+        path = os.path.abspath(path)
+        return Pipelines(lambda: ReadProcess.start(path), self.PIPELINES)
 
     def _prepared(self, stmt) -> _Compiled:
         compiled = self._compiled.get(stmt)
@@ -423,7 +436,7 @@ class Reader:
         return cur.rows(compiled.sql, compiled.parameters(params))
 
     async def fetch(self, stmt, params: dict | None = None) -> list:
-        """PostgreSQL, on the event loop: the statement's driver tuples, as
+        """On the event loop (when `pipes`): the statement's driver tuples, as
         `execute(raw=True)` gives them (`convert` makes a row of one), read without blocking
         the loop."""
         compiled = self._prepared(stmt)

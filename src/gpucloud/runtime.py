@@ -93,10 +93,11 @@ class Runtime:
     async def read(self, stmt, params: dict | None = None, keys: bool = False, then=None):
         """One SELECT of the API's reads (`Database.query()`'s statements) without blocking the
         event loop: its raw rows, or with `keys` what `Reader.keys` gives (`db.reader.convert`
-        turns one into a row), or what `then(rows)` makes of them. On PostgreSQL the loop
-        sends it itself on a pipelined connection (`pgpipe`: no thread, no hand-over of the
-        interpreter lock); on SQLite, whose calls block, a read thread runs it, and `then`
-        there too (the loop is what a single process runs out of first)."""
+        turns one into a row), or what `then(rows)` makes of them. The loop sends it itself,
+        with no thread and no hand-over of the interpreter lock: on PostgreSQL on a pipelined
+        connection (`pgpipe`), on SQLite to a read process of ours (`sqlitepipe`), and
+        `then` runs on the loop. Only an in-memory SQLite database, which no other process
+        can open, has a read thread run it, and `then` there too."""
         reader = self.db.reader
         if self.reads_on_loop:
             rows = await reader.fetch(stmt, params)
@@ -105,7 +106,7 @@ class Runtime:
 
     @property
     def reads_on_loop(self) -> bool:
-        """Whether `read` runs on the event loop itself (PostgreSQL) rather than a thread."""
+        """Whether `read` is sent from the event loop itself rather than run on a thread."""
         return self.db.reader.pipes is not None
 
     async def offload_write(self, fn, *args):
