@@ -134,7 +134,9 @@ class Settings(BaseSettings):
     )
     read_threads: int | None = Field(
         None, ge=1, le=200,
-        description="Threads that run the requests' database reads. Unset: 1 on SQLite (a "
+        description="Threads that run the requests' database reads outside the public GET "
+        "routes (those are sent from the event loop: to PostgreSQL's pipelined connections, "
+        "to SQLite's read processes). Unset: 1 on SQLite (a "
         "read is the process's own CPU work, and SQLite hands the interpreter lock back and "
         "forth on every row, so a second thread only contends: the list of 100 instances "
         "cost twice the CPU with 8), 4 on PostgreSQL (at most `threadpool_size`; a read "

@@ -82,7 +82,7 @@ def money_summary(conn, account_id: str) -> dict:
 
 
 async def read_money_summary(rt, account_id: str) -> dict:
-    """`money_summary` for GET /gpu/account, read with `rt.read` (no thread on PostgreSQL)."""
+    """`money_summary` for GET /gpu/account, read with `rt.read` (sent from the event loop)."""
     if not plausible_id(account_id):
         return _summary(None)
     return await rt.read(_MONEY, {"account_id": account_id}, then=lambda rows: _summary(

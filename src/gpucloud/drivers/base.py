@@ -251,7 +251,7 @@ class Driver(abc.ABC):
         """For a driver whose `logs` and `events` are made from one row of gpucloud's own
         database (`reads_inline`): that SELECT (a prebuilt SQLAlchemy statement) and its
         parameters. The feeds then read the row where the API's own reads go, from the event
-        loop on PostgreSQL, and hand it (or None) to the driver's `logs_from(row, last)` /
+        loop, and hand it (or None) to the driver's `logs_from(row, last)` /
         `events_from(row)`, which give what `logs` / `events` would: a driver that returns a
         statement here defines those two (the simulated one). None (the default): the feeds
         call `logs` / `events`, and nothing else is asked of the driver."""

@@ -1,8 +1,8 @@
 """/gpu/instances — container instances (SPEC §3). Thin: auth, one service call, a JSON body.
 
 GET /gpu/instances/{instance_id} is the hottest read: auth from memory on the event loop, one
-indexed SELECT through `rt.read` (sent from the loop on PostgreSQL, on a read thread on
-SQLite).
+indexed SELECT through `rt.read` (sent from the loop: to PostgreSQL, or to a read process of
+ours on SQLite).
 """
 
 from __future__ import annotations

@@ -14,10 +14,12 @@ A driver whose reads are SELECTs on our own database (`reads_inline`: the simula
 unless set to be slow) is asked on the request thread itself, right after our rows: a second
 thread would only add a hand-over (events on SQLite ~260 → ~190 µs of CPU in-process).
 
-On PostgreSQL the API's reads go out from the event loop (`Runtime.read`, gpucloud.pgpipe),
-and so do a feed's: our rows, then, for such a driver, its row (`Driver.feed_row`), from which
-it makes the lines (`logs_from` / `events_from`) with no thread at all; another driver's call
-starts from the loop in a read slot, as above.
+The API's reads go out from the event loop (`Runtime.read`: to PostgreSQL's pipelines,
+gpucloud.pgpipe, or SQLite's read processes, gpucloud.sqlitepipe), and so do a feed's: our
+rows, then, for such a driver, its row (`Driver.feed_row`), from which it makes the lines
+(`logs_from` / `events_from`) with no thread at all; another driver's call starts from the
+loop in a read slot, as above. The request thread is left only where `Runtime.read` has one
+(an in-memory SQLite database).
 
 A provider that hangs costs a request its deadline (the read timeout, or the provider's call
 timeout when shorter) and holds no request thread at all; events then answer with gpucloud's
@@ -55,8 +57,8 @@ def _target(rt, account_id: str, instance_id: str, workload: str, with_events: b
 async def _read(rt, account_id: str, instance_id: str, workload: str, what: str, job,
                 last: int | None) -> list[str]:
     """`job(inst, driver, ours, last)` in a read slot of the instance's provider, after our
-    rows are read (on a request thread, or from the loop on PostgreSQL, where a driver with a
-    `feed_row` makes the lines here instead); `CallTimeout` (a `DriverError`) past the
+    rows are read (from the loop when `rt.reads_on_loop`, where a driver with a `feed_row`
+    makes the lines here instead, else on a request thread); `CallTimeout` (a `DriverError`) past the
     deadline."""
     answer = asyncio.get_running_loop().create_future()
     limit = rt.settings.driver_read_timeout_seconds
@@ -96,7 +98,7 @@ async def _read(rt, account_id: str, instance_id: str, workload: str, what: str,
 
 async def _target_on_loop(rt, account_id: str, instance_id: str, workload: str,
                           with_events: bool):
-    """`_target` read through `rt.read` (on the event loop, on PostgreSQL)."""
+    """`_target` read through `rt.read` (sent from the event loop)."""
     stmt, params = service.feed_target_query(account_id, instance_id, workload, with_events)
     convert = rt.db.reader.convert
     inst, ours = service.feed_target_from(
