@@ -79,8 +79,12 @@ def test_concurrent_reads_are_pipelined_on_one_connection_with_the_cursors_value
             pipe = pipes._open[0]
             futures = [pipe.rows(sql, p) for p in wanted]  # all sent before any answer
             assert pipe.pending == len(wanted)
+            # A TCP connection: what this turn of the loop sent waits in the corked socket.
+            cork = pipe._cork.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
             got = await asyncio.gather(*futures)
             assert pipe.pending == 0 and pipes._open == [pipe]
+            assert cork == 1 and not pipe._corked
+            assert pipe._cork.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
             return first, got
         finally:
             pipes.close()
@@ -233,3 +237,23 @@ def test_a_read_whose_caller_stopped_waiting_does_not_disturb_the_others(table):
     assert isinstance(done[2], asyncio.CancelledError)
     assert [d[0][1] for i, d in enumerate(done) if i != 2] == [0, 1, 3, 4]
     assert [r[1] for r in again] == [7] and pending == 0 and broken is None
+
+
+def test_only_a_tcp_connection_is_corked():
+    """A Unix socket (PostgreSQL on its local socket) is sent as libpq sends it."""
+    a, b = socket.socketpair()
+    try:
+        assert pgpipe._corkable(a.fileno()) is None
+    finally:
+        a.close()
+        b.close()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        try:
+            handle = pgpipe._corkable(client.fileno())
+            assert handle is not None and handle.fileno() != client.fileno()
+            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 1  # one socket
+            handle.close()
+        finally:
+            client.close()

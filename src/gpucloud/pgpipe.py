@@ -18,6 +18,7 @@ parameter types, as in `pgexec`, and the rows come from psycopg's own loaders.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 
 import psycopg
@@ -64,6 +65,8 @@ class Pipeline:
         self.pgconn.nonblocking = 1
         self.pgconn.enter_pipeline_mode()
         self._fd = self.pgconn.socket
+        self._cork = _corkable(self._fd)
+        self._corked = False
         loop.add_reader(self._fd, self._readable)
 
     @classmethod
@@ -84,6 +87,8 @@ class Pipeline:
         query, values, key = bind(tx, self._numbered, sql, params)
         name = self._prepared.get(key)
         pg = self.pgconn
+        if self._cork is not None and not self._corked:
+            self._hold()
         try:
             prepares = None
             if name is None:
@@ -102,6 +107,24 @@ class Pipeline:
         self._segments.append(_Segment(fut, prepares))
         self._flush()
         return fut
+
+    def _hold(self) -> None:
+        """Keep what this turn of the loop sends in the socket until the turn ends: libpq
+        flushes at every sync point, and each flush on a TCP connection to this machine ran
+        the server's side of the delivery in our system call (~20–35 µs of the loop's CPU
+        per read); corked, the reads of a turn go out together."""
+        self._cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        self._corked = True
+        self.loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self._corked = False
+        if self._fd is None:
+            return
+        try:
+            self._cork.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        except OSError as exc:
+            self._break(psycopg.OperationalError(f"the connection to PostgreSQL broke: {exc}"))
 
     def _forget_all(self) -> None:
         # Bound per connection, as pgexec's; reads already sent run before the DEALLOCATE.
@@ -199,4 +222,18 @@ class Pipeline:
                 self.loop.remove_writer(self._fd)
         self._fd = None
         self.broken = self.broken or psycopg.OperationalError("closed")
+        if self._cork is not None:
+            self._cork.close()
         self.pgconn.finish()
+
+
+def _corkable(fd: int) -> socket.socket | None:
+    """A second handle on a TCP connection's socket, to cork it; None for a Unix socket (or
+    a system without TCP_CORK), which is sent as libpq sends it."""
+    if not hasattr(socket, "TCP_CORK"):
+        return None
+    sock = socket.socket(fileno=socket.dup(fd))
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        sock.close()
+        return None
+    return sock

@@ -58,8 +58,8 @@ async def _read(rt, account_id: str, instance_id: str, workload: str, what: str,
                 last: int | None) -> list[str]:
     """`job(inst, driver, ours, last)` in a read slot of the instance's provider, after our
     rows are read (from the loop when `rt.reads_on_loop`, where a driver with a `feed_row`
-    makes the lines here instead, else on a request thread); `CallTimeout` (a `DriverError`) past the
-    deadline."""
+    makes the lines here instead, else on a request thread); `CallTimeout` (a `DriverError`)
+    past the deadline."""
     answer = asyncio.get_running_loop().create_future()
     limit = rt.settings.driver_read_timeout_seconds
 
