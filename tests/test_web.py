@@ -11,13 +11,16 @@ import re
 import sys
 import uuid
 
+import pytest
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from opentelemetry import trace
 from starlette.responses import Response
 from starlette.routing import Match, Mount
 
+from gpucloud import params
 from gpucloud.accounts import routes as accounts
 from gpucloud.admin import routes as admin
 from gpucloud.app import create_app
@@ -448,6 +451,31 @@ def test_request_only_routes_answer_bad_query_parameters_exactly_as_fastapi_woul
         rest = client.get("/gpu/account/transactions", headers=key,
                           params={"cursor": page["next_cursor"], "limit": "+500"}).json()
         assert rest == {"items": entries[2:], "next_cursor": None}
+
+
+def test_query_values_are_kept_per_query_string_only_when_good_short_and_few(monkeypatch):
+    """params.read keeps what it read from a query string (polling clients repeat theirs):
+    the same bytes give the same values, a bad one is read and reported every time, a long
+    one is not kept, and at most `_KEPT` are."""
+    monkeypatch.setattr(params, "_read_before", {})
+    monkeypatch.setattr(params, "_KEPT", 3)
+    last, limit = container_routes.LAST, billing.LIMIT
+
+    def read(query: str, *asked):
+        scope = {"type": "http", "query_string": query.encode(), "headers": []}
+        return params.read(Request(scope), *asked)
+
+    assert read("last=5", last) == (5,) and read("last=5", last) == (5,)
+    assert read("last=5", limit) == (50,)  # other parameters, other values
+    assert read("last=6", last) == (6,) and len(params._read_before) == 3
+    assert read("", last) == (None,) and len(params._read_before) == 1  # started over
+    for _ in range(2):
+        with pytest.raises(RequestValidationError) as bad:
+            read("last=0", last)
+        assert bad.value.errors()[0]["loc"] == ("query", "last")
+    assert (b"last=0", (last,)) not in params._read_before
+    long = "last=7&" + "x=1&" * 100
+    assert read(long, last) == (7,) and (long.encode(), (last,)) not in params._read_before
 
 
 def test_request_only_endpoints_skip_fastapis_handler_unless_telemetry_records(rt):
