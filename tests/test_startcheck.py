@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from gpucloud.drivers.docker import startcheck
 from gpucloud.drivers.docker.startcheck import exec_failure, exec_state, pid_view
 
 
@@ -155,6 +156,40 @@ def test_an_init_never_seen_is_waited_for_while_the_engine_calls_it_running():
     failure = exec_failure(_Engine(), container, window=0.0, view=True)
     assert failure is not None and "failed to exec" in failure
     assert time.monotonic() - started >= 3.0
+
+
+def test_an_init_caught_exiting_is_gone_and_one_unreadable_look_keeps_the_view(monkeypatch):
+    # Reading an exiting init's children can fail with ESRCH (a file opened while it was
+    # there): that is an exited init, not a host without a view into /proc.
+    alive = _spawn(["sleep", "30"])
+    try:
+        def vanishing(path, *args, **kwargs):
+            raise ProcessLookupError(3, "No such process")
+
+        monkeypatch.setattr(startcheck, "open", vanishing, raising=False)
+        assert exec_state(alive.pid) == "gone"
+    finally:
+        monkeypatch.undo()
+        _stop(alive)
+    # And a look that could not read it at all, once, does not drop the view: with a window
+    # of 0 the check would call the command started; it asks on until the engine reports
+    # the exit and the init's complaint.
+    line = b"catatonit: failed to exec pid1: No such file or directory\n"
+    container = _SlowToReportTheExit(_exited_pid(), line, running_answers=5)
+    looks = iter(["unknown", "pending", "unknown", "gone", "gone"])
+    monkeypatch.setattr(startcheck, "exec_state", lambda pid: next(looks, "gone"))
+    failure = exec_failure(_Engine(), container, window=0.0, view=True)
+    assert failure is not None and "failed to exec" in failure
+    assert container.reloads == 6
+
+
+def test_an_init_that_cannot_be_read_look_after_look_leaves_the_window_to_decide(
+        monkeypatch):
+    container = _SlowToReportTheExit(_exited_pid(), b"", running_answers=10**9)
+    monkeypatch.setattr(startcheck, "exec_state", lambda pid: "unknown")
+    started = time.monotonic()
+    assert exec_failure(_Engine(), container, window=0.0, view=True) is None
+    assert container.reloads == startcheck.UNKNOWN_LOOKS and time.monotonic() - started < 5
 
 
 def test_without_a_view_the_window_decides():
