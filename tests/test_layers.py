@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "gpucloud"
 LAYERS: list[set[str]] = [
     {"__init__", "settings", "db", "money", "errors", "jsonresp", "common", "secrets",
      "metrics", "request_context", "routing", "params", "bodies", "threads", "pgexec",
-     "pgpipe", "pipes", "sqlitepipe"},
+     "pgpipe", "pipes", "sqlitepipe", "sqlitereader"},
     {"drivers"},
     {"accounts", "catalog", "billing", "instances", "clock", "idempotency"},  # the domains
     {"workers", "runtime", "models", "migrations", "console"},  # console: pages on the services

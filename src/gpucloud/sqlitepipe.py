@@ -4,18 +4,15 @@ SQLite's calls block, so a read thread used to run the API's reads, and under lo
 interpreter lock changed hands between that thread and the busy event loop around every
 SQLite step, each hand-over a wait and a context switch: instance details cost ~2.5× the
 CPU of a plans response and the feeds served about as many at 32 connections as at one
-(docs/api-speed.md, "SQLite reads in a read process"). Here a child process (this module run
-as `python -m gpucloud.sqlitepipe`) holds its own connection to the same database file and
+(docs/api-speed.md, "SQLite reads in a read process"). Here a child process
+(`python -m gpucloud.sqlitereader`) holds its own connection to the same database file and
 answers the reads sent over a socket pair: it has an interpreter lock of its own. The loop
 writes a read to a non-blocking socket and goes on; `loop.add_reader` settles the futures when
 answers arrive, as with PostgreSQL's pipelines (`pgpipe`). WAL mode (db.make_engine) lets the
 child read while this process writes, and each read sees every write committed before it was
 sent, as a read thread's own connection did; the child's connection is `query_only`.
 
-Frames, both ways: a 4-byte big-endian length, then the body. A read is the pickle of
-`(sql, params)`; an answer is one byte, 0 then the marshal of the rows (sqlite3 gives only
-ints, floats, text, bytes and None), or 1 then the pickle of the error's class name and
-message. The child answers in the order it was asked, a batch of answers in one write.
+The frames are described in `sqlitereader`, the child's side.
 """
 
 from __future__ import annotations
@@ -24,19 +21,16 @@ import asyncio
 import marshal
 import os
 import pickle
-import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 from collections import deque
 from pathlib import Path
 
-_HEADER = struct.Struct("!I")
-_OK = 0
-_CHUNK = 1 << 18
-# The directory holding the gpucloud package: the child imports this module from there even
+from gpucloud.sqlitereader import CHUNK, HEADER, OK
+
+# The directory holding the gpucloud package: the child imports its module from there even
 # when the server was started with a path of its own (a checkout on PYTHONPATH).
 _SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -54,9 +48,9 @@ def _spawn(path: str) -> tuple[subprocess.Popen, socket.socket]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
     try:
-        # -S: no site packages to import; the child needs the standard library and this file.
+        # -S: no site packages to import; the child needs the standard library and one file.
         proc = subprocess.Popen(
-            [sys.executable, "-S", "-m", "gpucloud.sqlitepipe", str(theirs.fileno()), path],
+            [sys.executable, "-S", "-m", "gpucloud.sqlitereader", str(theirs.fileno()), path],
             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
     except BaseException:
         ours.close()
@@ -100,7 +94,7 @@ class ReadProcess:
         if self.broken is not None:
             raise self.broken
         body = pickle.dumps((sql, params), pickle.HIGHEST_PROTOCOL)
-        self._out += _HEADER.pack(len(body))
+        self._out += HEADER.pack(len(body))
         self._out += body
         fut = self.loop.create_future()
         self._waiting.append(fut)
@@ -134,7 +128,7 @@ class ReadProcess:
 
     def _readable(self) -> None:
         try:
-            chunk = self.sock.recv(_CHUNK)
+            chunk = self.sock.recv(CHUNK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -147,7 +141,7 @@ class ReadProcess:
         buf += chunk
         pos, end, waiting = 0, len(buf), self._waiting
         while end - pos >= 4:
-            size = _HEADER.unpack_from(buf, pos)[0]
+            size = HEADER.unpack_from(buf, pos)[0]
             if end - pos - 4 < size:
                 break
             start = pos + 4
@@ -155,7 +149,7 @@ class ReadProcess:
             fut = waiting.popleft()
             if fut.done():  # a caller that stopped waiting
                 continue
-            if buf[start] == _OK:
+            if buf[start] == OK:
                 fut.set_result(marshal.loads(buf[start + 1:pos]))
             else:
                 fut.set_exception(_error(*pickle.loads(buf[start + 1:pos])))
@@ -191,45 +185,3 @@ class ReadProcess:
         self._fd = None
         self.broken = self.broken or sqlite3.OperationalError("closed")
         self.sock.close()
-
-
-# --- the child ----------------------------------------------------------------------------------
-
-
-def serve(fd: int, path: str) -> None:
-    """Answer reads from the socket `fd` until it closes."""
-    # Ctrl-C in a terminal reaches the whole process group; the server ends us by closing the
-    # socket when it shuts down, and a traceback here would only be noise.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False,
-                           cached_statements=512)
-    conn.execute("PRAGMA query_only=1")  # this connection only reads
-    cur = conn.cursor()
-    buf = bytearray()
-    while True:
-        chunk = sock.recv(_CHUNK)
-        if not chunk:
-            return
-        buf += chunk
-        out, pos, end = [], 0, len(buf)
-        while end - pos >= 4:
-            size = _HEADER.unpack_from(buf, pos)[0]
-            if end - pos - 4 < size:
-                break
-            sql, params = pickle.loads(buf[pos + 4:pos + 4 + size])
-            pos += 4 + size
-            try:
-                cur.execute(sql, params)
-                body = b"\x00" + marshal.dumps(cur.fetchall())
-            except Exception as exc:  # the read fails alone; the connection goes on
-                body = b"\x01" + pickle.dumps((type(exc).__name__, str(exc)))
-            out.append(_HEADER.pack(len(body)))
-            out.append(body)
-        del buf[:pos]
-        if out:
-            sock.sendall(b"".join(out))
-
-
-if __name__ == "__main__":
-    serve(int(sys.argv[1]), sys.argv[2])
