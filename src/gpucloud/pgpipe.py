@@ -87,9 +87,9 @@ class Pipeline:
         query, values, key = bind(tx, self._numbered, sql, params)
         name = self._prepared.get(key)
         pg = self.pgconn
-        if self._cork is not None and not self._corked:
-            self._hold()
         try:
+            if self._cork is not None and not self._corked:
+                self._hold()
             prepares = None
             if name is None:
                 if len(self._prepared) >= MAX_PREPARED:
@@ -100,7 +100,7 @@ class Pipeline:
                 prepares = key
             pg.send_query_prepared(name, values, tx.formats, _TEXT)
             pg.pipeline_sync()
-        except psycopg.Error as exc:
+        except (psycopg.Error, OSError) as exc:
             self._break(exc)
             raise self.broken from exc
         fut = self.loop.create_future()
