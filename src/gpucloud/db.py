@@ -113,8 +113,11 @@ def private_sqlite_file(url: str) -> None:
         file.parent.mkdir(mode=0o700, parents=True)
     os.close(os.open(file, os.O_CREAT | os.O_RDWR, 0o600))
     for sibling in (file, file.with_name(file.name + "-wal"), file.with_name(file.name + "-shm")):
-        if sibling.exists() and sibling.stat().st_mode & 0o077:
-            sibling.chmod(0o600)
+        try:
+            if sibling.stat().st_mode & 0o077:
+                sibling.chmod(0o600)
+        except FileNotFoundError:
+            continue  # not there, or removed meanwhile (SQLite drops -wal at the last close)
 
 
 # orjson instead of the stdlib for JSON columns: lists decode one document per row.

@@ -33,6 +33,7 @@ from gpucloud.sqlitereader import CHUNK, HEADER, OK
 # The directory holding the gpucloud package: the child imports its module from there even
 # when the server was started with a path of its own (a checkout on PYTHONPATH).
 _SOURCE_ROOT = str(Path(__file__).resolve().parent.parent)
+_ENDING = 5.0  # seconds a closed read process has to end before it is killed
 
 
 def _error(name: str, message: str) -> sqlite3.Error:
@@ -168,7 +169,8 @@ class ReadProcess:
 
     def close(self) -> None:
         """Let the process go (from the loop's own thread, or handed to it): it ends when its
-        socket closes (Popen's finalizer reaps it)."""
+        socket closes. From a loop it is left to end (Popen's finalizer reaps it); from
+        plain code it is waited for."""
         if self._fd is None:
             return
         try:
@@ -185,3 +187,12 @@ class ReadProcess:
         self._fd = None
         self.broken = self.broken or sqlite3.OperationalError("closed")
         self.sock.close()
+        if here is None:
+            # Closed from plain code (a shutdown, a test's teardown), not from a loop: wait
+            # for the process, so that nothing of ours holds the database file once this
+            # returns (SQLite removes the -wal file when its last connection closes).
+            try:
+                self.proc.wait(_ENDING)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
