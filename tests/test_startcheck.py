@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
-from gpucloud.drivers.docker import startcheck
+from gpucloud.drivers.docker import containers, startcheck
 from gpucloud.drivers.docker.startcheck import exec_failure, exec_state, pid_view
 
 
@@ -227,7 +228,8 @@ def test_pid_view_tells_an_engine_in_our_pid_namespace_from_one_elsewhere(tmp_pa
     try:
         assert pid_view(str(tmp_path / "here.sock")) is True
         assert pid_view(str(tmp_path / "elsewhere.sock")) is False
-        assert pid_view(str(tmp_path / "nobody.sock")) is False  # no engine there at all
+        # No engine there at all: nothing known, asked again next time.
+        assert pid_view(str(tmp_path / "nobody.sock")) is None
     finally:
         for proc in (here, elsewhere):
             proc.kill()
@@ -249,3 +251,19 @@ def test_a_command_that_execs_is_started():
         assert exec_state(proc.pid) == "execed"
     finally:
         _stop(proc)
+
+
+def test_a_view_not_known_yet_is_asked_again_at_the_next_check(monkeypatch):
+    # The engine's socket could not be asked at the first check (a busy engine): that check
+    # goes by the window, and the next one asks again instead of keeping "no view" for good.
+    answers = iter([None, True])
+    monkeypatch.setattr(containers, "pid_view", lambda path: next(answers))
+    views = []
+    monkeypatch.setattr(containers, "exec_failure",
+                        lambda engine, container, window, view: views.append(view))
+    cfg = SimpleNamespace(is_local=True, socket_path="/run/engine.sock", start_check_seconds=0.1)
+    checks = containers.Containers(engine=None, cfg=cfg, provider_id="p")
+    for _ in range(3):
+        checks.exec_failure(None)
+    assert views == [False, True, True]
+

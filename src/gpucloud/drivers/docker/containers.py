@@ -41,7 +41,7 @@ class Containers:
         self.engine = engine
         self.cfg = cfg
         self.provider_id = provider_id
-        self._pid_view: bool | None = None  # asked once, at the first start check
+        self._pid_view: bool | None = None  # asked at the first start check until answered
 
     # -- lookups -----------------------------------------------------------------------------
     def summaries(self, *labels: str) -> list[dict[str, Any]]:
@@ -82,10 +82,13 @@ class Containers:
                 self.remove(c)
 
     def exec_failure(self, container) -> str | None:
-        if self._pid_view is None:
-            self._pid_view = self.cfg.is_local and pid_view(self.cfg.socket_path)
-        return exec_failure(self.engine, container, self.cfg.start_check_seconds,
-                            self._pid_view)
+        view = self._pid_view
+        if view is None:
+            # A local engine whose socket could not be asked now (busy) is asked again at the
+            # next check; this one goes by the time window.
+            view = self._pid_view = pid_view(self.cfg.socket_path) if self.cfg.is_local \
+                else False
+        return exec_failure(self.engine, container, self.cfg.start_check_seconds, bool(view))
 
     # -- status ------------------------------------------------------------------------------
     def status_of(self, container, state: dict[str, Any] | None) -> WorkloadStatus:

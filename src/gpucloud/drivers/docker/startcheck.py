@@ -37,22 +37,32 @@ LOG_PATIENCE = 2.0
 UNKNOWN_LOOKS = 3
 
 
-def pid_view(socket_path: str) -> bool:
+def pid_view(socket_path: str, tries: int = 3) -> bool | None:
     """Whether the engine serving `socket_path` reports PIDs of this process's namespace:
     its socket's peer is visible here and shares our PID namespace. An init that fails to
     exec is often gone before the first look into /proc, so "this pid was never seen" could
     not tell an exited init from an engine elsewhere (Podman, loaded, reported the exit
-    seconds late: seen in CI)."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(socket_path)
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                    struct.calcsize("3i"))
+    seconds late: seen in CI). None: the socket could not be asked (no engine there, or one
+    too busy to accept), so nothing is known yet; the caller asks again next time rather than
+    keep "no view" for good."""
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(0.1)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(socket_path)
+                creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))
+        except OSError:
+            continue
         pid = struct.unpack("3i", creds)[0]  # 0: the peer lives in a namespace we cannot see
-        return pid > 0 and os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return False
+        try:
+            return pid > 0 and \
+                os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
+        except OSError:
+            return False  # a peer whose namespace we may not read is not ours
+    return None
 
 
 def exec_state(pid: int) -> str:
