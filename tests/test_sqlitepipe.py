@@ -8,6 +8,7 @@ bytes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 
 import pytest
@@ -39,6 +40,17 @@ def _pipes(path: str, size: int = 1) -> Pipelines:
     return Pipelines(lambda: ReadProcess.start(path), size)
 
 
+@contextlib.asynccontextmanager
+async def _started(path: str):
+    """Pipelines with one read process started (by a first read), closed afterwards."""
+    pipes = _pipes(path)
+    try:
+        await pipes.rows("SELECT 1", [])
+        yield pipes, pipes._open[0]
+    finally:
+        pipes.close()
+
+
 def test_concurrent_reads_are_in_flight_together_with_the_cursors_values(db):
     path, c = db
     wanted = [[low, low, span] for low in range(0, 200, 9) for span in (1, 5, 40)]
@@ -67,9 +79,7 @@ def test_a_failing_read_fails_alone_and_the_process_only_reads(db):
     path, c = db
 
     async def main():
-        pipes = _pipes(path)
-        try:
-            proc = (await pipes.rows("SELECT 1", []), pipes._open[0])[1]
+        async with _started(path) as (pipes, proc):
             good = proc.rows("SELECT count(*) FROM t", [])
             bad = proc.rows("SELECT nope FROM t", [])
             write = proc.rows("DELETE FROM t", [])
@@ -77,8 +87,6 @@ def test_a_failing_read_fails_alone_and_the_process_only_reads(db):
             results = await asyncio.gather(good, bad, write, after, return_exceptions=True)
             assert proc.broken is None and pipes._open == [proc]
             return results
-        finally:
-            pipes.close()
 
     good, bad, write, after = asyncio.run(main())
     assert good == [(200,)] and after == [(49,)]
@@ -155,9 +163,7 @@ def test_a_big_parameter_and_a_big_answer_go_whole_and_in_order(db):
     big = "x" * 30_000_000  # more than a socket buffer holds: sent when writable
 
     async def main():
-        pipes = _pipes(path)
-        try:
-            proc = (await pipes.rows("SELECT 1", []), pipes._open[0])[1]
+        async with _started(path) as (pipes, proc):
             futures = [proc.rows("SELECT length(?)", [big]),
                        proc.rows("SELECT n FROM t WHERE n = ?", [3]),
                        proc.rows("SELECT zeroblob(4000000)", []),
@@ -168,8 +174,6 @@ def test_a_big_parameter_and_a_big_answer_go_whole_and_in_order(db):
             got = await asyncio.gather(*futures)
             assert not proc._writing
             return got
-        finally:
-            pipes.close()
 
     length, three, blob, four = asyncio.run(main())
     assert length == [(30_000_000,)] and three == [(3,)] and four == [(4,)]
@@ -180,14 +184,10 @@ def test_a_cancelled_read_does_not_disturb_the_others(db):
     path, _ = db
 
     async def main():
-        pipes = _pipes(path)
-        try:
-            proc = (await pipes.rows("SELECT 1", []), pipes._open[0])[1]
+        async with _started(path) as (pipes, proc):
             futures = [proc.rows("SELECT n FROM t WHERE n = ?", [k]) for k in range(5)]
             futures[2].cancel()
             return await asyncio.gather(*(f for i, f in enumerate(futures) if i != 2))
-        finally:
-            pipes.close()
 
     assert asyncio.run(main()) == [[(0,)], [(1,)], [(3,)], [(4,)]]
 

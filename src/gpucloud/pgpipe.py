@@ -26,6 +26,7 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 
 from gpucloud.pgexec import MAX_PREPARED, bind, error_of
+from gpucloud.pipes import LoopConnection
 
 _TEXT = pq.Format.TEXT
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
@@ -45,7 +46,7 @@ class _Segment:
         self.error: Exception | None = None
 
 
-class Pipeline:
+class Pipeline(LoopConnection):
     """One autocommit connection in pipeline mode, driven by the loop it was opened on."""
 
     def __init__(self, conn: psycopg.AsyncConnection, loop: asyncio.AbstractEventLoop):
@@ -205,22 +206,7 @@ class Pipeline:
             if fut is not None and not fut.done():
                 fut.set_exception(self.broken)
 
-    def close(self) -> None:
-        """Let the connection go (from the loop's own thread, or handed to it)."""
-        if self._fd is None:
-            return
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if here is not self.loop and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.close)
-            return
-        if not self.loop.is_closed():
-            self.loop.remove_reader(self._fd)
-            if self._writing:
-                self.loop.remove_writer(self._fd)
-        self._fd = None
+    def _end(self, from_loop: bool) -> None:
         self.broken = self.broken or psycopg.OperationalError("closed")
         if self._cork is not None:
             self._cork.close()

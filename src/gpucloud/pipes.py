@@ -8,8 +8,40 @@ it can serve no more, and `close()` lets it go from any thread.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 from collections.abc import Awaitable, Callable
+
+
+class LoopConnection(abc.ABC):
+    """What both kinds share: a socket `_fd` read (and, while output waits, written) by the
+    loop's callbacks, let go from any thread."""
+
+    loop: asyncio.AbstractEventLoop
+    _fd: int | None
+    _writing: bool
+
+    def close(self) -> None:
+        """Let the connection go (from the loop's own thread, or handed to it)."""
+        if self._fd is None:
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is not self.loop and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.close)
+            return
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._fd)
+            if self._writing:
+                self.loop.remove_writer(self._fd)
+        self._fd = None
+        self._end(from_loop=here is not None)
+
+    @abc.abstractmethod
+    def _end(self, from_loop: bool) -> None:
+        """Close the connection itself, its callbacks already removed."""
 
 
 class Pipelines:

@@ -28,6 +28,7 @@ import sys
 from collections import deque
 from pathlib import Path
 
+from gpucloud.pipes import LoopConnection
 from gpucloud.sqlitereader import CHUNK, HEADER, OK
 
 # The directory holding the gpucloud package: the child imports its module from there even
@@ -61,7 +62,7 @@ def _spawn(path: str) -> tuple[subprocess.Popen, socket.socket]:
     return proc, ours
 
 
-class ReadProcess:
+class ReadProcess(LoopConnection):
     """One read process, driven by the event loop it was started on."""
 
     def __init__(self, proc: subprocess.Popen, sock: socket.socket,
@@ -167,27 +168,12 @@ class ReadProcess:
             if not fut.done():
                 fut.set_exception(self.broken)
 
-    def close(self) -> None:
-        """Let the process go (from the loop's own thread, or handed to it): it ends when its
-        socket closes. From a loop it is left to end (Popen's finalizer reaps it); from
-        plain code it is waited for."""
-        if self._fd is None:
-            return
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if here is not self.loop and self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.close)
-            return
-        if not self.loop.is_closed():
-            self.loop.remove_reader(self._fd)
-            if self._writing:
-                self.loop.remove_writer(self._fd)
-        self._fd = None
+    def _end(self, from_loop: bool) -> None:
+        """The process ends when its socket closes. Let go from a loop it is left to end
+        (Popen's finalizer reaps it); from plain code it is waited for."""
         self.broken = self.broken or sqlite3.OperationalError("closed")
         self.sock.close()
-        if here is None:
+        if not from_loop:
             # Closed from plain code (a shutdown, a test's teardown), not from a loop: wait
             # for the process, so that nothing of ours holds the database file once this
             # returns (SQLite removes the -wal file when its last connection closes).
