@@ -35,9 +35,11 @@ LOCAL_LIMIT = 60.0
 LOG_PATIENCE = 2.0
 # Looks in a row that cannot read an init's /proc before the check stops using /proc.
 UNKNOWN_LOOKS = 3
+# Attempts to ask the engine's socket who serves it before the answer is "cannot tell".
+SOCKET_TRIES = 3
 
 
-def pid_view(socket_path: str, tries: int = 3) -> bool | None:
+def pid_view(socket_path: str) -> bool | None:
     """Whether the engine serving `socket_path` reports PIDs of this process's namespace:
     its socket's peer is visible here and shares our PID namespace. An init that fails to
     exec is often gone before the first look into /proc, so "this pid was never seen" could
@@ -45,7 +47,7 @@ def pid_view(socket_path: str, tries: int = 3) -> bool | None:
     seconds late: seen in CI). None: the socket could not be asked (no engine there, or one
     too busy to accept), so nothing is known yet; the caller asks again next time rather than
     keep "no view" for good."""
-    for attempt in range(tries):
+    for attempt in range(SOCKET_TRIES):
         if attempt:
             time.sleep(0.1)
         try:
