@@ -18,7 +18,11 @@ from gpucloud.drivers.docker.engine import Engine
 
 log = logging.getLogger("gpucloud")
 
-PING_TIMEOUT = 5.0  # a busy Podman takes over a second to answer /version
+# A busy Podman takes over a second to answer /version, and on a loaded two-core machine
+# (the test suite's guests booting beside it) it was seen to take more than 5 s: the server
+# then started without the local provider. A socket nobody listens on is refused at once,
+# so the wait is only ever spent on an engine that is there but slow.
+PING_TIMEOUT = 15.0
 
 
 def candidate_engines() -> list[str]:
