@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 import anyio
+import orjson
 import pytest
 from sqlalchemy import (
     Float,
@@ -29,7 +30,7 @@ from gpucloud.errors import NotFound
 from gpucloud.instances import events, service
 from gpucloud.instances.models import Instance
 from gpucloud.jsonresp import isoformat_z
-from gpucloud.runtime import read_threads
+from gpucloud.runtime import config_key, read_threads
 from tests.conftest import make_settings
 
 
@@ -337,3 +338,52 @@ def test_a_feeds_target_and_our_lines_in_one_read_are_what_two_reads_give(rt, ap
         for account_id, workload in ((other, "container"), (acct, "vm")):
             with pytest.raises(NotFound):
                 service.driver_target_and_events(conn, account_id, iid, workload)
+
+
+def test_timestamps_come_back_aware_in_utc_on_every_read_path(rt, api):
+    """A stored instant reads back as the same aware UTC value through the ORM, a raw read
+    converted (`convert_all`, as the feeds do) and a read sent from the loop; with and without
+    microseconds. On SQLite also text stored by another program with its `+00:00` offset (the
+    processor appends the offset itself; text that has one is parsed as it is)."""
+    acct, headers = api.account(balance=100)
+    iid = api.deploy(headers, api.offer(api.provider("stamps")), name="stamps")
+    stamps = [dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+              dt.datetime(2030, 1, 2, 3, 4, 5, 600007, tzinfo=dt.UTC)]
+    with rt.db.write() as s:
+        for at in stamps:
+            events.record(s, iid, at, "stamp")
+    stmt, params = service.feed_target_query(acct, iid, "container", True)
+    reader = rt.db.reader
+    raw = reader.execute(stmt, params, True)
+    rows = reader.convert_all(stmt, raw)
+    assert rows == [reader.convert(stmt, r) for r in raw] == list(reader.execute(stmt, params))
+    ours = [r.at for r in rows if r.message == "stamp"]
+    assert ours == stamps and all(at.tzinfo is dt.UTC for at in ours)
+    # The instance's row leaves these columns NULL and the event rows the instance's: a NULL
+    # stays None whatever the column's type (JSON among them).
+    assert rows[0].at is None and rows[-1].config is None and rows[-1].driver_state is None
+    assert anyio.run(rt.read, stmt, params, False, lambda got: reader.convert_all(stmt, got)) \
+        == rows
+    if rt.db.is_sqlite:
+        with rt.db.write() as s:
+            s.execute(text("UPDATE instance_events SET at = '2030-01-02 03:04:05.600007+00:00' "
+                           "WHERE message = 'stamp'"))
+        assert {r.at for r in reader.convert_all(stmt, reader.execute(stmt, params, True))
+                if r.message == "stamp"} == {stamps[1]}
+
+
+def test_one_driver_object_per_provider_config_whatever_its_key_order(rt):
+    """`driver_for` keys its drivers by the config's canonical JSON: the same config in
+    another key order is the same driver, a changed value a new one, and a value orjson does
+    not write (an integer past 64 bits) still gives a key."""
+    first = rt.driver_for("p-1", "simulated", {"provision_seconds": 5, "hang_calls": False})
+    assert rt.driver_for("p-1", "simulated", {"hang_calls": False, "provision_seconds": 5}) \
+        is first
+    assert rt.driver_for("p-1", "simulated", {"provision_seconds": 6, "hang_calls": False}) \
+        is not first
+    assert rt.driver_for("p-2", "simulated", {"provision_seconds": 5, "hang_calls": False}) \
+        is not first
+    huge = {"provision_seconds": 5, "note": 2 ** 70}
+    with pytest.raises(TypeError):
+        orjson.dumps(huge)
+    assert config_key(huge) == config_key(dict(reversed(huge.items())))

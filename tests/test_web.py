@@ -28,7 +28,7 @@ from gpucloud.billing import routes as billing
 from gpucloud.catalog import admin_routes as catalog_admin
 from gpucloud.catalog import routes as catalog
 from gpucloud.instances import container_routes, vm_routes
-from gpucloud.jsonresp import JSON
+from gpucloud.jsonresp import JSON, isoformat_z, stamped
 from gpucloud.routing import PrefixRoute, RouteIndex, get_telemetry_data
 from gpucloud.settings import Settings
 from gpucloud.web.logs import JsonFormatter, RequestIdFilter, configure
@@ -110,6 +110,24 @@ def test_a_500_carries_the_request_id_in_its_response_and_its_log_line(rt, caplo
     assert errors and errors[0].request_id == "req-500"
     access = [rec for rec in caplog.records if rec.name == "gpucloud.access"]
     assert access[-1].access["status"] == 500 and access[-1].request_id == "req-500"
+
+
+def test_feed_lines_write_each_instant_in_utc_with_z_as_isoformat_z_does():
+    """`stamped` (the logs' and events' lines) writes a list's timestamps in one orjson call;
+    each line is the one `isoformat_z` gives: UTC as `Z`, naive taken as UTC, microseconds
+    only when there are some, another zone turned into UTC rather than keeping its offset."""
+    utc, east = dt.UTC, dt.timezone(dt.timedelta(hours=2, minutes=30))
+    entries = [(dt.datetime(2026, 12, 1, 13, 59, 59, tzinfo=utc), "aware"),
+               (dt.datetime(2026, 12, 1, 13, 59, 59, 472381, tzinfo=utc), "micro"),
+               (dt.datetime(2026, 12, 1, 13, 59, 59), "naive"),
+               (dt.datetime(2026, 12, 1, 16, 29, 59, 5, tzinfo=east), "east"),
+               (dt.datetime(2026, 12, 1, 0, 0, tzinfo=dt.timezone(dt.timedelta(0))), "zero")]
+    lines = stamped(entries)
+    assert lines == [f"{isoformat_z(at)} {text}" for at, text in entries]
+    assert lines == ["2026-12-01T13:59:59Z aware", "2026-12-01T13:59:59.472381Z micro",
+                     "2026-12-01T13:59:59Z naive", "2026-12-01T13:59:59.000005Z east",
+                     "2026-12-01T00:00:00Z zero"]
+    assert stamped([]) == []
 
 
 def test_json_lines_carry_their_own_millisecond_in_utc():

@@ -60,21 +60,36 @@ class UTCDateTime(TypeDecorator):
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return value.replace(tzinfo=dt.timezone.utc)
+        return as_utc(value)
 
     def result_processor(self, dialect, coltype):
         if dialect.name != "sqlite":
             return super().result_processor(dialect, coltype)
         # SQLite stores ISO text; the generic processor parses it with a regular expression,
-        # which was a third of the cost of listing 100 instances. fromisoformat is C.
-        parse, utc = dt.datetime.fromisoformat, dt.timezone.utc
+        # which was a third of the cost of listing 100 instances. fromisoformat is C, and
+        # given the offset it makes the aware value itself (~0.7 µs against ~3 µs for
+        # parsing then `replace(tzinfo=…)`, whose keyword arguments are the slow part).
+        parse = dt.datetime.fromisoformat
 
         def process(value):
             if value is None:
                 return None
-            return parse(value).replace(tzinfo=utc)
+            try:
+                return parse(value + "+00:00")
+            except ValueError:  # text that carries an offset of its own (not ours)
+                return as_utc(parse(value))
 
         return process
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A naive UTC value made aware: `value.replace(tzinfo=timezone.utc)`, in a fifth of the
+    time (`replace` parses keyword arguments; this is measured on every timestamp a read
+    returns)."""
+    return _COMBINE(value, value.time(), dt.timezone.utc)
+
+
+_COMBINE = dt.datetime.combine
 
 
 # Auto-incrementing 64-bit ids; SQLite only auto-increments a column declared INTEGER.
@@ -239,7 +254,11 @@ class _Compiled:
         for raw in fetched:
             raw = list(raw)
             for i, proc in procs:
-                raw[i] = proc(raw[i])
+                value = raw[i]
+                # Every result processor gives None for NULL; a feed's union of the instance
+                # row and its event rows is mostly NULLs (JSON columns among them).
+                if value is not None:
+                    raw[i] = proc(value)
             out.append(make(raw))
         return out
 
@@ -451,6 +470,10 @@ class Reader:
         if isinstance(key, str):
             key = orjson.loads(key)
         return self._prepared(stmt).rows([key])[0]
+
+    def convert_all(self, stmt, raw_rows: list) -> Rows:
+        """`convert` for every raw row of a read, at once."""
+        return self._prepared(stmt).rows(raw_rows)
 
     def close(self) -> None:
         with self._lock:

@@ -11,6 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from gpucloud.clock import Clock, ManualClock, SystemClock
 from gpucloud.db import NEW_WORK, PLANS_CHANGED, Database
 from gpucloud.drivers.base import DriverContext
@@ -37,6 +39,16 @@ def _read(reader, stmt, params: dict | None, keys: bool, then):
     return rows if then is None else then(rows)
 
 
+def config_key(config: dict[str, Any]) -> bytes:
+    """A provider config as canonical JSON: the key of its driver object. orjson (~1 µs) and
+    not json.dumps (~7 µs): the polled feeds look their driver up on every request."""
+    try:
+        return orjson.dumps(config, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+                            default=str)
+    except TypeError:  # an integer past 64 bits, which orjson does not write
+        return json.dumps(config, sort_keys=True, default=str).encode()
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -49,7 +61,7 @@ class Runtime:
     # background worker starts it now instead of at its next poll.
     wake: threading.Event = field(default_factory=threading.Event)
     caches: dict[str, Any] = field(default_factory=dict)
-    _drivers: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _drivers: dict[tuple[str, bytes], Any] = field(default_factory=dict)
     _drivers_lock: threading.Lock = field(default_factory=threading.Lock)
     # Driver calls: a bounded pool with per-provider slots; the lifecycle's dispatcher.
     calls: CallPool = field(init=False)
@@ -119,7 +131,7 @@ class Runtime:
 
     def driver_for(self, provider_id: str, driver_name: str, config: dict[str, Any]):
         """One driver object per provider (and config version), reused across calls."""
-        key = (provider_id, json.dumps(config, sort_keys=True, default=str))
+        key = (provider_id, config_key(config))
         with self._drivers_lock:
             drv = self._drivers.get(key)
             if drv is None:

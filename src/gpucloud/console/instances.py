@@ -29,7 +29,7 @@ from gpucloud.instances import events as instance_events
 from gpucloud.instances import feed, service, transitions, views
 from gpucloud.instances.models import ENDED, FAILED
 from gpucloud.instances.schemas import ContainerUpdate, VmRename
-from gpucloud.jsonresp import isoformat_z
+from gpucloud.jsonresp import stamped
 
 router = APIRouter(route_class=ConsoleRoute)
 
@@ -137,7 +137,7 @@ async def instance_feed(instance_id: str, which: str, request: Request,
 
 def _own_lines(rt, instance_id: str) -> list[str]:
     with rt.db.read() as s:
-        return [f"{isoformat_z(at)} {m}" for at, m in instance_events.for_instance(s, instance_id)]
+        return stamped(instance_events.for_instance(s, instance_id))
 
 
 def _change(rt, who: Who, instance_id: str, apply) -> None:

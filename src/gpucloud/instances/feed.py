@@ -36,7 +36,7 @@ from gpucloud.drivers.base import DriverError
 from gpucloud.drivers.pool import expire_after
 from gpucloud.errors import BadRequest
 from gpucloud.instances import service
-from gpucloud.jsonresp import isoformat_z
+from gpucloud.jsonresp import stamped
 from gpucloud.threads import settle
 
 LOGS_UNAVAILABLE = "Logs are temporarily unavailable from the provider"
@@ -100,16 +100,14 @@ async def _target_on_loop(rt, account_id: str, instance_id: str, workload: str,
                           with_events: bool):
     """`_target` read through `rt.read` (sent from the event loop)."""
     stmt, params = service.feed_target_query(account_id, instance_id, workload, with_events)
-    convert = rt.db.reader.convert
+    convert_all = rt.db.reader.convert_all
     inst, ours = service.feed_target_from(
-        await rt.read(stmt, params, then=lambda rows: [convert(stmt, r) for r in rows]),
-        with_events)
+        await rt.read(stmt, params, then=lambda rows: convert_all(stmt, rows)), with_events)
     return inst, rt.driver_for(inst.provider_id, inst.driver, inst.config or {}), ours
 
 
 def _lines(entries: list[tuple[dt.datetime, str]], last: int | None) -> list[str]:
-    lines = [f"{isoformat_z(at)} {message}" for at, message in entries]
-    return lines[-last:] if last else lines
+    return stamped(entries[-last:] if last else entries)
 
 
 def _logs(inst: Any, driver, ours: list, last: int | None) -> list[str]:

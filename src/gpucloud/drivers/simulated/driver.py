@@ -45,7 +45,7 @@ from gpucloud.drivers.base import (
 )
 from gpucloud.drivers.simulated import text as simulated_text
 from gpucloud.drivers.simulated.models import SimWorkload
-from gpucloud.jsonresp import isoformat_z
+from gpucloud.jsonresp import stamped
 
 DEFAULTS: dict[str, Any] = {"provision_seconds": 5, "fail_provisioning": False,
                             "lose_after_seconds": None, "domain_suffix": "sim.gpucloud.local",
@@ -259,4 +259,4 @@ class SimulatedDriver(Driver):
         entries = simulated_text.logs(row, self._now(), beats)
         if last:
             entries = entries[-last:]
-        return [f"{isoformat_z(at)} {msg}" for at, msg in entries]
+        return stamped(entries)
