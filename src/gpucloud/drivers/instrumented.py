@@ -49,4 +49,8 @@ class Instrumented:
             finally:
                 seconds.observe(time.perf_counter() - started)
 
+        # Kept on the wrapper, so the next call finds it without `__getattr__` making a new
+        # closure (a polled feed asks its driver on every request). The wrapped driver's
+        # methods do not change under it: one driver object per provider config.
+        self.__dict__[attr] = timed
         return timed
