@@ -21,9 +21,11 @@ import asyncio
 import socket
 from collections import deque
 
+import orjson
 import psycopg
 from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
+from psycopg.types.json import set_json_loads
 
 from gpucloud.pgexec import MAX_PREPARED, bind, error_of
 from gpucloud.pipes import LoopConnection
@@ -74,6 +76,10 @@ class Pipeline(LoopConnection):
     async def open(cls, connect_args: tuple, connect_kwargs: dict) -> Pipeline:
         conn = await psycopg.AsyncConnection.connect(*connect_args, autocommit=True,
                                                      **connect_kwargs)
+        # JSON columns parsed by orjson, as the engine's own connections do (db.make_engine
+        # gives SQLAlchemy `json_deserializer=orjson.loads`, which it sets on each connection):
+        # psycopg's default is the standard library's json.loads.
+        set_json_loads(orjson.loads, conn)
         return cls(conn, asyncio.get_running_loop())
 
     @property
