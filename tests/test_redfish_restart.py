@@ -18,6 +18,7 @@ from tests.conftest import ADMIN_KEY
 from tests.procs import ServerProcess, free_port
 
 ADMIN = {"X-ADMIN-KEY": ADMIN_KEY}
+LEASE = 3  # seconds
 
 
 def wait_for(check, timeout: float, what: str, step: float = 0.2):
@@ -33,10 +34,12 @@ def wait_for(check, timeout: float, what: str, step: float = 0.2):
 def test_kill_9_mid_deploy_and_mid_wipe_resume_from_the_machines_state(tmp_path):
     found = re_.systems()
     # A short lease: the killed process holds one on the instance (its worker was busy), and
-    # the next process takes the work over once it expires.
+    # the next process takes the work over once it expires. LEASE seconds, not one: the live
+    # process renews its own lease every third of it with a write, and on a loaded two-core
+    # machine a 1 s lease lapsed under a running wipe (its result dropped, the wipe run again).
     env = {"GPUCLOUD_CLOCK": "manual", "GPUCLOUD_ADMIN_KEY": ADMIN_KEY, "GPUCLOUD_DEMO": "0",
            "GPUCLOUD_WORKERS": "1", "GPUCLOUD_DATA_DIR": str(tmp_path),
-           "GPUCLOUD_LEASE_SECONDS": "1"}
+           "GPUCLOUD_LEASE_SECONDS": str(LEASE)}
     cfg = re_.config(free_port(), [re_.machine(1, found), re_.machine(2, found)])
     key = le.Key()
     server = ServerProcess(tmp_path, env).start()
@@ -89,7 +92,7 @@ def test_kill_9_mid_deploy_and_mid_wipe_resume_from_the_machines_state(tmp_path)
         [mine] = [n for n, (_, owner) in m.items() if owner == iid]
         other = "bm2" if mine == "bm1" else "bm1"
         assert m[mine] == ("rented", iid) and m[other] == ("free", None)
-        time.sleep(1.2)  # the killed process's lease has expired (wall clock)
+        time.sleep(LEASE + 0.2)  # the killed process's lease has expired (wall clock)
         d = wait_for(settled(c, "ACTIVE"), 700, "ACTIVE after the restart", step=1)
         i = int(mine[-1])
         assert d["ssh_connection"] == f"ssh -p {re_.SSH_BASE + i} root@127.0.0.1"
@@ -110,7 +113,7 @@ def test_kill_9_mid_deploy_and_mid_wipe_resume_from_the_machines_state(tmp_path)
         c = httpx.Client(base_url=server.url, timeout=60)
         # Not offered again: the wipe did not finish.
         assert machines(c)[mine] == ("dirty", iid)
-        time.sleep(1.2)
+        time.sleep(LEASE + 0.2)
 
         def wiped():
             c.post("/admin/clock", json={"advance_seconds": re_.CLOCK_STEP}, headers=ADMIN)
