@@ -37,15 +37,12 @@ def isoformat_z(value: dt.datetime) -> str:
     """ISO 8601 in UTC with `Z`; microseconds when the value has them (as the Fluence docs'
     examples show: `2026-02-07T14:42:29.472381Z`), whole seconds otherwise."""
     tz = value.tzinfo
-    text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
-    if tz is None:
-        return text + "Z"
-    if tz is not _UTC:
+    if tz is not None and tz is not _UTC:
         value = value.astimezone(_UTC)
-        text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
+    text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
     # The database hands back UTC (the common case): "+00:00" becomes "Z". Cutting the text
     # and not `replace(tzinfo=None)`: that call alone cost ~3 µs.
-    return text[:-6] + "Z"
+    return text + "Z" if tz is None else text[:-6] + "Z"
 
 
 _STAMPS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
